@@ -1,0 +1,46 @@
+"""The errors a CRM lookup can end in.
+
+Callers catch :class:`CrmError` where they decide what happens next (the router
+falls back to a safe route, the CLI prints one line); the subclasses say why.
+"""
+
+
+class CrmError(Exception):
+    """A CRM could not answer a lookup."""
+
+
+class CrmUnavailable(CrmError):
+    """The CRM could not be reached or answered with a server error."""
+
+
+class CrmTimeout(CrmError):
+    """The CRM did not answer in time."""
+
+
+class CrmAuthError(CrmError):
+    """The CRM refused our credentials (expired, revoked or missing scope)."""
+
+
+class CrmRateLimited(CrmError):
+    """The CRM asked us to slow down."""
+
+
+class CrmBadResponse(CrmError):
+    """The CRM answered with something we cannot read (bad JSON, unexpected shape)."""
+
+
+class DirectoryError(CrmError):
+    """The local directory file is missing, unreadable or not a directory."""
+
+
+class DirectoryImportError(Exception):
+    """A CSV import was refused; nothing was written.
+
+    ``problems`` lists ``(line_number, reason)`` for every bad row found.
+    """
+
+    def __init__(self, problems: list[tuple[int, str]]):
+        self.problems = problems
+        first_line, first_reason = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"line {first_line}: {first_reason}{more}")

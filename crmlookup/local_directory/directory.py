@@ -1,0 +1,128 @@
+"""The local directory backend: one SQLite file, the embedded default CRM."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import DirectoryError
+from ..phone import PhoneNumber
+from ..records import LookupResult, Match, Owner
+from .importer import ImportSummary, import_csv
+from .schema import ensure_schema, is_directory
+
+DEMO_CSV = "demo_directory.csv"
+# The demo numbers are written as a Spanish office would type them.
+DEMO_REGION = "ES"
+
+_LOOKUP_SQL = """
+SELECT r.module, r.id, r.name, r.is_open, r.owner_id, u.name, u.email, u.extensions
+FROM phones p
+JOIN records r ON r.module = p.module AND r.id = p.record_id
+LEFT JOIN users u ON u.id = r.owner_id
+WHERE p.e164 = ?
+"""
+
+# Leads and deals can be closed; a closed one no longer decides who the caller belongs to.
+_MODULES_WITH_STATUS = frozenset({"Leads", "Deals"})
+
+
+def open_connection(path: str | Path, *, create: bool = False) -> sqlite3.Connection:
+    """Open a directory file; with ``create`` a missing file gets an empty directory.
+
+    Raises :class:`DirectoryError` when the file is missing or is not a directory.
+    """
+    path = Path(path)
+    if not create and not path.is_file():
+        raise DirectoryError(f"directory file not found: {path}")
+    try:
+        conn = sqlite3.connect(path, check_same_thread=False)
+        if create:
+            ensure_schema(conn)
+        elif not is_directory(conn):
+            conn.close()
+            raise DirectoryError(f"{path} is not a crmroute directory (no users/records/phones tables)")
+    except sqlite3.DatabaseError as exc:
+        raise DirectoryError(f"cannot open directory {path}: {exc}") from exc
+    return conn
+
+
+def open_demo_connection() -> sqlite3.Connection:
+    """An in-memory directory filled with the packaged demo data."""
+    conn = sqlite3.connect(":memory:", check_same_thread=False)
+    ensure_schema(conn)
+    with resources.files(__package__).joinpath(DEMO_CSV).open(encoding="utf-8", newline="") as demo:
+        import_csv(conn, demo, DEMO_REGION)
+    return conn
+
+
+class LocalDirectory:
+    """The embedded CRM: users, records and phones in one SQLite file.
+
+    Lookups are a single index seek. The async :meth:`lookup` runs it on one
+    dedicated thread so the event loop never waits on the disk; the connection
+    is only ever used from that thread or, in the synchronous CLI, the caller's.
+    """
+
+    name = "local"
+
+    def __init__(self, conn: sqlite3.Connection, description: str):
+        self._conn = conn
+        self.description = description
+        self._executor: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def open(cls, path: str | Path | None) -> "LocalDirectory":
+        """The directory at ``path``, or the packaged demo directory when ``path`` is empty."""
+        if not path:
+            return cls(open_demo_connection(), "demo directory (packaged)")
+        return cls(open_connection(path), str(path))
+
+    def lookup_sync(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
+        """Blocking form of :meth:`lookup`."""
+        try:
+            rows = self._conn.execute(_LOOKUP_SQL, (number.e164,)).fetchall()
+        except sqlite3.Error as exc:
+            raise DirectoryError(f"directory lookup failed: {exc}") from exc
+        rank = {module: i for i, module in enumerate(modules)}
+        matches = []
+        for module, record_id, name, is_open, owner_id, owner_name, email, extensions in rows:
+            if module not in rank or (module in _MODULES_WITH_STATUS and not is_open):
+                continue
+            owner = None
+            if owner_id:
+                owner = Owner(owner_id, owner_name or "", email or "", tuple((extensions or "").split()))
+            matches.append(Match(module, record_id, name, owner, bool(is_open)))
+        matches.sort(key=lambda m: (rank[m.module], m.record_id))
+        step = f"local directory: {number.e164} -> {len(matches)} open record(s) of {len(rows)} matching"
+        return LookupResult(matches=matches, steps=[step])
+
+    async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-directory")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.lookup_sync, number, modules)
+
+    def import_csv(self, source, region: str, *, replace: bool = False) -> ImportSummary:
+        """Load a CSV export (see :mod:`.importer`); all rows or none."""
+        return import_csv(self._conn, source, region, replace=replace)
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table, for the CLI."""
+        return {table: self._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("users", "records", "phones")}
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._conn.close()
+
+    async def aclose(self) -> None:
+        if self._executor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+            self._executor = None
+        self._conn.close()

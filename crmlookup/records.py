@@ -1,0 +1,47 @@
+"""What a CRM lookup returns: owners and matched records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The CRM modules a lookup can match, by their Zoho names (the local directory
+# uses the same names so one lookup order serves every backend).
+MODULES = ("Leads", "Deals", "Contacts", "Accounts")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The CRM user responsible for a record."""
+
+    id: str
+    name: str = ""
+    email: str = ""
+    # Extensions the CRM itself knows for this user (the local directory's
+    # users table, a Zoho custom field). The routing policy may override them.
+    extensions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Match:
+    """One CRM record whose phone number matched the caller."""
+
+    module: str
+    record_id: str
+    name: str
+    owner: Owner | None
+    is_open: bool = True
+
+
+@dataclass
+class LookupResult:
+    """The matches for one number, best first, and how they were found."""
+
+    matches: list[Match] = field(default_factory=list)
+    # Human-readable steps for ``crmroute lookup --explain``: the variants tried,
+    # requests made, whether the cache answered.
+    steps: list[str] = field(default_factory=list)
+    from_cache: bool = False
+
+    @property
+    def best(self) -> Match | None:
+        return self.matches[0] if self.matches else None

@@ -1,0 +1,31 @@
+"""The configured application: settings, the CRM backend and the router.
+
+This is the one piece of state the server holds; a SIGHUP swaps it for a
+freshly built one while calls in flight finish on the old.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crmlookup.backend import CrmBackend
+from crmlookup.factory import open_backend
+from dialplan.router import Router
+
+from .config import Config
+
+
+@dataclass
+class App:
+    config: Config
+    backend: CrmBackend
+    router: Router
+
+    @classmethod
+    def from_config(cls, config: Config) -> "App":
+        """Open the backend and build the router. Raises CrmError if the backend cannot open."""
+        backend = open_backend(config.crm, config.directory)
+        return cls(config=config, backend=backend, router=Router(config.routing, backend))
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()

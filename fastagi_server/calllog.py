@@ -1,0 +1,53 @@
+"""One structured log line per call, in ``key=value`` form.
+
+Values are JSON-quoted when they hold spaces, quotes or control characters,
+so a caller name with a newline cannot forge a second log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from .session import AgiSession
+
+call_logger = logging.getLogger("crmroute.call")
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-_./:@&[]")
+
+
+def format_value(value: object) -> str:
+    text = str(value)
+    if text and all(ch in _PLAIN for ch in text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def format_fields(fields: Mapping[str, object]) -> str:
+    """``a=1 b="two words"``, skipping empty values."""
+    return " ".join(f"{key}={format_value(value)}" for key, value in fields.items() if value not in ("", None))
+
+
+def session_fields(session: AgiSession) -> dict[str, str]:
+    """What identifies a call in the log: script, unique id, caller, DID, peer."""
+    env = getattr(session, "env", None)
+    if env is None:
+        return {"peer": session.peer}
+    return {"script": session.script, "uniqueid": env.unique_id, "caller": env.caller_id, "peer": session.peer}
+
+
+def log_call(session: AgiSession, result: Mapping[str, object], ms: float) -> None:
+    """The one line for a call that was answered."""
+    if call_logger.isEnabledFor(logging.INFO):
+        fields = {**session_fields(session), **result, "ms": f"{ms:.1f}"}
+        call_logger.info("call %s", format_fields(fields))
+
+
+def log_session_error(session: AgiSession, reason: str, ms: float | None = None) -> None:
+    """The one line for a session that ended early (a limit, a protocol error, a closed peer)."""
+    fields: dict[str, object] = {**session_fields(session), "error": reason}
+    if ms is not None:
+        fields["ms"] = f"{ms:.1f}"
+    call_logger.warning("session-ended %s", format_fields(fields))

@@ -1,0 +1,163 @@
+"""``crmroute``: serve, test a lookup, check a config, load the local directory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import Config, load_config
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="CRMROUTE_CONFIG",
+    help="crmroute.toml to read (default: $CRMROUTE_CONFIG, else built-in defaults).",
+)
+
+
+class CrmrouteGroup(click.Group):
+    """Turns any error into one line on stderr and exit status 1 (a traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise click.ClickException(message) from exc
+
+
+@click.group(cls=CrmrouteGroup)
+@click.version_option(__version__, prog_name="crmroute")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Route inbound Asterisk calls to the CRM owner of the caller."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--host", help="Address to bind (default: server.host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to bind (default: server.port, 4573).")
+@click.pass_context
+def serve(ctx: click.Context, config_path: str | None, host: str | None, port: int | None) -> None:
+    """Run the FastAGI server until SIGTERM/SIGINT; SIGHUP reloads the config."""
+    from .server import serve as run_server
+
+    config = load_config(config_path)
+    level = "DEBUG" if ctx.obj["debug"] else config.server.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    asyncio.run(run_server(config, host=host, port=port))
+
+
+@cli.command()
+@click.argument("number")
+@click.option("--did", default="", help="The dialled number (selects per-DID rules).")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@click.option("--explain", is_flag=True, help="Print every step of the decision.")
+@CONFIG_OPTION
+def lookup(number: str, did: str, as_json: bool, explain: bool, config_path: str | None) -> None:
+    """Show where a call from NUMBER would go, and why."""
+    from dialplan import InboundCall
+
+    from .app import App
+
+    config = load_config(config_path)
+
+    async def decide():
+        app = App.from_config(config)
+        try:
+            return await app.router.decide(InboundCall(caller=number, did=did))
+        finally:
+            await app.aclose()
+
+    decision = asyncio.run(decide())
+    variables = decision.channel_variables()
+    if as_json:
+        payload = {
+            "variables": variables,
+            "normalised_number": decision.normalised_number,
+            "from_cache": decision.from_cache,
+            "steps": decision.steps,
+        }
+        click.echo(json.dumps(payload, ensure_ascii=False, indent=2))
+        return
+    if explain:
+        click.echo(f"backend: {config.crm.backend} ({_backend_description(config)})")
+        for step in decision.steps:
+            click.echo(f"  - {step}")
+        click.echo(f"  - decided in {decision.lookup_ms} ms{' (from cache)' if decision.from_cache else ''}")
+    width = max(len(name) for name in variables)
+    for name, value in variables.items():
+        click.echo(f"{name.ljust(width)}  {value}")
+
+
+def _backend_description(config: Config) -> str:
+    if config.crm.backend == "local":
+        return config.directory.path or "packaged demo directory"
+    return config.crm.backend
+
+
+@cli.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False))
+def check_config(file: str) -> None:
+    """Validate FILE and open the backend it names; exit 1 on the first problem."""
+    from .app import App
+
+    config = load_config(file)
+    app = App.from_config(config)
+    asyncio.run(app.aclose())
+    click.echo(
+        f"{file}: ok (backend {config.crm.backend}: {_backend_description(config)}; "
+        f"listen {config.server.host}:{config.server.port}; deadline {config.routing.deadline_ms} ms; "
+        f"{len(config.routing.owner_extensions)} owner(s) mapped)"
+    )
+
+
+@cli.group()
+def directory() -> None:
+    """Manage the local directory (the embedded CRM)."""
+
+
+@directory.command("import")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--path", "db_path", type=click.Path(dir_okay=False), help="Directory file (default: directory.path from the config).")
+@click.option("--replace", is_flag=True, help="Empty the directory first.")
+@CONFIG_OPTION
+def directory_import(csv_file: str, db_path: str | None, replace: bool, config_path: str | None) -> None:
+    """Load CSV_FILE (records or users) into the directory: every row or none."""
+    from crmlookup.errors import DirectoryImportError
+    from crmlookup.local_directory import LocalDirectory
+    from crmlookup.local_directory.directory import open_connection
+
+    config = load_config(config_path)
+    target = db_path or config.directory.path
+    if not target:
+        raise click.UsageError("no directory file: pass --path FILE or set directory.path in the config")
+    conn = open_connection(target, create=True)
+    store = LocalDirectory(conn, target)
+    try:
+        with open(csv_file, encoding="utf-8", newline="") as source:
+            summary = store.import_csv(source, config.routing.default_region, replace=replace)
+    except DirectoryImportError as exc:
+        for line, reason in exc.problems:
+            click.echo(f"{csv_file}:{line}: {reason}", err=True)
+        raise click.ClickException(f"nothing imported: {len(exc.problems)} bad row(s)") from None
+    finally:
+        store.close()
+    click.echo(f"imported {summary.records} record(s), {summary.phones} phone(s), {summary.users} user(s) into {Path(target)}")
+
+
+def main() -> None:
+    cli(prog_name="crmroute")

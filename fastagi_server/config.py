@@ -1,0 +1,166 @@
+"""``crmroute.toml``: one file, every key optional, validated at load.
+
+Each section is a dataclass owned by the package that uses it; this module
+only reads TOML into them and names the key when a value is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from crmlookup.settings import CrmSettings, DirectorySettings
+from dialplan.settings import RoutingSettings
+
+from .limits import SessionLimits
+
+ENV_CONFIG = "CRMROUTE_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or has a bad value (the key is named)."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The ``[server]`` section."""
+
+    host: str = "127.0.0.1"
+    port: int = 4573
+    # Peers allowed to connect (addresses or networks); loopback only by default.
+    allowed_peers: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Sessions served at once; past this a call gets CRM_ROUTE_STATUS=ERROR at once.
+    max_sessions: int = 500
+    # On SIGTERM/SIGINT, how long in-flight sessions may take to finish.
+    shutdown_grace_ms: int = 5000
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if not 1 <= self.max_sessions <= 100_000:
+            raise ValueError(f"max_sessions must be between 1 and 100000, got {self.max_sessions}")
+        if not 0 <= self.shutdown_grace_ms <= 600_000:
+            raise ValueError(f"shutdown_grace_ms must be between 0 and 600000, got {self.shutdown_grace_ms}")
+        for peer in self.allowed_peers:
+            try:
+                ipaddress.ip_network(peer, strict=False)
+            except ValueError:
+                raise ValueError(f"allowed_peers: {peer!r} is not an IP address or network") from None
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    @property
+    def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(peer, strict=False) for peer in self.allowed_peers)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``Config()`` is the working default (demo directory)."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    crm: CrmSettings = field(default_factory=CrmSettings)
+    directory: DirectorySettings = field(default_factory=DirectorySettings)
+    # Where it was read from; empty for the built-in defaults. Not a TOML key.
+    source: str = field(default="", metadata={"toml": False})
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read ``path`` (or ``$CRMROUTE_CONFIG``); no path at all gives the defaults."""
+    import tomllib  # only paid for when there is a file to read
+
+    chosen = path or os.environ.get(ENV_CONFIG) or None
+    if chosen is None:
+        return Config()
+    file = Path(chosen)
+    try:
+        with file.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {file}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    return replace(config_from_dict(data), source=str(file))
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Build a :class:`Config` from parsed TOML; raises :class:`ConfigError` naming the key."""
+    return _build(Config, data, "")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a table, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    settable = [f for f in fields(cls) if f.metadata.get("toml", True)]
+    known = {f.name for f in settable}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{_join(where, key)}: unknown key (known: {', '.join(sorted(known))})")
+    values = {f.name: _convert(hints[f.name], data[f.name], _join(where, f.name)) for f in settable if f.name in data}
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def _convert(kind: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if is_dataclass(kind):
+        return _build(kind, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, where)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {_kind(value)}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {_kind(value)}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {_kind(value)}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {_kind(value)}")
+        return value
+    if origin is tuple:
+        item = args[0]
+        if isinstance(value, str) and item is str:
+            return (value,)  # a single value where a list is expected
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {_kind(value)}")
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        key_kind, item = args
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {_kind(value)}")
+        return {str(k): _convert(item, v, _join(where, str(k))) for k, v in value.items()}
+    raise ConfigError(f"{where}: unsupported setting type {kind!r}")  # a bug in a settings class
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"[:80]

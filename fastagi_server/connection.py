@@ -1,0 +1,238 @@
+"""One FastAGI session over TCP, as an :class:`asyncio.Protocol`.
+
+Framing is done in :meth:`FastAgiConnection.data_received` without streams:
+the header block is parsed as it arrives, then a task runs the handler,
+which awaits one reply per command. ``HANGUP`` lines Asterisk writes on its
+own are noted, never taken for a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from .calllog import log_session_error
+from .environment import AgiEnvironment, parse_header_line
+from .errors import AgiConnectionClosed, AgiLimitExceeded, AgiProtocolError
+from .replies import is_usage_end, is_usage_start
+from .session import AgiSession
+
+if TYPE_CHECKING:
+    from .server import FastAgiServer
+
+logger = logging.getLogger("crmroute.server")
+
+
+def format_peer(peername: object) -> str:
+    """``127.0.0.1:40112`` or ``[::1]:40112``."""
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host, port = peername[0], peername[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peername)
+
+
+class FastAgiConnection(asyncio.Protocol, AgiSession):
+    """Reads the header block, runs the handler, closes at once when it is done."""
+
+    def __init__(self, server: FastAgiServer):
+        self._server = server
+        # Calls keep the app they started with, even if a SIGHUP swaps it meanwhile.
+        self.app = server.app
+        self._limits = self.app.config.limits
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._headers: dict[str, str] = {}
+        self._header_lines = 0
+        self._in_headers = True
+        self._reply: asyncio.Future[str] | None = None
+        self._usage: list[str] | None = None  # lines of a 520 block being read
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._session_timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.end_reason = ""  # why the server ended the session early, if it did
+        self.over_capacity = False
+        self.peer = ""
+        self.hung_up = False
+
+    # -- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peername = transport.get_extra_info("peername")
+        self.peer = format_peer(peername)
+        if not self._server.admits(peername):
+            logger.warning("refused peer=%s reason=%s", self.peer, "not in server.allowed_peers")
+            self.closed = True
+            transport.abort()
+            return
+        self.over_capacity = not self._server.session_opened(self)
+        limits = self._limits
+        self._header_timer = self._loop.call_later(
+            limits.header_timeout_ms / 1000, self._limit_hit, f"no complete header block within {limits.header_timeout_ms} ms"
+        )
+        self._session_timer = self._loop.call_later(
+            limits.session_timeout_ms / 1000, self._limit_hit, f"session longer than {limits.session_timeout_ms} ms"
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        buffer = self._buffer + data if self._buffer else data
+        max_line = self._limits.max_line_bytes
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            if end - start > max_line:
+                self._limit_hit(f"line longer than {max_line} bytes")
+                return
+            line = buffer[start:end].decode("utf-8", "replace")
+            start = end + 1
+            if line.endswith("\r"):
+                line = line[:-1]
+            self._line_received(line)
+            if self.closed:
+                return
+        rest = buffer[start:]
+        if len(rest) > max_line:
+            self._limit_hit(f"line longer than {max_line} bytes")
+            return
+        self._buffer = rest
+
+    def eof_received(self) -> bool:
+        # Half-closed by the peer: nothing more will come, so close our side too.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._in_headers and not self.closed:
+            log_session_error(self, "peer closed the connection before the end of the header block")
+        self.closed = True
+        self._cancel_timers()
+        self._fail_reply(AgiConnectionClosed("peer closed the connection"))
+        self._server.session_closed(self)
+
+    # -- AgiSession ---------------------------------------------------------
+
+    async def _exchange(self, command: str) -> str:
+        if self.closed or self._transport is None:
+            raise AgiConnectionClosed("connection already closed")
+        reply: asyncio.Future[str] = self._loop.create_future()
+        self._reply = reply
+        self._transport.write(command.encode("utf-8") + b"\n")
+        timer = self._loop.call_later(self._limits.reply_timeout_ms / 1000, self._reply_timed_out, reply, command)
+        try:
+            return await reply
+        finally:
+            timer.cancel()
+
+    # -- internals --------------------------------------------------------
+
+    def _line_received(self, line: str) -> None:
+        if self._in_headers:
+            self._header_line(line)
+        elif line == "HANGUP":
+            self.hung_up = True
+        elif self._usage is not None:
+            self._usage.append(line)
+            if is_usage_end(line):
+                usage, self._usage = self._usage, None
+                self._deliver("\n".join(usage))
+            elif len(self._usage) > self._limits.max_headers:
+                self._limit_hit(f"usage reply longer than {self._limits.max_headers} lines")
+        elif is_usage_start(line):
+            self._usage = [line]
+        else:
+            self._deliver(line)
+
+    def _header_line(self, line: str) -> None:
+        if line == "":
+            self._in_headers = False
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self.env = AgiEnvironment(self._headers)
+            self.script = self.env.script
+            self.arguments = self.env.arguments
+            self._task = self._loop.create_task(self._run())
+            return
+        self._header_lines += 1
+        if self._header_lines > self._limits.max_headers:
+            self._limit_hit(f"more than {self._limits.max_headers} header lines")
+            return
+        try:
+            key, value = parse_header_line(line)
+        except AgiProtocolError as exc:
+            self._end(str(exc))
+            return
+        self._headers[key] = value
+
+    def _deliver(self, line: str) -> None:
+        reply, self._reply = self._reply, None
+        if reply is not None and not reply.done():
+            reply.set_result(line)
+        # Otherwise a line nobody asked for: Asterisk never sends one, so ignore it.
+
+    async def _run(self) -> None:
+        try:
+            await self._server.dispatch(self)
+        finally:
+            self.close()
+
+    def _reply_timed_out(self, reply: asyncio.Future[str], command: str) -> None:
+        if not reply.done():
+            verb = " ".join(command.split(" ", 2)[:2])
+            reply.set_exception(AgiLimitExceeded(f"no reply to {verb} within {self._limits.reply_timeout_ms} ms"))
+
+    def _limit_hit(self, reason: str) -> None:
+        """A limit was violated: end the session with one log line naming the reason."""
+        if self.closed:
+            return
+        if self._task is not None and not self._task.done():
+            # The handler is running: it logs the reason as it unwinds.
+            self.end_reason = reason
+            self._task.cancel()
+            self.close()
+            return
+        self._end(reason)
+
+    def _end(self, reason: str) -> None:
+        """End a session that has no running handler, with one log line."""
+        log_session_error(self, reason)
+        self.close()
+
+    def _fail_reply(self, exc: Exception) -> None:
+        reply, self._reply = self._reply, None
+        if reply is not None and not reply.done():
+            reply.set_exception(exc)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._header_timer, self._session_timer):
+            if timer is not None:
+                timer.cancel()
+
+    def close(self) -> None:
+        """Close at once: a socket kept open leaves the channel stuck in AGI."""
+        if self.closed:
+            return
+        self.closed = True
+        self._cancel_timers()
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now (shutdown after the grace period)."""
+        self.closed = True
+        self._cancel_timers()
+        if self._task is not None and not self._task.done():
+            self.end_reason = "server shutting down"
+            self._task.cancel()
+        if self._transport is not None:
+            self._transport.abort()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task

@@ -1,0 +1,73 @@
+"""The AGI entry points, by script name, and the one place a session is run.
+
+``agi://router:4573/route`` runs :func:`route_call`; a script name nobody
+registered gets ``CRM_ROUTE_STATUS=ERROR`` so the dialplan falls through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from dialplan import RouteStatus, fallback_variables
+
+from ..calllog import log_call, log_session_error
+from ..errors import AgiError
+from ..session import AgiSession
+from .route import route_call
+
+if TYPE_CHECKING:
+    from ..app import App
+
+logger = logging.getLogger("crmroute.server")
+
+Handler = Callable[[AgiSession, "App"], Awaitable[dict[str, str]]]
+
+HANDLERS: dict[str, Handler] = {
+    "route": route_call,
+}
+
+
+async def answer_fallback(session: AgiSession, reason: str) -> dict[str, str]:
+    """Set the whole contract with ``ERROR`` so the dialplan takes its own route."""
+    await session.set_variables(fallback_variables(RouteStatus.ERROR, reason))
+    return {"status": RouteStatus.ERROR.value, "reason": reason}
+
+
+async def run_session(session: AgiSession, app: App, *, over_capacity: bool = False) -> None:
+    """Run the handler the script names and log one line for the session.
+
+    Never raises: AGI errors, limits and bugs all end here with a log line,
+    and, where the channel can still hear us, a safe fallback route.
+    """
+    started = time.perf_counter()
+    script = session.script
+    try:
+        if over_capacity:
+            result = await answer_fallback(session, "server busy: max_sessions reached")
+        elif script in HANDLERS:
+            result = await HANDLERS[script](session, app)
+        else:
+            logger.warning("unknown AGI script %r from peer=%s (known: %s)", script, session.peer, ", ".join(sorted(HANDLERS)))
+            result = await answer_fallback(session, f"unknown AGI script {script!r}")
+    except asyncio.CancelledError:
+        log_session_error(session, getattr(session, "end_reason", "") or "cancelled", _ms_since(started))
+        return
+    except AgiError as exc:
+        log_session_error(session, str(exc) or type(exc).__name__, _ms_since(started))
+        return
+    except Exception as exc:  # a bug must not leave the call without a route
+        logger.exception("handler %r failed for peer=%s", script, session.peer)
+        try:
+            await answer_fallback(session, f"internal error: {type(exc).__name__}")
+        except (AgiError, ValueError):
+            pass
+        log_session_error(session, f"internal error: {exc!r}", _ms_since(started))
+        return
+    log_call(session, result, _ms_since(started))
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

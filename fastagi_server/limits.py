@@ -1,0 +1,37 @@
+"""Bounds on what a peer can make a session do (the ``[limits]`` section)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Each limit ends the session with one log line naming the peer and the reason.
+
+    Asterisk has no timeout of its own on a silent FastAGI server: the caller
+    waits as long as we do, so these keep the wait short.
+    """
+
+    # Longest line (header or reply) accepted, in bytes.
+    max_line_bytes: int = 4096
+    # Most header lines in one block (Asterisk sends about 25 plus one per argument).
+    max_headers: int = 256
+    # Time for the whole header block to arrive after the connection opens.
+    header_timeout_ms: int = 2000
+    # Time for Asterisk to answer one command.
+    reply_timeout_ms: int = 2000
+    # Time for the whole session, from connect to close.
+    session_timeout_ms: int = 10000
+
+    def __post_init__(self) -> None:
+        for name, low, high in (
+            ("max_line_bytes", 256, 1 << 20),
+            ("max_headers", 32, 100_000),
+            ("header_timeout_ms", 10, 600_000),
+            ("reply_timeout_ms", 10, 600_000),
+            ("session_timeout_ms", 100, 3_600_000),
+        ):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low} and {high}, got {value}")

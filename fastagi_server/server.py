@@ -1,0 +1,158 @@
+"""The FastAGI server: accepts Asterisk's connections and runs one session each."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+from typing import Callable
+
+from .app import App
+from .config import Config, load_config
+from .connection import FastAgiConnection
+from .handlers import run_session
+
+logger = logging.getLogger("crmroute.server")
+
+
+class FastAgiServer:
+    """Listens for FastAGI connections; see :func:`serve` for the signal handling."""
+
+    def __init__(self, app: App):
+        self.app = app
+        self._sessions: set[FastAgiConnection] = set()
+        self._served = 0  # sessions counted against max_sessions
+        self._server: asyncio.Server | None = None
+        self._allowed = app.config.server.allowed_networks
+
+    # -- connection bookkeeping (called by FastAgiConnection) ----------------
+
+    def admits(self, peername: object) -> bool:
+        """True when the peer's address is in ``server.allowed_peers``."""
+        if not isinstance(peername, tuple):
+            return False
+        try:
+            address = ipaddress.ip_address(str(peername[0]).split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._allowed)
+
+    def session_opened(self, session: FastAgiConnection) -> bool:
+        """Register a session; False when it is over ``max_sessions`` (answered at once, not queued)."""
+        self._sessions.add(session)
+        if self._served >= self.app.config.server.max_sessions:
+            return False
+        self._served += 1
+        return True
+
+    def session_closed(self, session: FastAgiConnection) -> None:
+        if session in self._sessions:
+            self._sessions.discard(session)
+            if not session.over_capacity:
+                self._served -= 1
+
+    async def dispatch(self, session: FastAgiConnection) -> None:
+        await run_session(session, session.app, over_capacity=session.over_capacity)
+
+    # -- life cycle -------------------------------------------------------
+
+    async def start(self, host: str | None = None, port: int | None = None) -> None:
+        """Bind and start accepting (``port=0`` picks a free port; see :attr:`port`)."""
+        settings = self.app.config.server
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: FastAgiConnection(self),
+            host if host is not None else settings.host,
+            port if port is not None else settings.port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        logger.info(
+            "listening on %s (backend=%s, peers allowed: %s)",
+            ", ".join(self.addresses), self.app.backend.name, ", ".join(settings.allowed_peers),
+        )
+
+    @property
+    def addresses(self) -> list[str]:
+        if self._server is None:
+            return []
+        return [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in self._server.sockets]
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._sessions)
+
+    async def shutdown(self, grace_ms: int | None = None) -> None:
+        """Stop accepting, let sessions in flight finish within the grace period, then drop the rest."""
+        if grace_ms is None:
+            grace_ms = self.app.config.server.shutdown_grace_ms
+        if self._server is not None:
+            self._server.close()
+        tasks = [s.task for s in self._sessions if s.task is not None and not s.task.done()]
+        if tasks:
+            logger.info("shutting down: waiting up to %d ms for %d session(s)", grace_ms, len(tasks))
+            await asyncio.wait(tasks, timeout=grace_ms / 1000)
+        for session in list(self._sessions):
+            session.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+        await self.app.aclose()
+
+    async def reload(self, path: str | None) -> bool:
+        """Re-read the config and swap the app; on any error keep the old one."""
+        try:
+            config = load_config(path)
+            new_app = App.from_config(config)
+        except Exception as exc:  # a bad reload must never stop the server
+            logger.error("reload failed, keeping the running configuration: %s", exc)
+            return False
+        old_app, self.app = self.app, new_app
+        self._allowed = new_app.config.server.allowed_networks
+        if (config.server.host, config.server.port) != (old_app.config.server.host, old_app.config.server.port):
+            logger.warning("server.host/server.port changes take effect on restart only")
+        logger.info("configuration reloaded from %s", config.source or "built-in defaults")
+        asyncio.get_running_loop().create_task(self._close_when_idle(old_app))
+        return True
+
+    async def _close_when_idle(self, app: App) -> None:
+        """Close a replaced app once no session uses it any more."""
+        limit = app.config.limits.session_timeout_ms / 1000
+        waited = 0.0
+        while waited < limit and any(s.app is app for s in self._sessions):
+            await asyncio.sleep(0.05)
+            waited += 0.05
+        await app.aclose()
+
+
+async def serve(
+    config: Config,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    on_ready: Callable[[FastAgiServer], None] | None = None,
+) -> None:
+    """Run the server until SIGTERM or SIGINT; SIGHUP reloads the config file."""
+    server = FastAgiServer(App.from_config(config))
+    await server.start(host, port)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload(config.source or None)))
+    if on_ready is not None:
+        on_ready(server)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        await server.shutdown()
+        logger.info("stopped")

@@ -1,0 +1,62 @@
+"""An AGI session as handlers see it: the caller's headers and a few commands.
+
+The same handlers run over FastAGI (TCP, :mod:`.connection`) and classic
+stdio AGI (:mod:`.stdio`); each transport implements :meth:`AgiSession._exchange`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Mapping
+
+from . import commands
+from .environment import AgiEnvironment
+from .replies import AgiReply, parse_reply
+
+
+class AgiSession(ABC):
+    """One AGI conversation with Asterisk: one command, one reply, never pipelined."""
+
+    env: AgiEnvironment
+    # The handler to run (``route``) and its arguments: from the request URL and
+    # ``agi_arg_N`` over FastAGI, from the command line for a process AGI.
+    script: str = ""
+    arguments: tuple[str, ...] = ()
+    peer: str = ""
+    # Set once Asterisk reports the caller hung up (the ``HANGUP`` line or SIGHUP).
+    # Variables can still be set on the dead channel; most other commands fail.
+    hung_up: bool = False
+
+    @abstractmethod
+    async def _exchange(self, command: str) -> str:
+        """Send one command line and return its reply line.
+
+        A multi-line ``520`` usage reply comes back joined with newlines.
+        """
+
+    async def command(self, command: str) -> AgiReply:
+        """Send a raw, already-quoted command (see :mod:`.commands`)."""
+        return parse_reply(await self._exchange(command))
+
+    async def set_variable(self, name: str, value: str) -> None:
+        """Set a channel variable; works on a dead channel too."""
+        await self.command(commands.set_variable(name, value))
+
+    async def set_variables(self, variables: Mapping[str, str]) -> None:
+        """Set several channel variables, in order."""
+        for name, value in variables.items():
+            await self.command(commands.set_variable(name, value))
+
+    async def get_variable(self, name: str) -> str | None:
+        """A channel variable's value, or None when it is not set."""
+        reply = await self.command(commands.get_variable(name))
+        return reply.data if reply.result == 1 else None
+
+    async def get_full_variable(self, expression: str) -> str | None:
+        """Evaluate ``${...}`` on the channel (e.g. ``${DEVICE_STATE(PJSIP/101)}``)."""
+        reply = await self.command(commands.get_full_variable(expression))
+        return reply.data if reply.result == 1 else None
+
+    async def verbose(self, message: str, level: int = 1) -> None:
+        """Write to the Asterisk console at ``level``."""
+        await self.command(commands.verbose(message, level))

@@ -1,0 +1,186 @@
+"""Classic AGI over stdin/stdout, through pyst2, for PBXs that run no daemon.
+
+Dialplan (the script name, then the DID)::
+
+    same => n,AGI(/opt/crmroute/bin/crmroute-agi,route,${EXTEN})
+
+Options go before the script name: ``AGI(crmroute-agi,--config=/etc/crmroute.toml,route,${EXTEN})``.
+
+The same handlers as the FastAGI server run here, so the variables set are
+the same. Asterisk tells a process AGI of a hang-up in two ways, both
+handled: SIGHUP (recorded by pyst2's handler) and a ``HANGUP`` line on stdin.
+After either, the variables are still set (Asterisk allows it on a dead
+channel) and the process exits at once.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+from typing import BinaryIO, TextIO
+
+from asterisk.agi import AGI
+
+from .errors import AgiConnectionClosed, AgiLimitExceeded
+from .environment import AgiEnvironment
+from .limits import SessionLimits
+from .replies import is_usage_end, is_usage_start
+from .session import AgiSession
+
+
+class StdinReader:
+    """stdin as pyst2 reads it: UTF-8 with replacement, bounded lines and header count,
+    and an end of input before the header block is complete reported as such."""
+
+    def __init__(self, raw: BinaryIO, limits: SessionLimits):
+        self._raw = raw
+        self._limits = limits
+        self.in_headers = True
+        self.header_lines = 0
+
+    def readline(self) -> str:
+        limit = self._limits.max_line_bytes
+        line = self._raw.readline(limit + 2)
+        if not line:
+            where = " before the end of the header block" if self.in_headers else ""
+            raise AgiConnectionClosed(f"stdin closed{where}")
+        if len(line.rstrip(b"\r\n")) > limit:
+            raise AgiLimitExceeded(f"line longer than {limit} bytes")
+        if self.in_headers:
+            if line.strip() == b"":
+                self.in_headers = False
+            else:
+                self.header_lines += 1
+                if self.header_lines > self._limits.max_headers:
+                    raise AgiLimitExceeded(f"more than {self._limits.max_headers} header lines")
+        return line.decode("utf-8", "replace")
+
+
+class QuietAGI(AGI):
+    """pyst2's AGI. Its stderr chatter (every header, every command) is sent to
+    /dev/null: Asterisk prints a process AGI's stderr on its console."""
+
+
+class StdioSession(AgiSession):
+    """An AGI session on stdin/stdout, through pyst2's :class:`asterisk.agi.AGI`."""
+
+    def __init__(self, stdin: BinaryIO, stdout: TextIO, limits: SessionLimits, script: str, arguments: tuple[str, ...]):
+        self._limits = limits
+        self._reader = StdinReader(stdin, limits)
+        self._devnull = open(os.devnull, "w")
+        # Reads the header block; also installs pyst2's SIGHUP handler.
+        self._agi = QuietAGI(stdin=self._reader, stdout=stdout, stderr=self._devnull)
+        self.env = AgiEnvironment(dict(self._agi.env))
+        self.script = script
+        self.arguments = arguments
+        self.peer = "stdio"
+        self._hangup_line = False
+
+    @property
+    def hung_up(self) -> bool:  # type: ignore[override]
+        return self._agi._got_sighup or self._hangup_line
+
+    def _readline(self) -> str:
+        return self._reader.readline().rstrip("\r\n")
+
+    async def _exchange(self, command: str) -> str:
+        # Not pyst2's execute(): it refuses to send anything after SIGHUP, but a
+        # dead channel still takes SET VARIABLE, which the hangup handler needs.
+        try:
+            self._agi.send_command(command)
+        except BrokenPipeError:
+            raise AgiConnectionClosed("stdout closed") from None
+        line = self._readline()
+        while line == "HANGUP":
+            self._hangup_line = True
+            line = self._readline()
+        if not is_usage_start(line):
+            return line
+        usage = [line]
+        while not is_usage_end(line):
+            line = self._readline()
+            usage.append(line)
+            if len(usage) > self._limits.max_headers:
+                raise AgiLimitExceeded("usage reply too long")
+        return "\n".join(usage)
+
+    def close(self) -> None:
+        self._devnull.close()
+
+
+def parse_argv(argv: list[str]) -> tuple[str | None, str, tuple[str, ...]]:
+    """``[--config FILE] [SCRIPT [ARG...]]`` -> (config path, script, args); script defaults to ``route``."""
+    config_path = None
+    args = list(argv)
+    while args and args[0].startswith("--config"):
+        option = args.pop(0)
+        if "=" in option:
+            config_path = option.split("=", 1)[1]
+        elif args:
+            config_path = args.pop(0)
+    script = args.pop(0) if args else "route"
+    return config_path, script, tuple(args)
+
+
+def _session_timed_out(signum: int, frame: object) -> None:
+    raise AgiLimitExceeded("session time limit reached")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``crmroute-agi``: one call, then exit. Returns the exit status."""
+    import asyncio
+    import logging
+
+    from .app import App
+    from .config import load_config
+    from .handlers import answer_fallback, run_session
+
+    config_path, script, arguments = parse_argv(sys.argv[1:] if argv is None else argv)
+    # Asterisk shows stderr on its console: warnings only.
+    logging.basicConfig(level=logging.WARNING, format="crmroute-agi %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    log = logging.getLogger("crmroute.stdio")
+    try:
+        config = load_config(config_path)
+        config_problem = ""
+    except Exception as exc:
+        config, config_problem = None, str(exc)
+        log.error("%s", exc)
+    limits = config.limits if config else SessionLimits()
+    # Asterisk waits as long as we do: bound the whole session.
+    signal.signal(signal.SIGALRM, _session_timed_out)
+    signal.setitimer(signal.ITIMER_REAL, limits.session_timeout_ms / 1000)
+    stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", errors="replace", line_buffering=True)
+
+    async def run() -> None:
+        session = StdioSession(sys.stdin.buffer, stdout, limits, script, arguments)
+        try:
+            if config is None:
+                await answer_fallback(session, f"configuration error: {config_problem}")
+                return
+            try:
+                app = App.from_config(config)
+            except Exception as exc:  # e.g. the directory file is missing
+                log.error("cannot open the CRM backend: %s", exc)
+                await answer_fallback(session, f"backend unavailable: {exc}")
+                return
+            try:
+                await run_session(session, app)
+            finally:
+                await app.aclose()
+        finally:
+            session.close()
+
+    try:
+        asyncio.run(run())
+    except (AgiLimitExceeded, AgiConnectionClosed) as exc:
+        log.warning("session-ended peer=stdio error=%r", str(exc))
+        return 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""A stand-in for Asterisk's side of AGI, for tests and benchmarks.
+
+It speaks as Asterisk 22 does: the header block, then one reply per command
+(``200 result=1``, ``510``, the ``520-`` usage block), ``HANGUP`` lines when
+told to, and reads commands the way ``res_agi.c`` does: a line at most 2047
+bytes long (a longer one is cut and its tail read as the next command) and
+split into arguments with ``parse_args``. So a test sees exactly what a real
+PBX would execute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+# res_agi.c: char buf[AGI_BUF_LEN] with AGI_BUF_LEN 2048; fgets keeps one byte for NUL.
+AGI_BUF_LEN = 2048
+
+USAGE_REPLY = "520-Invalid command syntax.  Proper usage follows:\nUsage: SET VARIABLE <variablename> <value>\n520 End of proper usage."
+
+
+def asterisk_headers(
+    *,
+    script: str = "route",
+    caller: str = "+34928000000",
+    caller_name: str = "",
+    uniqueid: str = "1700000000.1",
+    dnid: str = "unknown",
+    extension: str = "900",
+    channel: str = "Local/900@inbound-00000001;2",
+    arguments: tuple[str, ...] = (),
+    host: str = "127.0.0.1:4573",
+) -> list[tuple[str, str]]:
+    """The header block Asterisk 22 sends, in its order (see the design notes)."""
+    headers = [
+        ("agi_network", "yes"),
+        ("agi_network_script", script),
+        ("agi_request", f"agi://{host}/{script}"),
+        ("agi_channel", channel),
+        ("agi_language", "en"),
+        ("agi_type", "Local"),
+        ("agi_uniqueid", uniqueid),
+        ("agi_version", "22.10.0"),
+        ("agi_callerid", caller),
+        ("agi_calleridname", caller_name or "unknown"),
+        ("agi_callingpres", "0"),
+        ("agi_callingani2", "0"),
+        ("agi_callington", "0"),
+        ("agi_callingtns", "0"),
+        ("agi_dnid", dnid),
+        ("agi_rdnis", "unknown"),
+        ("agi_context", "inbound"),
+        ("agi_extension", extension),
+        ("agi_priority", "2"),
+        ("agi_enhanced", "0.0"),
+        ("agi_accountcode", ""),
+        ("agi_threadid", "140000000000000"),
+    ]
+    headers += [(f"agi_arg_{i}", arg) for i, arg in enumerate(arguments, 1)]
+    return headers
+
+
+def header_block(headers: list[tuple[str, str]]) -> bytes:
+    return "".join(f"{key}: {value}\n" for key, value in headers).encode("utf-8") + b"\n"
+
+
+def parse_args(line: str) -> list[str]:
+    """Asterisk's ``parse_args`` (res/res_agi.c), character for character."""
+    argv: list[list[str]] = []
+    quoted = escaped = False
+    whitespace = True
+    for ch in line:
+        if ch == '"' and not escaped:
+            quoted = not quoted
+            if quoted and whitespace:
+                argv.append([])
+                whitespace = False
+            escaped = False
+            continue
+        if ch in " \t" and not quoted and not escaped:
+            whitespace = True
+            continue
+        if ch == "\\" and not escaped:
+            escaped = True
+            continue
+        if whitespace:
+            argv.append([])
+            whitespace = False
+        argv[-1].append(ch)
+        escaped = False
+    return ["".join(chars) for chars in argv]
+
+
+@dataclass
+class CallResult:
+    """What the PBX saw during one AGI session."""
+
+    variables: dict[str, str] = field(default_factory=dict)
+    commands: list[list[str]] = field(default_factory=list)  # each command, as parsed arguments
+    raw: bytes = b""  # every byte the server wrote
+    closed_by_server: bool = False
+
+
+class AsteriskPeer:
+    """Plays Asterisk for one call. ``device_states`` answers ``${DEVICE_STATE(...)}``."""
+
+    def __init__(
+        self,
+        *,
+        device_states: dict[str, str] | None = None,
+        hangup_before_command: int | None = None,
+        dead_channel_rejects: bool = True,
+        reply_delay: float = 0.0,
+        channel_variables: dict[str, str] | None = None,
+    ):
+        self.device_states = device_states or {}
+        # Send "HANGUP" before replying to the N-th command (0 = right after the headers).
+        self.hangup_before_command = hangup_before_command
+        self.dead_channel_rejects = dead_channel_rejects
+        self.reply_delay = reply_delay
+        self.channel_variables = dict(channel_variables or {})
+        self.dead = False
+
+    async def call(self, port: int, headers: list[tuple[str, str]], host: str = "127.0.0.1", timeout: float = 10.0) -> CallResult:
+        reader, writer = await asyncio.open_connection(host, port)
+        result = CallResult(variables=dict(self.channel_variables))
+        try:
+            writer.write(header_block(headers))
+            if self.hangup_before_command == 0:
+                writer.write(b"HANGUP\n")
+                self.dead = True
+            await writer.drain()
+            await asyncio.wait_for(self._serve(reader, writer, result), timeout)
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+        return result
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, result: CallResult) -> None:
+        pending = b""
+        count = 0
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                result.closed_by_server = True
+                # Asterisk writes HANGUP once more at the end, even to a closed socket.
+                try:
+                    writer.write(b"HANGUP\n")
+                except (ConnectionError, OSError):
+                    pass
+                return
+            result.raw += chunk
+            pending += chunk
+            for command in self._take_commands(pending):
+                pending = pending[len(command):]
+                count += 1
+                if self.hangup_before_command is not None and count == self.hangup_before_command and not self.dead:
+                    writer.write(b"HANGUP\n")
+                    self.dead = True
+                if self.reply_delay:
+                    await asyncio.sleep(self.reply_delay)
+                argv = parse_args(command.rstrip(b"\n").decode("utf-8", "replace"))
+                result.commands.append(argv)
+                writer.write(self.reply(argv, result).encode("utf-8") + b"\n")
+                await writer.drain()
+
+    @staticmethod
+    def _take_commands(pending: bytes) -> list[bytes]:
+        """Cut ``pending`` into what fgets would return: lines, or 2047-byte pieces."""
+        out = []
+        while pending:
+            newline = pending.find(b"\n")
+            if newline < 0:
+                if len(pending) >= AGI_BUF_LEN - 1:
+                    out.append(pending[: AGI_BUF_LEN - 1])
+                    pending = pending[AGI_BUF_LEN - 1 :]
+                    continue
+                break
+            piece = pending[: min(newline + 1, AGI_BUF_LEN - 1)]
+            out.append(piece)
+            pending = pending[len(piece) :]
+        return out
+
+    def reply(self, argv: list[str], result: CallResult) -> str:
+        words = [a.upper() for a in argv[:3]]
+        if words[:2] == ["SET", "VARIABLE"]:
+            if len(argv) != 4:
+                return USAGE_REPLY
+            result.variables[argv[2]] = argv[3]
+            return "200 result=1"
+        if words[:2] == ["GET", "VARIABLE"]:
+            if len(argv) != 3:
+                return USAGE_REPLY
+            value = result.variables.get(argv[2])
+            return "200 result=0" if value is None else f"200 result=1 ({value})"
+        if words[:3] == ["GET", "FULL", "VARIABLE"]:
+            if len(argv) not in (4, 5):
+                return USAGE_REPLY
+            return f"200 result=1 ({self.evaluate(argv[3], result)})"
+        if words[:1] == ["VERBOSE"]:
+            return "200 result=1"
+        if self.dead and self.dead_channel_rejects:
+            return "511 Command Not Permitted on a dead channel or intercept routine"
+        return "510 Invalid or unknown command"
+
+    def evaluate(self, expression: str, result: CallResult) -> str:
+        """``${DEVICE_STATE(PJSIP/101)}`` and ``${NAME}``; anything else evaluates empty."""
+        if expression.startswith("${DEVICE_STATE(") and expression.endswith(")}"):
+            return self.device_states.get(expression[len("${DEVICE_STATE(") : -2], "UNKNOWN")
+        if expression.startswith("${") and expression.endswith("}"):
+            return result.variables.get(expression[2:-1], "")
+        return ""
+
+
+async def route_call(port: int, peer: AsteriskPeer | None = None, **header_args) -> CallResult:
+    """One call through ``route`` with Asterisk-like headers."""
+    return await (peer or AsteriskPeer()).call(port, asterisk_headers(**header_args))

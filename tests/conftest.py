@@ -1,0 +1,50 @@
+"""Shared test helpers: a real FastAGI server on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fastagi_server.app import App  # noqa: E402
+from fastagi_server.config import Config, config_from_dict  # noqa: E402
+from fastagi_server.server import FastAgiServer  # noqa: E402
+
+
+def make_config(data: dict[str, Any] | None = None) -> Config:
+    """A Config from a TOML-shaped dict (the defaults for the rest)."""
+    return config_from_dict(data or {})
+
+
+@contextlib.asynccontextmanager
+async def agi_server(config: Config | None = None, app: App | None = None) -> AsyncIterator[FastAgiServer]:
+    """A started server on 127.0.0.1 and a free port; shut down on exit."""
+    server = FastAgiServer(app or App.from_config(config or Config()))
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server
+    finally:
+        await server.shutdown(grace_ms=1000)
+
+
+def run(coro):
+    """Run one scenario on a fresh event loop."""
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def call_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Captures the per-call log lines."""
+    caplog.set_level(logging.INFO, logger="crmroute")
+    return caplog
+
+
+def session_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "crmroute.call"]
