@@ -1,0 +1,169 @@
+"""Classic AGI: the real ``crmroute-agi`` process, driven through its stdin/stdout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from asterisk_peer import AsteriskPeer, CallResult, asterisk_headers, header_block, parse_args
+from dialplan import CONTRACT_VARIABLES
+
+AGI_COMMAND = [sys.executable, "-m", "fastagi_server.stdio"]
+
+
+def stdio_headers(caller: str = "+34928000000", script: str = "/usr/local/bin/crmroute-agi") -> bytes:
+    headers = [(k, v) for k, v in asterisk_headers(caller=caller) if k not in ("agi_network", "agi_network_script")]
+    headers = [(k, script if k == "agi_request" else v) for k, v in headers]
+    return header_block(headers + [("agi_arg_1", "route")])
+
+
+class StdioAsterisk:
+    """Plays Asterisk for a process AGI: header block on stdin, a reply per command."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        self.proc = subprocess.Popen(
+            AGI_COMMAND + args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
+        self.peer = AsteriskPeer()
+        self.result = CallResult()
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # the process already gave up, as it should on bad input
+            pass
+
+    def next_command(self) -> list[str] | None:
+        line = self.proc.stdout.readline()
+        if not line:
+            return None
+        self.result.raw += line
+        return parse_args(line.rstrip(b"\n").decode())
+
+    def answer(self, argv: list[str]) -> None:
+        self.result.commands.append(argv)
+        self.send(self.peer.reply(argv, self.result).encode() + b"\n")
+
+    def run_to_end(self, before_each=None) -> tuple[CallResult, int, str]:
+        while (argv := self.next_command()) is not None:
+            if before_each:
+                before_each(len(self.result.commands), self)
+            self.answer(argv)
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        code = self.proc.wait(timeout=30)
+        return self.result, code, self.proc.stderr.read().decode()
+
+
+def test_routes_a_demo_caller():
+    agi = StdioAsterisk(["route", "900"])
+    agi.send(stdio_headers())
+    result, code, stderr = agi.run_to_end()
+    assert code == 0, stderr
+    v = result.variables
+    assert [name for name in CONTRACT_VARIABLES if name not in v] == []
+    assert (v["CRM_ROUTE_STATUS"], v["CRM_TARGET"], v["CRM_OWNER_NAME"]) == ("OWNER", "PJSIP/101", "Ana García")
+    assert stderr == ""  # pyst2's chatter does not reach the Asterisk console
+
+
+def test_unknown_caller_nomatch():
+    agi = StdioAsterisk(["route"])
+    agi.send(stdio_headers(caller="+12025550199"))
+    result, code, _ = agi.run_to_end()
+    assert code == 0 and result.variables["CRM_ROUTE_STATUS"] == "NOMATCH"
+
+
+def test_hangup_line_before_a_reply():
+    def hang_up_first(count, agi):
+        if count == 0:
+            agi.send(b"HANGUP\n")
+
+    agi = StdioAsterisk(["route"])
+    agi.send(stdio_headers())
+    result, code, _ = agi.run_to_end(hang_up_first)
+    assert code == 0
+    assert result.variables["CRM_ROUTE_STATUS"] == "OWNER"
+    assert len(result.commands) == len(CONTRACT_VARIABLES)
+
+
+def test_sighup_still_sets_the_variables_and_exits():
+    def sighup_after_first(count, agi):
+        if count == 1:
+            agi.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.05)
+
+    agi = StdioAsterisk(["route"])
+    agi.send(stdio_headers())
+    result, code, stderr = agi.run_to_end(sighup_after_first)
+    assert code == 0, stderr
+    assert result.variables["CRM_ROUTE_STATUS"] == "OWNER"
+
+
+def test_unknown_script_sets_error():
+    agi = StdioAsterisk(["rotue"])
+    agi.send(stdio_headers())
+    result, code, stderr = agi.run_to_end()
+    assert code == 0
+    assert result.variables["CRM_ROUTE_STATUS"] == "ERROR"
+    assert "unknown AGI script 'rotue'" in stderr
+
+
+def test_eof_before_the_header_block_ends():
+    agi = StdioAsterisk(["route"])
+    agi.send(b"agi_request: x\nagi_callerid: 1\n")
+    agi.proc.stdin.close()
+    result, code, stderr = agi.run_to_end()
+    assert code == 1 and result.commands == []
+    assert "before the end of the header block" in stderr
+
+
+def test_oversized_header_line():
+    agi = StdioAsterisk(["route"])
+    agi.send(b"agi_callerid: " + b"1" * 100_000 + b"\n\n")
+    result, code, stderr = agi.run_to_end()
+    assert code == 1 and result.commands == []
+    assert "line longer than" in stderr
+
+
+def test_silent_asterisk_hits_the_session_limit(tmp_path):
+    config = tmp_path / "crmroute.toml"
+    config.write_text("[limits]\nsession_timeout_ms = 300\n")
+    agi = StdioAsterisk([f"--config={config}", "route"])
+    started = time.monotonic()
+    result, code, stderr = agi.run_to_end()  # no header block at all, stdin left open
+    assert code == 1 and time.monotonic() - started < 10
+    assert "session time limit" in stderr
+
+
+def test_bad_config_still_answers_error(tmp_path):
+    config = tmp_path / "crmroute.toml"
+    config.write_text("[routing]\ndeadline_ms = -1\n")
+    agi = StdioAsterisk([f"--config={config}", "route"])
+    agi.send(stdio_headers())
+    result, code, stderr = agi.run_to_end()
+    assert result.variables["CRM_ROUTE_STATUS"] == "ERROR"
+    assert "deadline_ms" in stderr
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], (None, "route", ())),
+    (["route", "900"], (None, "route", ("900",))),
+    (["--config=/etc/x.toml", "outcome"], ("/etc/x.toml", "outcome", ())),
+    (["--config", "/etc/x.toml", "route", "1", "2"], ("/etc/x.toml", "route", ("1", "2"))),
+])
+def test_argv(argv, expected):
+    from fastagi_server.stdio import parse_argv
+
+    assert parse_argv(argv) == expected
