@@ -40,7 +40,8 @@ class Router:
         try:
             number = normalise(call.caller, self.settings.default_region)
         except InvalidNumber as exc:
-            return RouteDecision(RouteStatus.NOMATCH, reason=str(exc), steps=[f"caller {call.caller!r}: {exc}"])
+            step = f"caller {call.caller!r}: {exc} (numbers without a country code are read in region {self.settings.default_region})"
+            return RouteDecision(RouteStatus.NOMATCH, reason=str(exc), steps=[step])
         steps = [f"caller {call.caller!r} normalised to {number.e164} (region {self.settings.default_region})"]
         try:
             async with asyncio.timeout(self._deadline_s):

@@ -1,0 +1,99 @@
+"""crmroute.toml: defaults that work, errors that name the key."""
+
+import pytest
+
+from fastagi_server.config import Config, ConfigError, config_from_dict, load_config
+
+
+def test_no_file_gives_working_defaults(monkeypatch):
+    monkeypatch.delenv("CRMROUTE_CONFIG", raising=False)
+    config = load_config(None)
+    assert config == Config()
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 4573)
+    assert config.routing.deadline_ms == 1500
+    assert config.crm.backend == "local" and config.directory.path == ""
+
+
+def test_env_variable_names_the_file(tmp_path, monkeypatch):
+    file = tmp_path / "c.toml"
+    file.write_text("[server]\nport = 5000\n")
+    monkeypatch.setenv("CRMROUTE_CONFIG", str(file))
+    config = load_config(None)
+    assert config.server.port == 5000 and config.source == str(file)
+
+
+def test_full_file(tmp_path):
+    file = tmp_path / "c.toml"
+    file.write_text(
+        """
+[server]
+host = "0.0.0.0"
+allowed_peers = ["10.0.0.5", "192.168.1.0/24"]
+max_sessions = 50
+
+[limits]
+reply_timeout_ms = 500
+
+[routing]
+deadline_ms = 800
+default_region = "es"
+lookup_order = ["Contacts", "Leads"]
+dial_template = "Local/{ext}@from-internal"
+
+[routing.owner_extensions]
+"Ana@Example.com" = ["101", "201"]
+"u7" = "107"
+
+[directory]
+path = "dir.sqlite"
+"""
+    )
+    config = load_config(file)
+    assert config.server.allowed_peers == ("10.0.0.5", "192.168.1.0/24")
+    assert config.routing.default_region == "ES"
+    assert config.routing.lookup_order == ("Contacts", "Leads")
+    assert config.routing.owner_extensions == {"ana@example.com": ("101", "201"), "u7": ("107",)}
+    assert config.limits.reply_timeout_ms == 500
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"server": {"port": "4573"}}, "server.port: expected an integer"),
+        ({"server": {"port": 70000}}, "server: port must be between"),
+        ({"server": {"allowed_peers": ["not-an-ip"]}}, "allowed_peers: 'not-an-ip'"),
+        ({"server": {"prot": 1}}, "server.prot: unknown key"),
+        ({"nonsense": {}}, "nonsense: unknown key"),
+        ({"server": 5}, "server: expected a table"),
+        ({"routing": {"deadline_ms": True}}, "routing.deadline_ms: expected an integer"),
+        ({"routing": {"deadline_ms": 0}}, "routing: deadline_ms must be between"),
+        ({"routing": {"default_region": "XX"}}, "default_region 'XX'"),
+        ({"routing": {"lookup_order": ["Leads", "Widgets"]}}, "lookup_order: 'Widgets'"),
+        ({"routing": {"lookup_order": []}}, "lookup_order must name"),
+        ({"routing": {"lookup_order": "Leads,Deals"}}, "lookup_order: 'Leads,Deals'"),
+        ({"routing": {"extension_pattern": "("}}, "extension_pattern is not a valid"),
+        ({"routing": {"dial_template": "PJSIP/{ext},tT"}}, "dial_template"),
+        ({"routing": {"owner_extensions": {"u1": [101]}}}, "routing.owner_extensions.u1[0]: expected a string"),
+        ({"crm": {"backend": "salesforce"}}, "backend 'salesforce'"),
+        ({"limits": {"max_headers": -5}}, "limits: max_headers must be between"),
+    ],
+)
+def test_bad_values_name_the_key(data, message):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(data)
+    assert message in str(error.value)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\nport = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError):
+        load_config(binary)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path)
