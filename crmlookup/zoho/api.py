@@ -59,13 +59,11 @@ class ZohoApi:
         trace: list[str] | None = None,
     ) -> dict[str, Any] | None:
         """One API call; raises a :class:`~crmlookup.errors.CrmError` subclass when it fails."""
-        token = await self._tokens.get(trace)
-        reply = await self._send(method, path, params, json_body, token, trace)
+        reply, token = await self._send(method, path, params, json_body, trace)
         if reply.status == 401 and error_code(reply) == "INVALID_TOKEN":
             # Expired early or revoked: one refresh, one retry.
             self._tokens.invalidate(token)
-            token = await self._tokens.get(trace)
-            reply = await self._send(method, path, params, json_body, token, trace)
+            reply, _token = await self._send(method, path, params, json_body, trace)
         return self._interpret(reply)
 
     async def _send(
@@ -74,18 +72,19 @@ class ZohoApi:
         path: str,
         params: Mapping[str, str] | None,
         json_body: Any,
-        token: AccessToken,
         trace: list[str] | None,
-    ) -> Reply:
+    ) -> tuple[Reply, AccessToken]:
         self._check_breaker(trace)
-        url = (self._api_domain_override or token.api_domain) + API_PREFIX + path
-        if params:
-            url += "?" + encode_query(params)
-        request = self._client.build_request(method, url, json=json_body, headers={"Authorization": token.header})
         async with self._slots:
             self._check_breaker(trace)  # it may have opened while we queued
+            # Taken once a slot is ours, so requests that queued behind a refresh use the new token.
+            token = await self._tokens.get(trace)
+            url = (self._api_domain_override or token.api_domain) + API_PREFIX + path
+            if params:
+                url += "?" + encode_query(params)
+            request = self._client.build_request(method, url, json=json_body, headers={"Authorization": token.header})
             try:
-                return await exchange(self._client, request, trace)
+                return await exchange(self._client, request, trace), token
             except (CrmTimeout, CrmUnavailable) as exc:
                 self._breaker.record_failure(str(exc))
                 raise
