@@ -31,7 +31,6 @@ class DirectorySettings:
 class CacheSettings:
     """The ``[cache]`` section: the lookup cache in front of any backend."""
 
-    enabled: bool = True
     # How long a lookup that found records is served without asking the CRM.
     ttl_s: int = 300
     # How long "this number is not in the CRM" is believed (shorter: a new lead should ring soon).
