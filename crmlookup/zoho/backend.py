@@ -96,10 +96,6 @@ class ZohoBackend:
         api = ZohoApi(client, tokens, breaker, max_concurrency=settings.max_concurrency, api_domain_override=settings.api_domain)
         return cls(api, settings)
 
-    @property
-    def description(self) -> str:
-        return f"Zoho CRM, data centre {self._settings.data_centre} ({self._settings.accounts_server})"
-
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
         lookup = _Lookup(self, number)
         for module in modules:

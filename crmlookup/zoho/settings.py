@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from ..settings import check_ranges
+
 # Accounts server (OAuth) and API domain per data centre, as Zoho's SDKs list
 # them. The token response's ``api_domain`` wins over the API domain here.
 DATA_CENTRES: dict[str, tuple[str, str]] = {
@@ -77,7 +79,7 @@ class ZohoSettings:
             value = getattr(self, name)
             if value:
                 object.__setattr__(self, name, _check_url(name, value))
-        for name, low, high in (
+        check_ranges(self, (
             ("connect_timeout_ms", 50, 60_000),
             ("read_timeout_ms", 50, 300_000),
             ("max_concurrency", 1, 100),
@@ -87,10 +89,7 @@ class ZohoSettings:
             ("breaker_open_s", 1, 3600),
             ("backoff_initial_ms", 10, 600_000),
             ("backoff_max_ms", 10, 3_600_000),
-        ):
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+        ))
         if self.backoff_max_ms < self.backoff_initial_ms:
             raise ValueError("backoff_max_ms must not be below backoff_initial_ms")
         if self.user_extension_field and not self.user_extension_field.replace("_", "").isalnum():
