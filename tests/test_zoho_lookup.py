@@ -264,6 +264,7 @@ def test_crm_text_cannot_escape_into_the_dialplan(zoho):
     "body, reason",
     [
         (b"{not json", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
         (b"[1, 2]", "expected a JSON object"),
         (b'{"data": {"id": "1"}}', "'data' is not a list"),
         (b'{"data": [{"id": "../../settings", "Owner": {"id": "1"}}]}', "is not an id"),
