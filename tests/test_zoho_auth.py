@@ -248,3 +248,35 @@ def test_every_exchange_is_bounded_by_the_read_timeout(org):
     assert d.status.value == "ERROR"
     assert "no answer in time" in d.reason
     assert time.perf_counter() - started < 2.0
+
+
+def test_processes_share_one_token_through_the_token_cache_file(org, tmp_path):
+    token_file = tmp_path / "zoho-token.json"
+
+    async def one_process(number):
+        app = App.from_config(zoho_config(org, zoho={"user_extension_field": "Extension", "token_cache_file": str(token_file)}))
+        try:
+            return await decide(app, number)
+        finally:
+            await app.aclose()
+
+    decisions = [run(one_process(number)) for number in NUMBERS[:4]]
+    org.expire_tokens()
+    after_expiry = run(one_process(NUMBERS[4]))
+    then = run(one_process(NUMBERS[5]))
+
+    assert [d.status.value for d in decisions + [after_expiry, then]] == ["OWNER"] * 6
+    assert len(org.token_requests()) == 2, "one token for four processes; one refresh after Zoho refused it"
+    assert any("from zoho.token_cache_file" in step for step in decisions[1].steps)
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert org.tokens_issued[-1] in token_file.read_text()
+
+
+def test_a_damaged_token_cache_file_is_ignored(org, tmp_path):
+    token_file = tmp_path / "zoho-token.json"
+    token_file.write_text('{"access_token": 12, "expires_at": "soon"')
+
+    d = with_app(org, lambda app: decide(app, NUMBERS[0]), zoho={"token_cache_file": str(token_file)})
+
+    assert d.status.value == "OWNER"
+    assert len(org.token_requests()) == 1
