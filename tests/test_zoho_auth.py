@@ -280,3 +280,29 @@ def test_a_damaged_token_cache_file_is_ignored(org, tmp_path):
 
     assert d.status.value == "OWNER"
     assert len(org.token_requests()) == 1
+
+
+def test_classic_agi_processes_route_through_zoho_and_share_the_token(org, tmp_path):
+    from test_stdio_agi import StdioAsterisk, stdio_headers
+
+    config = tmp_path / "crmroute.toml"
+    config.write_text(
+        '[crm]\nbackend = "zoho"\n[routing]\ndefault_region = "ES"\n'
+        f'[zoho]\naccounts_url = "{org.url}"\nuser_extension_field = "Extension"\ntoken_cache_file = "{tmp_path / "token.json"}"\n'
+    )
+    credentials = {
+        "CRMROUTE_ZOHO_CLIENT_ID": org.client_id,
+        "CRMROUTE_ZOHO_CLIENT_SECRET": org.client_secret,
+        "CRMROUTE_ZOHO_REFRESH_TOKEN": org.refresh_token,
+    }
+    outcomes = []
+    for number in NUMBERS[:2]:
+        agi = StdioAsterisk([f"--config={config}", "route", "900"], env=credentials)
+        agi.send(stdio_headers(caller=number))
+        outcomes.append(agi.run_to_end())
+
+    for result, code, stderr in outcomes:
+        assert code == 0, stderr
+        assert (result.variables["CRM_ROUTE_STATUS"], result.variables["CRM_TARGET"]) == ("OWNER", "PJSIP/101")
+        assert org.client_secret not in stderr
+    assert len(org.token_requests()) == 1
