@@ -169,3 +169,28 @@ def at(text):
 )
 def test_business_hours(schedule, moment, expected):
     assert schedule.is_open(moment) is expected
+
+
+def test_readme_policy_example_loads_and_matches_the_sample_dialplan():
+    """The README's sales/support example is a working config, and the sample
+    dialplan's two lines reach the two policies it defines."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from fastagi_server.config import config_from_dict
+
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("### Per-DID policies"):]
+    example = section[section.index("```toml") + len("```toml"): section.index("```", section.index("```toml") + 7)]
+    config = config_from_dict(tomllib.loads(example))
+    book = PolicyBook.build(config.routing)
+    sample = (root / "extensions.conf.sample").read_text()
+    lines = re.findall(r"^exten => (\d+),1,Gosub\(crm-route,s,1\(\$\{EXTEN\},(\w+)\)\)", sample, re.M)
+    assert [queue for _, queue in lines] == ["sales", "support"]
+    for did, queue in lines:
+        assert book.for_did(did).name == queue
+    assert book.for_did("34928555300").name == "default"
+    support = book.for_did("34928555200")
+    assert support.rules[0] == "LastAgent" and support.on_unavailable == ("team",)
