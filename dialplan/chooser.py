@@ -29,6 +29,7 @@ class Ring:
 
     candidate: Candidate
     extensions: list[str]
+    unchecked: bool = False  # some of them ring without their state known
 
 
 class StateChecker:
@@ -40,7 +41,6 @@ class StateChecker:
         self._deadline_at = deadline_at
         self.states: dict[str, str] = {}
         self.stopped = ""  # why no more questions are asked
-        self.unchecked_rang = False  # a phone rang whose state was never known
 
     async def state(self, extension: str) -> str | None:
         """The extension's state, or None when it could not be asked."""
@@ -128,16 +128,15 @@ class Chooser:
         if self._checker is None:
             trace.link(f"{candidate.label}: rings {', '.join(candidate.extensions)} (availability not checked)", candidate.chosen_text)
             return Ring(candidate, list(candidate.extensions))
-        ringing, seen = [], []
+        ringing, seen, unchecked = [], [], False
         for extension in candidate.extensions:
             state = await self._checker.state(extension)
             seen.append(f"{extension} {state or 'unchecked'}")
             if state is None or state not in self._policy.skip_states:
                 ringing.append(extension)
-                if state is None:
-                    self._checker.unchecked_rang = True
+                unchecked = unchecked or state is None
         if not ringing:
             trace.link(f"{candidate.label}: passed over, {', '.join(seen)}", f"{candidate.label}: {', '.join(seen)}")
             return None
         trace.link(f"{candidate.label}: rings {', '.join(ringing)} ({', '.join(seen)})", candidate.chosen_text)
-        return Ring(candidate, ringing)
+        return Ring(candidate, ringing, unchecked)

@@ -86,14 +86,6 @@ class PolicyBook:
         self._by_e164 = by_e164
         self._region = region
 
-    @property
-    def policies(self) -> list[Policy]:
-        """Every policy, the default first."""
-        seen = {self.default.name: self.default}
-        for policy in self._by_did.values():
-            seen.setdefault(policy.name, policy)
-        return list(seen.values())
-
     def for_did(self, did: str) -> Policy:
         """The policy listing ``did`` (as written, or as the same E.164 number), else the default."""
         did = did.strip()

@@ -101,7 +101,7 @@ class Router:
         ring = await Chooser(policy, checker, self._clock(), trace).choose(candidates)
         if checker is not None and checker.stopped:
             trace.step(f"device state: not asked further ({checker.stopped})")
-            if checker.unchecked_rang:
+            if ring is not None and ring.unchecked:
                 trace.note(f"state unchecked ({checker.stopped})")
         decision = self._outcome(policy, found, ring, trace)
         decision.normalised_number = number.e164
