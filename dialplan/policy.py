@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 RULES = MODULES + (LAST_AGENT,)
 DEFAULT_POLICY = "default"
+MAX_RESOLVED_DIDS = 1024
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -85,19 +86,26 @@ class PolicyBook:
         self._by_did = by_did
         self._by_e164 = by_e164
         self._region = region
+        # DIDs seen in another form, resolved once: parsing a number costs
+        # about 100 us, and a PBX dials few distinct DIDs. Bounded, so a
+        # stream of made-up DIDs cannot grow it.
+        self._resolved: dict[str, Policy] = {}
 
     def for_did(self, did: str) -> Policy:
         """The policy listing ``did`` (as written, or as the same E.164 number), else the default."""
         did = did.strip()
-        policy = self._by_did.get(did)
+        policy = self._by_did.get(did) or self._resolved.get(did)
         if policy is not None:
             return policy
-        if self._by_e164 and did:
-            try:
-                return self._by_e164.get(normalise(did, self._region).e164, self.default)
-            except InvalidNumber:
-                pass
-        return self.default
+        if not self._by_e164 or not did:
+            return self.default
+        try:
+            policy = self._by_e164.get(normalise(did, self._region).e164, self.default)
+        except InvalidNumber:
+            policy = self.default
+        if len(self._resolved) < MAX_RESOLVED_DIDS:
+            self._resolved[did] = policy
+        return policy
 
     @classmethod
     def build(cls, settings: RoutingSettings) -> "PolicyBook":

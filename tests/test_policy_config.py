@@ -194,3 +194,17 @@ def test_readme_policy_example_loads_and_matches_the_sample_dialplan():
     assert book.for_did("34928555300").name == "default"
     support = book.for_did("34928555200")
     assert support.rules[0] == "LastAgent" and support.on_unavailable == ("team",)
+
+
+def test_dids_in_another_form_are_resolved_once_and_the_memo_is_bounded():
+    from dialplan.policy import MAX_RESOLVED_DIDS
+
+    config = make_config({"routing": {"default_region": "ES", "policies": {"support": {"dids": ["+34928555200"]}}}})
+    book = PolicyBook.build(config.routing)
+    assert book.for_did("928555200").name == "support"
+    assert book.for_did("928555200").name == "support"  # from the memo now
+    # A stream of made-up DIDs (a hostile trunk) cannot grow it without bound.
+    for i in range(MAX_RESOLVED_DIDS + 500):
+        assert book.for_did(f"6{i:08d}").name == "default"
+    assert len(book._resolved) == MAX_RESOLVED_DIDS
+    assert book.for_did("0034928555200").name == "support"  # still resolved, just not remembered
