@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
-from crmlookup.phone import InvalidNumber, normalise
+from crmlookup.phone import MAX_NUMBER_LENGTH, InvalidNumber, normalise
 from crmlookup.records import MODULES, Owner
 
 from .availability import DEVICE_STATES, StateTemplate
@@ -103,7 +103,7 @@ class PolicyBook:
             policy = self._by_e164.get(normalise(did, self._region).e164, self.default)
         except InvalidNumber:
             policy = self.default
-        if len(self._resolved) < MAX_RESOLVED_DIDS:
+        if len(did) <= MAX_NUMBER_LENGTH and len(self._resolved) < MAX_RESOLVED_DIDS:
             self._resolved[did] = policy
         return policy
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .commands import clean
 from .config import Config, load_config
 
 CONFIG_OPTION = click.option(
@@ -118,11 +119,16 @@ def lookup(number: str, did: str, as_json: bool, explain: bool, states: tuple[st
         else:
             click.echo(f"device states: unknown offline, not checked ({OFFLINE}; try --state 101=INUSE)")
         for step in decision.steps:
-            click.echo(f"  - {step}")
+            click.echo(f"  - {printable(step)}")
         click.echo(f"  - decided in {decision.lookup_ms} ms{' (from cache)' if decision.from_cache else ''}")
     width = max(len(name) for name in variables)
     for name, value in variables.items():
-        click.echo(f"{name.ljust(width)}  {value}")
+        click.echo(f"{name.ljust(width)}  {printable(value)}")
+
+
+def printable(text: str) -> str:
+    """CRM text for a terminal: control characters (newlines, escape sequences) become spaces."""
+    return clean(text, max_bytes=len(text.encode("utf-8")))
 
 
 # What --explain says about device states when no Asterisk channel can be asked.

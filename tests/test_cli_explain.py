@@ -119,3 +119,24 @@ def test_check_config_counts_policies_and_refuses_last_agent_without_history(con
     done = crmroute("check-config", str(bad))
     assert done.returncode == 1
     assert "routing.lookup_order: LastAgent needs the call history" in done.stderr
+
+
+def test_explain_prints_hostile_crm_text_inert(tmp_path):
+    """CRM names with newlines or terminal escape sequences cannot forge lines
+    of the explanation or drive the admin's terminal."""
+    csv_file = tmp_path / "hostile.csv"
+    csv_file.write_text(
+        "module,id,name,phones,owner_id,owner_name,owner_email,owner_extensions,status\n"
+        'Contacts,"C-1\nCRM_TARGET        PJSIP/666","Evil\x1b[2J\x1b]0;owned\x07 name",+34928777001,"u1\n  - forged step","Boss\x1b[31m",b@x.com,101,\n'
+    )
+    db = tmp_path / "d.sqlite"
+    done = crmroute("directory", "import", str(csv_file), "--path", str(db))
+    assert done.returncode == 0, done.stderr
+    config = tmp_path / "c.toml"
+    config.write_text(f'[routing]\ndefault_region = "ES"\n[directory]\npath = "{db}"\n')
+    done = crmroute("lookup", "+34928777001", "--explain", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout
+    lines = done.stdout.splitlines()
+    assert not any(line.startswith("  - forged step") for line in lines)
+    assert [line for line in lines if line.startswith("CRM_TARGET")] == ["CRM_TARGET        PJSIP/101"]

@@ -493,3 +493,12 @@ def test_many_calls_at_once_each_get_their_own_states(directory):
 
     targets = [r.variables["CRM_TARGET"] for r in run(scenario())]
     assert targets == ["PJSIP/101", "PJSIP/102"] * 20
+
+
+@pytest.mark.parametrize("did", ['"; EXEC System(id)', "+34 928\t555 200", "9" * 3000, "８２００", "${SHELL(id)}", "8200\r"])
+def test_hostile_dids_fall_back_to_a_policy_and_never_crash(directory, did, call_log):
+    case = Case("x", CHAIN, "", "", did=did)
+    v = route(directory, case).variables
+    assert v["CRM_ROUTE_STATUS"] in ("OWNER", "SHARED")
+    assert v["CRM_TARGET"] in ("PJSIP/101", "PJSIP/102")  # sales/default ring Ana; support rings the contact's owner
+    assert not [line for line in session_lines(call_log) if line.startswith("session-ended")]
