@@ -31,7 +31,7 @@ class Candidate:
     person: str = ""  # the owner key, so one person is tried once
     hours: BusinessHours | None = None
     match: Match | None = None  # the CRM record that proposed them
-    problem: str = ""  # why they cannot ring at all (no owner, no valid extension)
+    problem: str = ""  # why they cannot ring at all: "has no owner", "has no valid extension"
 
     @property
     def chosen_text(self) -> str:
@@ -61,13 +61,13 @@ def owner_candidate(policy: Policy, match: Match) -> Candidate:
     record = f"{match.module} {match.record_id}"
     owner = match.owner
     if owner is None:
-        return Candidate(match.module, record, (), match=match, problem=f"{record} has no owner")
+        return Candidate(match.module, record, (), match=match, problem="has no owner")
     staff = policy.staff
     key = staff.key_for(owner)
     configured = staff.extensions.get(key)
     extensions = tuple(policy.targets.valid_extensions(configured if configured is not None else owner.extensions))
     label = f"{record} owner {owner.id}"
-    problem = "" if extensions else f"{label} has no valid extension"
+    problem = "" if extensions else "has no valid extension"
     return Candidate(match.module, label, extensions, key, staff.hours.get(key), match, problem)
 
 

@@ -116,7 +116,7 @@ class Chooser:
         if candidate.person:
             self._tried.add(candidate.person)
         if candidate.problem:
-            trace.link(f"{candidate.label}: passed over, {candidate.problem.removeprefix(candidate.label + ' ')}", candidate.problem)
+            trace.link(f"{candidate.label}: passed over, {candidate.problem}", f"{candidate.label} {candidate.problem}")
             return None
         if candidate.hours is not None and not candidate.hours.is_open(self._now):
             local = self._now.astimezone(candidate.hours.zone).strftime("%a %H:%M")

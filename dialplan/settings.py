@@ -35,6 +35,7 @@ class HoursSettings:
         self.compile("")  # validate now; errors name the key
 
     def compile(self, name: str) -> BusinessHours:
+        """The schedule, parsed; raises ValueError naming the key."""
         return BusinessHours.parse(name, self.time_zone, self.open, self.closed_dates)
 
 

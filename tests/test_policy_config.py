@@ -3,7 +3,7 @@ and business hours, parsed once and asked per call."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pytest
 
