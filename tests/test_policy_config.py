@@ -208,3 +208,27 @@ def test_dids_in_another_form_are_resolved_once_and_the_memo_is_bounded():
         assert book.for_did(f"6{i:08d}").name == "default"
     assert len(book._resolved) == MAX_RESOLVED_DIDS
     assert book.for_did("0034928555200").name == "support"  # still resolved, just not remembered
+
+
+def test_sample_dialplan_keeps_crm_text_out_of_expressions_and_arguments():
+    """CRM text (names, ids, the reason) may appear in the sample only as a
+    Set() value or inside LEN(): in $[...], IF() or ExecIf() a crafted contact
+    name runs System() on Asterisk 22. CRM_TARGET and CRM_ROUTE_STATUS are
+    ours (a validated dial string, a fixed word) and may be tested."""
+    import re
+    from pathlib import Path
+
+    from dialplan import CONTRACT_VARIABLES
+
+    ours = {"CRM_TARGET", "CRM_ROUTE_STATUS", "CRM_LOOKUP_MS", "CRM_EXTENSION"}
+    crm_text = [name for name in CONTRACT_VARIABLES if name not in ours]
+    sample = (Path(__file__).parent.parent / "extensions.conf.sample").read_text()
+    code = [line.split(";", 1)[0] for line in sample.splitlines() if line.strip() and not line.lstrip().startswith(";")]
+    for line in code:
+        for name in crm_text:
+            for use in re.finditer(r"\$\{" + name + r"\}", line):
+                before = line[: use.start()]
+                as_set_value = re.search(r"\bSet\([A-Za-z_()]+=$", before)
+                in_len = before.endswith("${LEN(") and line[use.end():].startswith(")}")
+                assert as_set_value or in_len, f"CRM text {name} used unsafely: {line.strip()}"
+    assert any("Set(CALLERID(name)=${CRM_CALLER_NAME})" in line for line in code)
