@@ -36,6 +36,11 @@ CONTRACT_VARIABLES = (
 )
 
 
+# CRM_ROUTE_REASON is cut to this many characters; the whole chain is in the
+# log line and ``crmroute lookup --explain``.
+MAX_REASON_CHARS = 200
+
+
 @dataclass
 class RouteDecision:
     """Where a call goes and why."""
@@ -50,6 +55,14 @@ class RouteDecision:
     from_cache: bool = False
     # The explanation, step by step, for ``crmroute lookup --explain``.
     steps: list[str] = field(default_factory=list)
+    # The policy that routed the call, and the rule whose candidate rings
+    # (a CRM module, LastAgent, team, senior_manager; empty when no one rings).
+    policy: str = ""
+    rule: str = ""
+    # Every candidate considered and what became of it, for the log line.
+    chain: list[str] = field(default_factory=list)
+    # The device states Asterisk reported, by extension.
+    device_states: dict[str, str] = field(default_factory=dict)
 
     @property
     def owner(self) -> Owner | None:
@@ -72,6 +85,37 @@ class RouteDecision:
             "CRM_LOOKUP_MS": str(self.lookup_ms),
             "CRM_ROUTE_REASON": self.reason,
         }
+
+
+class Trace:
+    """The explanation of a decision as it is made.
+
+    ``step`` is detail for --explain; ``link`` is a candidate's fate, kept for
+    the log line too; ``note`` adds a few words to CRM_ROUTE_REASON.
+    """
+
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+        self.chain: list[str] = []
+        self.notes: list[str] = []
+
+    def step(self, text: str) -> None:
+        self.steps.append(text)
+
+    def link(self, text: str, note: str = "") -> None:
+        self.steps.append(text)
+        self.chain.append(text)
+        if note:
+            self.note(note)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def reason(self) -> str:
+        """The notes, short enough for a channel variable."""
+        text = "; ".join(self.notes)
+        return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
 
 
 def fallback_variables(status: RouteStatus, reason: str) -> dict[str, str]:

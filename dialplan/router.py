@@ -1,87 +1,224 @@
-"""The routing policy: from a caller's number to a dial target, within a deadline."""
+"""The routing policy: from a caller's number to a dial target, within a deadline.
+
+One decision, in order: the DID picks a policy; the caller's number is
+normalised; the CRM (and, for the LastAgent rule, our own call history) is
+asked; the candidates of the lookup order are walked, with hours and device
+states, then the fallbacks. The deadline covers all of it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable
 
 from crmlookup.backend import CrmBackend
 from crmlookup.errors import CrmError
 from crmlookup.phone import InvalidNumber, PhoneNumber, normalise
 from crmlookup.records import LookupResult, Match
 
+from .availability import DeviceStateProbe, NoDeviceStates
 from .call import InboundCall
-from .decision import RouteDecision, RouteStatus
-from .settings import RoutingSettings
-from .targets import DialTargets
+from .candidates import SENIOR_MANAGER, TEAM, rule_candidates
+from .chooser import Chooser, Ring, StateChecker
+from .decision import RouteDecision, RouteStatus, Trace
+from .history import CallHistory
+from .hours import utc_now
+from .policy import Policy, PolicyBook
+from .settings import LAST_AGENT, RoutingSettings
+
+_NO_PROBE = NoDeviceStates("no device-state probe given")
+
+
+@dataclass
+class Found:
+    """What the sources said about the caller."""
+
+    result: LookupResult
+    failure: RouteStatus | None = None  # TIMEOUT or ERROR when the CRM could not answer
+    failure_reason: str = ""
+    last_extension: str | None = None
 
 
 class Router:
-    """Decides where an inbound call goes. Never raises for CRM trouble."""
+    """Decides where an inbound call goes. Never raises for CRM trouble.
 
-    def __init__(self, settings: RoutingSettings, backend: CrmBackend):
+    ``history`` serves the LastAgent rule; a configuration that uses the rule
+    without one is refused here, naming the key. ``clock`` gives the current
+    time for business hours (aware datetimes).
+    """
+
+    def __init__(
+        self,
+        settings: RoutingSettings,
+        backend: CrmBackend,
+        *,
+        history: CallHistory | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ):
         self.settings = settings
         self.backend = backend
-        self._targets = DialTargets(settings.dial_template, settings.extension_pattern)
+        self.history = history
+        self.book = PolicyBook.build(settings)
+        self._clock = clock
         self._deadline_s = settings.deadline_ms / 1000
+        require_history(settings, history)
 
-    async def decide(self, call: InboundCall) -> RouteDecision:
+    async def decide(self, call: InboundCall, probe: DeviceStateProbe | None = None) -> RouteDecision:
         """The decision for ``call``, always within ``deadline_ms``.
 
-        A slow CRM gives ``TIMEOUT``, a failing one ``ERROR``, an unusable caller
-        ID ``NOMATCH``; the caller is never kept waiting past the deadline.
+        ``probe`` answers device-state questions over the call's own channel;
+        without one no state is known and every candidate is presumed free.
+        A slow CRM gives ``TIMEOUT``, a failing one ``ERROR``, an unusable
+        caller ID ``NOMATCH``; the caller is never kept waiting past the deadline.
         """
         started = time.perf_counter()
-        decision = await self._decide(call)
+        deadline_at = asyncio.get_running_loop().time() + self._deadline_s
+        decision = await self._decide(call, probe or _NO_PROBE, deadline_at)
         decision.lookup_ms = int((time.perf_counter() - started) * 1000)
         return decision
 
-    async def _decide(self, call: InboundCall) -> RouteDecision:
+    async def _decide(self, call: InboundCall, probe: DeviceStateProbe, deadline_at: float) -> RouteDecision:
+        policy = self.book.for_did(call.did)
+        trace = Trace()
+        trace.step(f"DID {call.did!r}: policy {policy.name}")
         try:
             number = normalise(call.caller, self.settings.default_region)
         except InvalidNumber as exc:
-            step = f"caller {call.caller!r}: {exc} (numbers without a country code are read in region {self.settings.default_region})"
-            return RouteDecision(RouteStatus.NOMATCH, reason=str(exc), steps=[step])
-        steps = [f"caller {call.caller!r} normalised to {number.e164} (region {self.settings.default_region})"]
-        try:
-            async with asyncio.timeout(self._deadline_s):
-                result = await self.backend.lookup(number, self.settings.lookup_order)
-        except TimeoutError:
-            reason = f"CRM did not answer within {self.settings.deadline_ms} ms"
-            return RouteDecision(RouteStatus.TIMEOUT, reason=reason, normalised_number=number.e164, steps=steps + [reason])
-        except CrmError as exc:
-            reason = f"CRM lookup failed: {exc}"
-            return RouteDecision(RouteStatus.ERROR, reason=reason, normalised_number=number.e164, steps=steps + [reason])
-        return self._choose(number, result, steps)
-
-    def _choose(self, number: PhoneNumber, result: LookupResult, steps: list[str]) -> RouteDecision:
-        steps = steps + result.steps
-        best = result.best
-        if best is None:
-            steps.append("no open record matches")
-            return RouteDecision(RouteStatus.NOMATCH, reason="caller not in the CRM", normalised_number=number.e164, from_cache=result.from_cache, steps=steps)
-        steps.append(f"matched {best.module} {best.record_id} ({best.name!r})")
-        decision = RouteDecision(RouteStatus.UNMAPPED, match=best, normalised_number=number.e164, from_cache=result.from_cache, steps=steps)
-        if best.owner is None:
-            decision.reason = f"{best.module} {best.record_id} has no owner"
-            steps.append(decision.reason)
-            return decision
-        extensions = self._owner_extensions(best)
-        steps.append(f"owner {best.owner.name or best.owner.id} ({best.owner.email or best.owner.id}) -> extensions {extensions or 'none'}")
-        if not extensions:
-            decision.reason = f"owner {best.owner.id} has no valid extension"
-            return decision
-        decision.status = RouteStatus.OWNER
-        decision.extensions = extensions
-        decision.target = self._targets.dial_string(extensions)
-        decision.reason = f"owner of {best.module} {best.record_id}"
-        steps.append(f"target {decision.target}")
+            trace.step(f"caller {call.caller!r}: {exc} (numbers without a country code are read in region {self.settings.default_region})")
+            trace.note(str(exc))
+            return self._decision(RouteStatus.NOMATCH, policy, trace)
+        trace.step(f"caller {call.caller!r} normalised to {number.e164} (region {self.settings.default_region})")
+        found = await self._find(policy, number, deadline_at, trace)
+        candidates = rule_candidates(policy, found.result.matches, found.last_extension)
+        checker = None
+        if policy.states is not None:
+            checker = StateChecker(probe, policy.states, deadline_at)
+        else:
+            trace.step("availability: not checked (check_availability = false)")
+        ring = await Chooser(policy, checker, self._clock(), trace).choose(candidates)
+        if checker is not None and checker.stopped:
+            trace.step(f"device state: not asked further ({checker.stopped})")
+            if ring is not None and ring.unchecked:
+                trace.note(f"state unchecked ({checker.stopped})")
+        decision = self._outcome(policy, found, ring, trace)
+        decision.normalised_number = number.e164
+        decision.from_cache = found.result.from_cache
+        decision.device_states = dict(checker.states) if checker else {}
         return decision
 
-    def _owner_extensions(self, match: Match) -> list[str]:
-        """The owner's valid extensions: the config map first, then what the CRM knows."""
-        owner = match.owner
-        assert owner is not None
-        mapped = self.settings.owner_extensions
-        configured = mapped.get(owner.id) or (mapped.get(owner.email.lower()) if owner.email else None)
-        return self._targets.valid_extensions(configured if configured is not None else owner.extensions)
+    async def _find(self, policy: Policy, number: PhoneNumber, deadline_at: float, trace: Trace) -> Found:
+        """Ask the CRM and, if the policy uses it, the call history: at the same time, within the deadline."""
+        if not policy.uses_last_agent:
+            found = await self._lookup(policy, number, deadline_at)
+        else:
+            found, last_extension = await asyncio.gather(
+                self._lookup(policy, number, deadline_at), self._last_agent(policy, number, deadline_at, trace)
+            )
+            found.last_extension = last_extension
+        for step in found.result.steps:
+            trace.step(step)
+        if found.failure is not None:
+            trace.step(found.failure_reason)
+        elif policy.modules and not found.result.matches:
+            trace.step("no open record matches")
+        for match in found.result.matches:
+            trace.step(f"matched {match.module} {match.record_id} ({match.name!r}), owner {_owner_text(match)}")
+        return found
+
+    async def _lookup(self, policy: Policy, number: PhoneNumber, deadline_at: float) -> Found:
+        if not policy.modules:
+            return Found(LookupResult())
+        try:
+            async with asyncio.timeout_at(deadline_at):
+                return Found(await self.backend.lookup(number, policy.modules))
+        except TimeoutError:
+            return Found(LookupResult(), RouteStatus.TIMEOUT, f"CRM did not answer within {self.settings.deadline_ms} ms")
+        except CrmError as exc:
+            return Found(LookupResult(), RouteStatus.ERROR, f"CRM lookup failed: {exc}")
+
+    async def _last_agent(self, policy: Policy, number: PhoneNumber, deadline_at: float, trace: Trace) -> str | None:
+        assert self.history is not None  # checked at construction
+        age = policy.last_agent_max_age_s
+        try:
+            async with asyncio.timeout_at(deadline_at):
+                extension = await self.history.last_answered_extension(number.e164, age)
+        except TimeoutError:
+            trace.link(f"{LAST_AGENT}: the call history did not answer in time")
+            return None
+        except Exception as exc:  # the history is our own store: its failure must never cost the route
+            trace.link(f"{LAST_AGENT}: the call history failed ({type(exc).__name__}: {exc})")
+            return None
+        if extension is None:
+            trace.link(f"{LAST_AGENT}: no answered call from {number.e164} in the last {_age_text(age)}")
+            return None
+        if not policy.targets.is_valid(extension):
+            trace.link(f"{LAST_AGENT}: recorded extension {extension!r} is not a valid extension, ignored")
+            return None
+        trace.link(f"{LAST_AGENT}: {extension} answered {number.e164} within the last {_age_text(age)}")
+        return extension
+
+    def _outcome(self, policy: Policy, found: Found, ring: Ring | None, trace: Trace) -> RouteDecision:
+        best = found.result.best
+        if ring is None:
+            if found.failure is not None:
+                trace.note(found.failure_reason)
+                return self._decision(found.failure, policy, trace, match=best)
+            if best is None:
+                trace.note("caller not in the CRM")
+                return self._decision(RouteStatus.NOMATCH, policy, trace)
+            trace.note("no one to ring")
+            return self._decision(RouteStatus.UNMAPPED, policy, trace, match=best)
+        candidate = ring.candidate
+        if found.failure is not None:
+            trace.note(found.failure_reason)
+        if candidate.rule == SENIOR_MANAGER:
+            status = RouteStatus.UNMAPPED
+        elif candidate.rule == TEAM or len(_users(policy, ring)) > 1:
+            status = RouteStatus.SHARED
+        else:
+            status = RouteStatus.OWNER
+        decision = self._decision(status, policy, trace, match=candidate.match or best)
+        decision.rule = candidate.rule
+        decision.extensions = ring.extensions
+        decision.target = policy.targets.dial_string(ring.extensions)
+        trace.step(f"{status.value}: target {decision.target}")
+        return decision
+
+    @staticmethod
+    def _decision(status: RouteStatus, policy: Policy, trace: Trace, match: Match | None = None) -> RouteDecision:
+        return RouteDecision(status, reason=trace.reason(), match=match, steps=trace.steps, policy=policy.name, chain=trace.chain)
+
+
+def require_history(settings: RoutingSettings, history: CallHistory | None) -> None:
+    """Refuse a policy that uses the LastAgent rule when there is no call history to read."""
+    if history is not None:
+        return
+    uses = [("lookup_order", settings.lookup_order)]
+    uses += [(f"policies.{name}.lookup_order", p.lookup_order or ()) for name, p in settings.policies.items()]
+    for key, rules in uses:
+        if LAST_AGENT in rules:
+            raise ValueError(f"routing.{key}: {LAST_AGENT} needs the call history (recorded call outcomes), which is not available")
+
+
+def _users(policy: Policy, ring: Ring) -> frozenset[str]:
+    """Everyone who rings: the people the config maps to the extensions, and the candidate."""
+    users = policy.staff.users_on(ring.extensions)
+    return users | {ring.candidate.person} if ring.candidate.person else users
+
+
+def _owner_text(match: Match) -> str:
+    owner = match.owner
+    if owner is None:
+        return "none"
+    return f"{owner.id} ({owner.name or owner.email or 'no name'})"
+
+
+def _age_text(seconds: int) -> str:
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    return f"{seconds} s"

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .commands import clean
 from .config import Config, load_config
 
 CONFIG_OPTION = click.option(
@@ -66,22 +67,35 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
 
 @cli.command()
 @click.argument("number")
-@click.option("--did", default="", help="The dialled number (selects per-DID rules).")
+@click.option("--did", default="", help="The dialled number (selects the policy that lists it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 @click.option("--explain", is_flag=True, help="Print every step of the decision.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    metavar="EXT=STATE",
+    help="Pretend Asterisk reports this device state (e.g. 101=INUSE); repeatable. Otherwise states are unknown offline.",
+)
+@click.option("--at", "at", metavar="TIME", help="Decide as if it were TIME (ISO 8601, e.g. 2025-03-07T20:30+01:00; no offset: this machine's zone).")
 @CONFIG_OPTION
-def lookup(number: str, did: str, as_json: bool, explain: bool, config_path: str | None) -> None:
+def lookup(number: str, did: str, as_json: bool, explain: bool, states: tuple[str, ...], at: str | None, config_path: str | None) -> None:
     """Show where a call from NUMBER would go, and why."""
-    from dialplan import InboundCall
+    from dialplan import FixedDeviceStates, InboundCall, NoDeviceStates
+    from dialplan.router import Router
 
     from .app import App
 
     config = load_config(config_path)
+    given = _parse_states(states)
+    probe = FixedDeviceStates(given) if given else NoDeviceStates(OFFLINE)
+    when = _parse_time(at) if at else None
 
     async def decide():
         app = App.from_config(config)
+        router = app.router if when is None else Router(config.routing, app.backend, history=app.router.history, clock=lambda: when)
         try:
-            return await app.router.decide(InboundCall(caller=number, did=did))
+            return await router.decide(InboundCall(caller=number, did=did), probe)
         finally:
             await app.aclose()
 
@@ -92,18 +106,58 @@ def lookup(number: str, did: str, as_json: bool, explain: bool, config_path: str
             "variables": variables,
             "normalised_number": decision.normalised_number,
             "from_cache": decision.from_cache,
+            "policy": decision.policy,
+            "rule": decision.rule,
+            "device_states": decision.device_states if given else None,
+            "chain": decision.chain,
             "steps": decision.steps,
         }
         click.echo(json.dumps(payload, ensure_ascii=False, indent=2))
         return
     if explain:
         click.echo(f"backend: {config.crm.backend} ({_backend_description(config)})")
+        click.echo(f"policy: {decision.policy}")
+        if given:
+            click.echo(f"device states: as given by --state ({', '.join(f'{k}={v}' for k, v in given.items())}); others UNKNOWN")
+        else:
+            click.echo(f"device states: unknown offline, not checked ({OFFLINE}; try --state 101=INUSE)")
         for step in decision.steps:
-            click.echo(f"  - {step}")
+            click.echo(f"  - {printable(step)}")
         click.echo(f"  - decided in {decision.lookup_ms} ms{' (from cache)' if decision.from_cache else ''}")
     width = max(len(name) for name in variables)
     for name, value in variables.items():
-        click.echo(f"{name.ljust(width)}  {value}")
+        click.echo(f"{name.ljust(width)}  {printable(value)}")
+
+
+def printable(text: str) -> str:
+    """CRM text for a terminal: control characters (newlines, escape sequences) become spaces."""
+    return clean(text, max_bytes=len(text.encode("utf-8")))
+
+
+# What --explain says about device states when no Asterisk channel can be asked.
+OFFLINE = "crmroute lookup has no Asterisk channel to ask"
+
+
+def _parse_states(pairs: tuple[str, ...]) -> dict[str, str]:
+    from dialplan.availability import DEVICE_STATES
+
+    states = {}
+    for pair in pairs:
+        extension, sep, state = pair.partition("=")
+        if not sep or not extension or state.upper() not in DEVICE_STATES:
+            raise click.BadParameter(f"{pair!r}: expected EXT=STATE with STATE one of {', '.join(DEVICE_STATES)}", param_hint="--state")
+        states[extension] = state.upper()
+    return states
+
+
+def _parse_time(text: str):
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time like 2025-03-07T20:30+01:00", param_hint="--at") from None
+    return moment.astimezone()  # no offset given: this machine's time zone
 
 
 def _backend_description(config: Config) -> str:
@@ -126,7 +180,8 @@ def check_config(file: str) -> None:
     click.echo(
         f"{file}: ok (backend {config.crm.backend}: {_backend_description(config)}; "
         f"listen {config.server.host}:{config.server.port}; deadline {config.routing.deadline_ms} ms; "
-        f"{len(config.routing.owner_extensions)} owner(s) mapped)"
+        f"{len(config.routing.owner_extensions)} owner(s) mapped; "
+        f"{len(config.routing.policies)} DID policy(ies), {len(config.routing.teams)} team(s))"
     )
 
 

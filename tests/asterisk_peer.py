@@ -99,21 +99,33 @@ class CallResult:
     commands: list[list[str]] = field(default_factory=list)  # each command, as parsed arguments
     raw: bytes = b""  # every byte the server wrote
     closed_by_server: bool = False
+    # (loop time, "command" or "reply", the line): when each command arrived and each reply left.
+    timeline: list[tuple[float, str, str]] = field(default_factory=list)
 
 
 class AsteriskPeer:
-    """Plays Asterisk for one call. ``device_states`` answers ``${DEVICE_STATE(...)}``."""
+    """Plays Asterisk for one call.
+
+    ``device_states`` answers ``${DEVICE_STATE(PJSIP/101)}`` and
+    ``extension_states`` ``${EXTENSION_STATE(101@ctx)}``; both say ``UNKNOWN``
+    for what they do not list, as Asterisk does. ``state_delay`` slows only
+    those answers (a PBX under load), ``reply_delay`` every answer.
+    """
 
     def __init__(
         self,
         *,
         device_states: dict[str, str] | None = None,
+        extension_states: dict[str, str] | None = None,
+        state_delay: float = 0.0,
         hangup_before_command: int | None = None,
         dead_channel_rejects: bool = True,
         reply_delay: float = 0.0,
         channel_variables: dict[str, str] | None = None,
     ):
         self.device_states = device_states or {}
+        self.extension_states = extension_states or {}
+        self.state_delay = state_delay
         # Send "HANGUP" before replying to the N-th command (0 = right after the headers).
         self.hangup_before_command = hangup_before_command
         self.dead_channel_rejects = dead_channel_rejects
@@ -142,6 +154,7 @@ class AsteriskPeer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, result: CallResult) -> None:
         pending = b""
         count = 0
+        loop = asyncio.get_running_loop()
         while True:
             chunk = await reader.read(65536)
             if not chunk:
@@ -154,6 +167,8 @@ class AsteriskPeer:
                 return
             result.raw += chunk
             pending += chunk
+            for line in chunk.decode("utf-8", "replace").splitlines():
+                result.timeline.append((loop.time(), "command", line))
             for command in self._take_commands(pending):
                 pending = pending[len(command):]
                 count += 1
@@ -163,8 +178,12 @@ class AsteriskPeer:
                 if self.reply_delay:
                     await asyncio.sleep(self.reply_delay)
                 argv = parse_args(command.rstrip(b"\n").decode("utf-8", "replace"))
+                if self.state_delay and is_state_query(argv):
+                    await asyncio.sleep(self.state_delay)
                 result.commands.append(argv)
-                writer.write(self.reply(argv, result).encode("utf-8") + b"\n")
+                reply = self.reply(argv, result)
+                result.timeline.append((loop.time(), "reply", reply))
+                writer.write(reply.encode("utf-8") + b"\n")
                 await writer.drain()
 
     @staticmethod
@@ -208,11 +227,18 @@ class AsteriskPeer:
 
     def evaluate(self, expression: str, result: CallResult) -> str:
         """``${DEVICE_STATE(PJSIP/101)}`` and ``${NAME}``; anything else evaluates empty."""
-        if expression.startswith("${DEVICE_STATE(") and expression.endswith(")}"):
-            return self.device_states.get(expression[len("${DEVICE_STATE(") : -2], "UNKNOWN")
+        for function, states in (("DEVICE_STATE", self.device_states), ("EXTENSION_STATE", self.extension_states)):
+            opening = "${" + function + "("
+            if expression.startswith(opening) and expression.endswith(")}"):
+                return states.get(expression[len(opening) : -2], "UNKNOWN")
         if expression.startswith("${") and expression.endswith("}"):
             return result.variables.get(expression[2:-1], "")
         return ""
+
+
+def is_state_query(argv: list[str]) -> bool:
+    """``GET FULL VARIABLE ${DEVICE_STATE(...)}`` or ``${EXTENSION_STATE(...)}``."""
+    return [a.upper() for a in argv[:3]] == ["GET", "FULL", "VARIABLE"] and len(argv) > 3 and "_STATE(" in argv[3]
 
 
 async def route_call(port: int, peer: AsteriskPeer | None = None, **header_args) -> CallResult:

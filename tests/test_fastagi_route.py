@@ -35,8 +35,9 @@ def test_demo_caller_rings_the_owner(call_log):
     assert (v["CRM_MODULE"], v["CRM_RECORD_ID"], v["CRM_CALLER_NAME"]) == ("Leads", "L-1001", "Marta Ruiz")
     assert int(v["CRM_LOOKUP_MS"]) >= 0
     assert result.closed_by_server
-    # One command, one reply: every command is a SET VARIABLE of the contract.
-    assert [argv[:2] for argv in result.commands] == [["SET", "VARIABLE"]] * len(CONTRACT_VARIABLES)
+    # One command, one reply: the owner's device state, then a SET VARIABLE per contract variable.
+    assert result.commands[0] == ["GET", "FULL", "VARIABLE", "${DEVICE_STATE(PJSIP/101)}"]
+    assert [argv[:3] for argv in result.commands[1:]] == [["SET", "VARIABLE", name] for name in CONTRACT_VARIABLES]
     lines = session_lines(call_log)
     assert len(lines) == 1
     assert "status=OWNER" in lines[0] and "target=PJSIP/101" in lines[0] and "uniqueid=1700000000.1" in lines[0]

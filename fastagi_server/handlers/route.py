@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
-from dialplan import InboundCall
+from dialplan import DeviceStateUnavailable, InboundCall, NoDeviceStates, StateQuery
 
+from ..errors import AgiConnectionClosed, AgiError, AgiLimitExceeded
 from ..session import AgiSession
 
 if TYPE_CHECKING:
@@ -23,14 +25,63 @@ def inbound_call(session: AgiSession) -> InboundCall:
     return InboundCall(caller=env.caller_number, did=did, caller_name=env.caller_id_name, unique_id=env.unique_id)
 
 
+class ChannelDeviceStates:
+    """Device states asked over the call's own AGI session: one ``GET FULL VARIABLE`` each.
+
+    The router may stop waiting for an answer when its deadline passes; the
+    question is still in flight then, and :meth:`settle` waits for its reply so
+    that the next command's reply is its own (one command, one reply).
+    """
+
+    def __init__(self, session: AgiSession):
+        self._session = session
+        self._in_flight: asyncio.Future[str | None] | None = None
+
+    async def state_of(self, query: StateQuery) -> str:
+        if self._session.hung_up:
+            raise DeviceStateUnavailable("caller hung up")
+        self._in_flight = asyncio.ensure_future(self._session.get_full_variable(query.expression))
+        try:
+            return await asyncio.shield(self._in_flight) or "UNKNOWN"
+        except (AgiConnectionClosed, AgiLimitExceeded):
+            raise  # the session itself is over: nothing more can be set
+        except AgiError as exc:  # 510/511/520 or an unreadable reply: route without states
+            raise DeviceStateUnavailable(f"Asterisk refused {query}: {exc}") from None
+
+    async def settle(self) -> None:
+        """Wait for a question the deadline cut short. Raises if the session died meanwhile."""
+        pending, self._in_flight = self._in_flight, None
+        if pending is None:
+            return
+        try:
+            await pending
+        except (AgiConnectionClosed, AgiLimitExceeded):
+            raise
+        except AgiError:
+            pass  # already answered the router as "state unknown"
+
+
 async def route_call(session: AgiSession, app: App) -> dict[str, str]:
     """Set every ``CRM_*`` variable of the dialplan contract for this call.
 
-    The decision comes back within the routing deadline; if the caller hung up
-    meanwhile the variables are still set (Asterisk allows it on a dead channel,
-    and the hangup handler's ``outcome`` call reads them).
+    The decision comes back within the routing deadline, device-state checks
+    included; if the caller already hung up they are skipped. The variables are
+    set even then (Asterisk allows it on a dead channel, and the hangup
+    handler's ``outcome`` call reads them).
     """
     call = inbound_call(session)
-    decision = await app.router.decide(call)
+    if session.hung_up:  # asking would be pointless
+        decision = await app.router.decide(call, NoDeviceStates("caller hung up"))
+    else:
+        probe = ChannelDeviceStates(session)
+        decision = await app.router.decide(call, probe)
+        await probe.settle()
     await session.set_variables(decision.channel_variables())
-    return {"did": call.did, "status": decision.status.value, "target": decision.target, "reason": decision.reason}
+    return {
+        "did": call.did,
+        "policy": decision.policy,
+        "status": decision.status.value,
+        "target": decision.target,
+        "reason": decision.reason,
+        "chain": " | ".join(decision.chain),
+    }
