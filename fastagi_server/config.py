@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from crmlookup.settings import CrmSettings, DirectorySettings
+from dialplan.outbox.settings import OutboxSettings, OutcomeSettings
 from dialplan.settings import RoutingSettings
 
 from .limits import SessionLimits
@@ -69,6 +70,8 @@ class Config:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     crm: CrmSettings = field(default_factory=CrmSettings)
     directory: DirectorySettings = field(default_factory=DirectorySettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    outcomes: OutcomeSettings = field(default_factory=OutcomeSettings)
     # Where it was read from; empty for the built-in defaults. Not a TOML key.
     source: str = field(default="", metadata={"toml": False})
 

@@ -11,10 +11,13 @@ PBX would execute.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 
 # res_agi.c: char buf[AGI_BUF_LEN] with AGI_BUF_LEN 2048; fgets keeps one byte for NUL.
 AGI_BUF_LEN = 2048
+
+_REFERENCE = re.compile(r"\$\{([^{}]*)\}")
 
 USAGE_REPLY = "520-Invalid command syntax.  Proper usage follows:\nUsage: SET VARIABLE <variablename> <value>\n520 End of proper usage."
 
@@ -207,12 +210,30 @@ class AsteriskPeer:
         return "510 Invalid or unknown command"
 
     def evaluate(self, expression: str, result: CallResult) -> str:
-        """``${DEVICE_STATE(PJSIP/101)}`` and ``${NAME}``; anything else evaluates empty."""
-        if expression.startswith("${DEVICE_STATE(") and expression.endswith(")}"):
-            return self.device_states.get(expression[len("${DEVICE_STATE(") : -2], "UNKNOWN")
-        if expression.startswith("${") and expression.endswith("}"):
-            return result.variables.get(expression[2:-1], "")
-        return ""
+        """Substitute every ``${...}`` as Asterisk does, text around them kept.
+
+        ``${NAME}`` and functions (``${CDR(start,u)}``, ``${CHANNEL(linkedid)}``)
+        come from the channel's variables, keyed by the name as written;
+        ``${DEVICE_STATE(PJSIP/101)}`` from ``device_states``; anything unknown
+        is empty. ``${X:offset:length}`` cuts bytes, as Asterisk does.
+        """
+        return _REFERENCE.sub(lambda match: self._reference(match.group(1), result), expression)
+
+    def _reference(self, inner: str, result: CallResult) -> str:
+        close = inner.find(")") if "(" in inner else -1
+        split_at = inner.find(":", close + 1) if close >= 0 else inner.find(":")
+        name, cut = (inner, "") if split_at < 0 else (inner[:split_at], inner[split_at + 1 :])
+        if name.startswith("DEVICE_STATE(") and name.endswith(")"):
+            value = self.device_states.get(name[len("DEVICE_STATE(") : -1], "UNKNOWN")
+        else:
+            value = result.variables.get(name, "")
+        if not cut:
+            return value
+        offset, _, length = cut.partition(":")
+        data = value.encode("utf-8")[int(offset or 0) :]
+        if length:
+            data = data[: int(length)]
+        return data.decode("utf-8", "replace")
 
 
 async def route_call(port: int, peer: AsteriskPeer | None = None, **header_args) -> CallResult:

@@ -7,13 +7,15 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from ..errors import DirectoryError
 from ..phone import PhoneNumber
 from ..records import LookupResult, Match, Owner
 from .importer import ImportSummary, import_csv
 from .schema import ensure_schema, is_directory
+
+T = TypeVar("T")
 
 DEMO_CSV = "demo_directory.csv"
 # The demo numbers are written as a Spanish office would type them.
@@ -102,10 +104,19 @@ class LocalDirectory:
         return LookupResult(matches=matches, steps=[step])
 
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
+        return await self.run(self.lookup_sync, number, modules)
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function(*args)`` on the directory's own thread (the only one using the connection)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-directory")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.lookup_sync, number, modules)
+        return await loop.run_in_executor(self._executor, function, *args)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection; use it only inside :meth:`run` (or from synchronous code)."""
+        return self._conn
 
     def import_csv(self, source, region: str, *, replace: bool = False) -> ImportSummary:
         """Load a CSV export (see :mod:`.importer`); all rows or none."""
