@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
+from crmlookup.phone import is_withheld
 from crmlookup.writer import CallEntry, Entry, LeadEntry, TaskEntry, WriteKind
 
 from ..outcome import CallOutcome
@@ -93,9 +94,16 @@ def _answered_by_other(outcome: CallOutcome, context: CrmContext) -> bool:
     return False  # nobody to compare: no task rather than a wrong one
 
 
+def _number(outcome: CallOutcome) -> str:
+    """The caller's number as best we know it; empty when withheld."""
+    if outcome.caller_e164:
+        return outcome.caller_e164
+    return "" if is_withheld(outcome.caller) else _line(outcome.caller)[:40]
+
+
 def _who(outcome: CallOutcome, context: CrmContext) -> str:
     name = _line(context.record_name)
-    number = outcome.caller_e164 or _line(outcome.caller)
+    number = _number(outcome)
     if name and number:
         return f"{name} ({number})"
     return name or number or "a withheld number"
@@ -128,7 +136,7 @@ def _answered_by(outcome: CallOutcome, context: CrmContext) -> str:
 
 
 def _description(outcome: CallOutcome, context: CrmContext, tz: tzinfo) -> str:
-    lines = [f"Caller: {outcome.caller_e164 or _line(outcome.caller) or 'withheld'}"]
+    lines = [f"Caller: {_number(outcome) or 'withheld'}"]
     if outcome.did:
         lines.append(f"Dialled number: {_line(outcome.did)}")
     lines.append(f"Started: {_local(outcome.started_at, tz).isoformat(timespec='seconds')}")
@@ -154,7 +162,7 @@ def _call(outcome: CallOutcome, context: CrmContext, owner_id: str, tz: tzinfo) 
         duration_seconds=outcome.talk_seconds,
         subject=_subject(f"{kind} from {_who(outcome, context)}"),
         description=_description(outcome, context, tz),
-        caller_number=outcome.caller_e164 or _line(outcome.caller),
+        caller_number=_number(outcome),
         owner_id=owner_id,
         record=context.record,
     )

@@ -85,7 +85,7 @@ class _Attempt:
     """One outcome within a round."""
 
     item: OutboxItem
-    plan: list[PlannedWrite] = field(default_factory=list)
+    plan: list[PlannedWrite] | None = None  # None until planned: an unplanned outcome is never complete
     error: str = ""
     rejected: bool = False  # the CRM refused a record's data
     transient: bool = False  # the CRM (or we) failed: try again later
@@ -97,7 +97,7 @@ class _Attempt:
         return not (self.error or self.deferred)
 
     def complete(self) -> bool:
-        return self.open and all(self._done(w.step) for w in self.plan)
+        return self.open and self.plan is not None and all(self._done(w.step) for w in self.plan)
 
     def _done(self, step: str) -> bool:
         row = self.item.writes.get(step)
@@ -280,7 +280,7 @@ class SyncWorker:
             for attempt in attempts:
                 if not attempt.open:
                     continue
-                for write in attempt.plan:
+                for write in attempt.plan or ():
                     row = attempt.item.writes.get(step)
                     if write.step == step and not (row and row.state is WriteState.DONE):
                         todo.append((attempt, _linked(write, attempt.item)))
