@@ -1,28 +1,50 @@
-"""Build the configured backend."""
+"""Build the configured backend, with the lookup cache in front of it."""
 
 from __future__ import annotations
 
 from .backend import CrmBackend
+from .cache import CachedBackend
 from .local_directory import LocalDirectory
 from .local_directory.writer import LocalDirectoryWriter
-from .settings import CrmSettings, DirectorySettings
+from .settings import CacheSettings, CrmSettings, DirectorySettings
 from .writer import CrmWriter
+from .zoho import ZohoBackend, ZohoSettings
+
+# The share of the routing deadline a call with an expired cache entry may
+# spend waiting for the CRM before it is answered from that entry.
+STALE_WAIT_SHARE_OF_DEADLINE = 0.7
 
 
-def open_backend(crm: CrmSettings, directory: DirectorySettings) -> CrmBackend:
-    """The backend ``crm.backend`` names, ready for lookups.
+def open_backend(
+    crm: CrmSettings,
+    directory: DirectorySettings,
+    zoho: ZohoSettings | None = None,
+    cache: CacheSettings | None = None,
+    *,
+    deadline_ms: int = 1500,
+) -> CrmBackend:
+    """The backend ``crm.backend`` names, behind the cache, ready for lookups.
 
-    Raises :class:`~crmlookup.errors.CrmError` when it cannot be opened.
+    ``deadline_ms`` is the routing deadline: an expired entry must be served
+    before it. Raises :class:`~crmlookup.errors.CrmError` when the backend
+    cannot be opened (a missing directory file, missing Zoho credentials).
     """
+    cache = cache or CacheSettings()
+    stale_wait_ms = min(cache.stale_wait_ms, deadline_ms * STALE_WAIT_SHARE_OF_DEADLINE)
+    return CachedBackend(_open_inner(crm, directory, zoho or ZohoSettings()), cache, stale_wait_s=stale_wait_ms / 1000)
+
+
+def _open_inner(crm: CrmSettings, directory: DirectorySettings, zoho: ZohoSettings) -> CrmBackend:
     if crm.backend == "local":
         return LocalDirectory.open(directory.path)
+    if crm.backend == "zoho":
+        return ZohoBackend.open(zoho)
     raise ValueError(f"unknown CRM backend {crm.backend!r}")
 
 
-def open_writer(crm: CrmSettings, backend: CrmBackend) -> CrmWriter:
-    """The writer for ``crm.backend``, sharing the lookup backend's connection where it can."""
-    if crm.backend == "local":
-        if not isinstance(backend, LocalDirectory):
-            raise ValueError("the local writer needs the local directory backend")
-        return LocalDirectoryWriter(backend)
-    raise ValueError(f"unknown CRM backend {crm.backend!r}")
+def open_writer(backend: CrmBackend) -> CrmWriter:
+    """The writer for the CRM ``backend`` looks callers up in, sharing its connection and token."""
+    inner = backend.inner if isinstance(backend, CachedBackend) else backend
+    if isinstance(inner, LocalDirectory):
+        return LocalDirectoryWriter(inner)
+    raise ValueError(f"no writer for the {backend.name!r} backend")

@@ -37,23 +37,43 @@ class PhoneNumber:
     national_prefix: str  # the region's trunk prefix ("0" in GB, "" in ES)
 
     def variants(self) -> list[str]:
-        """The forms a CRM may have stored this number in, most likely first.
+        """The compact forms a CRM may have stored this number in, most likely first.
 
         E.164 with and without ``+``, the national number with and without the
         trunk prefix, and the international form with ``00``.
         """
-        forms = [
+        return _unique([
             self.e164,
-            self.e164[1:],
             self.national,
             self.national_prefix + self.national if self.national_prefix else "",
             "00" + self.e164[1:],
-        ]
-        seen: dict[str, None] = {}
-        for form in forms:
-            if form:
-                seen.setdefault(form, None)
-        return list(seen)
+            self.e164[1:],
+        ])
+
+    def typed_forms(self) -> list[str]:
+        """The number as people type it by hand, spaces and dashes included.
+
+        The region's own grouping (``928 00 00 00``, ``+34 928 00 00 00``,
+        ``+34-928-00-00-00``) and, for national numbers whose length allows it,
+        groups of three (``928 000 000``, ``+34-928-000-000``). For a CRM whose
+        search compares text exactly; one that ignores formatting needs only
+        :meth:`variants`.
+        """
+        parsed = phonenumbers.parse(self.e164, None)
+        national = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
+        international = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        forms = [national, international, international.replace(" ", "-")]
+        if len(self.national) % 3 == 0 and len(self.national) >= 6:
+            threes = [self.national[i:i + 3] for i in range(0, len(self.national), 3)]
+            country = f"+{self.country_code}"
+            forms += [" ".join(threes), "-".join([country, *threes]), " ".join([country, *threes])]
+        compact = set(self.variants())
+        return [form for form in _unique(forms) if form not in compact]
+
+
+def _unique(forms: list[str]) -> list[str]:
+    """``forms`` without empty strings and repeats, order kept."""
+    return list(dict.fromkeys(form for form in forms if form))
 
 
 def is_withheld(raw: str) -> bool:

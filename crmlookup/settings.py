@@ -1,17 +1,17 @@
-"""CRM settings: which backend answers lookups, and its own section."""
+"""CRM settings: which backend answers lookups, its own section, and the cache in front of it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "zoho")
 
 
 @dataclass(frozen=True)
 class CrmSettings:
     """The ``[crm]`` section."""
 
-    # local: the SQLite directory (embedded default).
+    # local: the SQLite directory (embedded default); zoho: Zoho CRM (the [zoho] section).
     backend: str = "local"
 
     def __post_init__(self) -> None:
@@ -25,3 +25,37 @@ class DirectorySettings:
 
     # Path to the SQLite file; empty means the packaged demo directory (in memory).
     path: str = ""
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The ``[cache]`` section: the lookup cache in front of any backend."""
+
+    enabled: bool = True
+    # How long a lookup that found records is served without asking the CRM.
+    ttl_s: int = 300
+    # How long "this number is not in the CRM" is believed (shorter: a new lead should ring soon).
+    negative_ttl_s: int = 60
+    # How long after expiry an entry may still be served when the CRM fails or is slow.
+    stale_ttl_s: int = 86_400
+    # Numbers remembered at most (least recently used go first).
+    max_entries: int = 10_000
+    # How long a call with an expired entry waits for the CRM before the entry is
+    # served as it is (the refresh goes on in the background). Capped below the
+    # routing deadline so the expired entry always arrives in time.
+    stale_wait_ms: int = 1000
+    # A lookup running longer than this is abandoned (its callers were answered long ago).
+    refresh_timeout_ms: int = 30_000
+
+    def __post_init__(self) -> None:
+        for name, low, high in (
+            ("ttl_s", 0, 7 * 86_400),
+            ("negative_ttl_s", 0, 7 * 86_400),
+            ("stale_ttl_s", 0, 30 * 86_400),
+            ("max_entries", 1, 10_000_000),
+            ("stale_wait_ms", 0, 60_000),
+            ("refresh_timeout_ms", 100, 600_000),
+        ):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low} and {high}, got {value}")

@@ -36,7 +36,7 @@ class App:
     @classmethod
     def from_config(cls, config: Config) -> "App":
         """Open the backend and build the router. Raises CrmError if the backend cannot open."""
-        backend = open_backend(config.crm, config.directory)
+        backend = open_backend(config.crm, config.directory, config.zoho, config.cache, deadline_ms=config.routing.deadline_ms)
         return cls(config=config, backend=backend, router=Router(config.routing, backend))
 
     @property
@@ -49,7 +49,7 @@ class App:
     @property
     def writer(self) -> CrmWriter:
         if self._writer is None:
-            self._writer = open_writer(self.config.crm, self.backend)
+            self._writer = open_writer(self.backend)
         return self._writer
 
     @property

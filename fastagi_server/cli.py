@@ -58,6 +58,9 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
     config = load_config(config_path)
     level = "DEBUG" if ctx.obj["debug"] else config.server.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # The HTTP libraries log every request at INFO (callers' numbers in the URLs); our own lines say what matters.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     asyncio.run(run_server(config, host=host, port=port))
 
 
@@ -106,6 +109,8 @@ def lookup(number: str, did: str, as_json: bool, explain: bool, config_path: str
 def _backend_description(config: Config) -> str:
     if config.crm.backend == "local":
         return config.directory.path or "packaged demo directory"
+    if config.crm.backend == "zoho":
+        return f"data centre {config.zoho.data_centre}, {config.zoho.accounts_server}"
     return config.crm.backend
 
 

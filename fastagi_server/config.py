@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from crmlookup.settings import CrmSettings, DirectorySettings
+from crmlookup.settings import CacheSettings, CrmSettings, DirectorySettings
+from crmlookup.zoho.settings import ZohoSettings
 from dialplan.outbox.settings import OutboxSettings, OutcomeSettings
 from dialplan.settings import RoutingSettings
 
@@ -70,6 +71,8 @@ class Config:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     crm: CrmSettings = field(default_factory=CrmSettings)
     directory: DirectorySettings = field(default_factory=DirectorySettings)
+    zoho: ZohoSettings = field(default_factory=ZohoSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     outcomes: OutcomeSettings = field(default_factory=OutcomeSettings)
     # Where it was read from; empty for the built-in defaults. Not a TOML key.

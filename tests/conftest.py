@@ -57,3 +57,29 @@ def call_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 def session_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "crmroute.call"]
+
+
+@pytest.fixture
+def zoho():
+    """A Zoho CRM simulator on a free loopback port, with an empty org (tests add users and records)."""
+    from zoho_simulator import ZohoSimulator
+
+    with ZohoSimulator() as simulator:
+        yield simulator
+
+
+def zoho_config(simulator, *, routing: dict[str, Any] | None = None, zoho: dict[str, Any] | None = None, cache: dict[str, Any] | None = None) -> Config:
+    """A Config whose backend is the simulator (region ES unless ``routing`` says otherwise)."""
+    return make_config({
+        "crm": {"backend": "zoho"},
+        "routing": {"default_region": "ES", **(routing or {})},
+        "zoho": simulator.zoho_config(**(zoho or {})),
+        "cache": cache or {},
+    })
+
+
+async def decide(app: App, caller: str):
+    """The routing decision for one call from ``caller``."""
+    from dialplan import InboundCall
+
+    return await app.router.decide(InboundCall(caller=caller))

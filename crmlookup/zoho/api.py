@@ -1,0 +1,135 @@
+"""Requests to the Zoho CRM API: authenticated, bounded, and calm under trouble.
+
+* At most ``max_concurrency`` requests at once (the org's concurrency limit is
+  shared with its other integrations).
+* ``401 INVALID_TOKEN``: the token is refreshed once and the request retried once.
+* ``429 TOO_MANY_REQUESTS`` opens the circuit breaker for a back-off; server
+  errors and timeouts open it after a run of them. While it is open, requests
+  fail at once with no network traffic.
+* Every other outcome becomes one of the :mod:`crmlookup.errors` classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Mapping
+
+import httpx
+
+from ..circuit import CircuitBreaker
+from ..errors import CrmAuthError, CrmBadResponse, CrmRateLimited, CrmTimeout, CrmUnavailable
+from .auth import AccessToken, TokenSource
+from .http import Reply, describe_error, encode_query, error_code, exchange, json_object
+
+logger = logging.getLogger("crmroute.zoho")
+
+API_PREFIX = "/crm/v8"
+
+
+class ZohoApi:
+    """The CRM API of one org, as JSON in and out."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        tokens: TokenSource,
+        breaker: CircuitBreaker,
+        *,
+        max_concurrency: int,
+        api_domain_override: str = "",
+    ):
+        self._client = client
+        self._tokens = tokens
+        self._breaker = breaker
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._api_domain_override = api_domain_override
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None, trace: list[str] | None = None) -> dict[str, Any] | None:
+        """``GET /crm/v8{path}``: the JSON object, or ``None`` for 204 (nothing found)."""
+        return await self.request("GET", path, params=params, trace=trace)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        trace: list[str] | None = None,
+    ) -> dict[str, Any] | None:
+        """One API call; raises a :class:`~crmlookup.errors.CrmError` subclass when it fails."""
+        reply, token = await self._send(method, path, params, json_body, trace)
+        if reply.status == 401 and error_code(reply) == "INVALID_TOKEN":
+            # Expired early or revoked: one refresh, one retry.
+            self._tokens.invalidate(token)
+            reply, _token = await self._send(method, path, params, json_body, trace)
+        return self._interpret(reply)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        json_body: Any,
+        trace: list[str] | None,
+    ) -> tuple[Reply, AccessToken]:
+        self._check_breaker(trace)
+        async with self._slots:
+            self._check_breaker(trace)  # it may have opened while we queued
+            # Taken once a slot is ours, so requests that queued behind a refresh use the new token.
+            token = await self._tokens.get(trace)
+            url = (self._api_domain_override or token.api_domain) + API_PREFIX + path
+            if params:
+                url += "?" + encode_query(params)
+            request = self._client.build_request(method, url, json=json_body, headers={"Authorization": token.header})
+            try:
+                return await exchange(self._client, request, trace), token
+            except (CrmTimeout, CrmUnavailable) as exc:
+                self._breaker.record_failure(str(exc))
+                raise
+
+    def _check_breaker(self, trace: list[str] | None) -> None:
+        wait = self._breaker.retry_in()
+        if wait <= 0:
+            return
+        message = f"not calling Zoho for {wait:.1f} s more: {self._breaker.reason}"
+        if trace is not None:
+            trace.append(f"circuit open: {message}")
+        if "429" in self._breaker.reason:
+            raise CrmRateLimited(message)
+        raise CrmUnavailable(message)
+
+    def _interpret(self, reply: Reply) -> dict[str, Any] | None:
+        status = reply.status
+        if status in (204, 304):
+            self._breaker.record_success()
+            return None
+        if 200 <= status < 300:
+            self._breaker.record_success()
+            return json_object(reply)
+        problem = f"{reply.label}: {describe_error(reply)}"
+        if status == 429:
+            backoff = self._breaker.record_rate_limited(_retry_after(reply))
+            logger.warning("Zoho rate limit: %s; backing off %.1f s", problem, backoff)
+            raise CrmRateLimited(problem)
+        if status >= 500:
+            self._breaker.record_failure(problem)
+            raise CrmUnavailable(problem)
+        if status in (401, 403):
+            # OAUTH_SCOPE_MISMATCH, NO_PERMISSION, a token refused twice: a new token will not help.
+            logger.error("Zoho refused the request: %s", problem)
+            raise CrmAuthError(problem)
+        raise CrmBadResponse(problem)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _retry_after(reply: Reply) -> float | None:
+    value = reply.headers.get("retry-after", "")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= 3600 else None

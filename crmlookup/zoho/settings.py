@@ -1,0 +1,112 @@
+"""The ``[zoho]`` section: which Zoho data centre, which credentials, how calm to be."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+# Accounts server (OAuth) and API domain per data centre, as Zoho's SDKs list
+# them. The token response's ``api_domain`` wins over the API domain here.
+DATA_CENTRES: dict[str, tuple[str, str]] = {
+    "US": ("https://accounts.zoho.com", "https://www.zohoapis.com"),
+    "EU": ("https://accounts.zoho.eu", "https://www.zohoapis.eu"),
+    "IN": ("https://accounts.zoho.in", "https://www.zohoapis.in"),
+    "AU": ("https://accounts.zoho.com.au", "https://www.zohoapis.com.au"),
+    "JP": ("https://accounts.zoho.jp", "https://www.zohoapis.jp"),
+    "CN": ("https://accounts.zoho.com.cn", "https://www.zohoapis.com.cn"),
+    "CA": ("https://accounts.zohocloud.ca", "https://www.zohoapis.ca"),
+    "SA": ("https://accounts.zoho.sa", "https://www.zohoapis.sa"),
+}
+
+ENV_PREFIX = "CRMROUTE_ZOHO_"
+
+
+def _secret_field() -> str:
+    # Credentials stay out of reprs: a Config printed in a log or a traceback shows none.
+    return field(default="", repr=False)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ZohoSettings:
+    """How to reach Zoho CRM. Used only when ``crm.backend = "zoho"``."""
+
+    # US, EU, IN, AU, JP, CN, CA or SA: picks the accounts server and API domain.
+    data_centre: str = "US"
+    # Overrides of the data centre's servers (a sandbox, a test double on loopback).
+    accounts_url: str = ""
+    api_domain: str = ""
+    # Credentials: each from its key, from the file its *_file key names, or from
+    # $CRMROUTE_ZOHO_CLIENT_ID / _CLIENT_SECRET / _REFRESH_TOKEN.
+    client_id: str = _secret_field()
+    client_id_file: str = ""
+    client_secret: str = _secret_field()
+    client_secret_file: str = ""
+    refresh_token: str = _secret_field()
+    refresh_token_file: str = ""
+    connect_timeout_ms: int = 2000
+    # Long enough for a slow answer to still fill the cache after the call was answered.
+    read_timeout_ms: int = 10_000
+    # Requests to Zoho at once, from this process. The org's limit (Standard 10,
+    # Professional 15, Enterprise 20, Ultimate 25) is shared with its other integrations.
+    max_concurrency: int = 10
+    # Lead_Status values that mean the lead no longer decides who owns the caller.
+    closed_lead_statuses: tuple[str, ...] = ("Junk Lead", "Lost Lead", "Not Qualified")
+    # Deals layouts whose pipelines say which stages are open; empty: ask Zoho for them.
+    deal_layout_ids: tuple[str, ...] = ()
+    # A custom field of the Users module holding each user's extension(s); empty: none.
+    user_extension_field: str = ""
+    # How long the active users and the pipeline stage table are kept.
+    users_ttl_s: int = 600
+    pipeline_ttl_s: int = 3600
+    # Also search the forms people type ("928 00 00 00", "+34-928-000-000"): only
+    # for an org whose search compares phone text exactly; costs requests on a miss.
+    search_typed_formats: bool = False
+    # After this many failures in a row (5xx, timeouts) Zoho is left alone for breaker_open_s.
+    breaker_failures: int = 5
+    breaker_open_s: int = 30
+    # A 429 leaves Zoho alone for backoff_initial_ms, doubling on each 429 in a row up to backoff_max_ms.
+    backoff_initial_ms: int = 1000
+    backoff_max_ms: int = 60_000
+
+    def __post_init__(self) -> None:
+        centre = self.data_centre.upper()
+        if centre not in DATA_CENTRES:
+            raise ValueError(f"data_centre {self.data_centre!r} is not one of {', '.join(DATA_CENTRES)}")
+        object.__setattr__(self, "data_centre", centre)
+        for name in ("accounts_url", "api_domain"):
+            value = getattr(self, name)
+            if value:
+                object.__setattr__(self, name, _check_url(name, value))
+        for name, low, high in (
+            ("connect_timeout_ms", 50, 60_000),
+            ("read_timeout_ms", 50, 300_000),
+            ("max_concurrency", 1, 100),
+            ("users_ttl_s", 0, 86_400),
+            ("pipeline_ttl_s", 0, 86_400),
+            ("breaker_failures", 1, 1000),
+            ("breaker_open_s", 1, 3600),
+            ("backoff_initial_ms", 10, 600_000),
+            ("backoff_max_ms", 10, 3_600_000),
+        ):
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+        if self.backoff_max_ms < self.backoff_initial_ms:
+            raise ValueError("backoff_max_ms must not be below backoff_initial_ms")
+        if self.user_extension_field and not self.user_extension_field.replace("_", "").isalnum():
+            raise ValueError(f"user_extension_field {self.user_extension_field!r} is not a field API name")
+
+    @property
+    def accounts_server(self) -> str:
+        return self.accounts_url or DATA_CENTRES[self.data_centre][0]
+
+    @property
+    def default_api_domain(self) -> str:
+        return self.api_domain or DATA_CENTRES[self.data_centre][1]
+
+
+def _check_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"{name} {value!r} must be a URL like https://accounts.zoho.eu")
+    return value.rstrip("/")
