@@ -37,6 +37,8 @@ class CrmContext:
     answerer_name: str = ""
     # When the context was resolved: task due times count from here.
     planned_at: float = 0.0
+    # The owner of the lead planned for an unknown caller (so later calls from them find it).
+    lead_owner_id: str = ""
 
     @property
     def record(self) -> RecordRef | None:

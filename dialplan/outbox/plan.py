@@ -185,10 +185,15 @@ def _task(outcome: CallOutcome, context: CrmContext, owner_id: str, due: datetim
     return PlannedWrite(Step.TASK, WriteKind.TASK, entry)
 
 
+def lead_name(number: str) -> str:
+    """The name a lead for an unknown caller gets (the CRM requires one)."""
+    return f"Caller {number}"
+
+
 def _lead(outcome: CallOutcome, owner_id: str, why: str) -> PlannedWrite:
     entry = LeadEntry(
         key=outcome.call_id,
-        name=f"Caller {outcome.caller_e164}",
+        name=lead_name(outcome.caller_e164),
         phone=outcome.caller_e164,
         description=f"Created from a {why} phone call ({outcome.call_id}) from a number the CRM did not know.",
         owner_id=owner_id,

@@ -313,6 +313,19 @@ class Outbox:
                 [(json.dumps(context, ensure_ascii=False) if context is not None else "", oid) for oid, context in contexts],
             )
 
+    def lead_for_caller(self, caller_e164: str, exclude_id: int) -> tuple[WriteState, str, str] | None:
+        """A lead another live outcome created (or is creating) for this caller: (state, lead id, owner id)."""
+        row = self._conn.execute(
+            "SELECT w.state, w.crm_id, o.context FROM writes w JOIN outcomes o ON o.id = w.outcome_id "
+            "WHERE o.caller_e164 = ? AND o.id != ? AND o.state != 'dead' AND w.step = 'lead' AND w.state IN ('done', 'sent') "
+            "ORDER BY w.state = 'done' DESC, o.id LIMIT 1",
+            (caller_e164, exclude_id),
+        ).fetchone()
+        if row is None:
+            return None
+        context = json.loads(row[2]) if row[2] else {}
+        return WriteState(row[0]), row[1], str(context.get("lead_owner_id", ""))
+
     def release_orphans(self, now: float) -> int:
         """Make outcomes claimed by a process of this machine that no longer runs due at once.
 

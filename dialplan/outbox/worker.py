@@ -36,7 +36,7 @@ from crmlookup.writer import CrmWriter, Entry, RecordRef, WriteKind
 
 from ..settings import RoutingSettings
 from .context import AgentDirectory, CrmContext, resolve_context
-from .plan import PlannedWrite, Step, plan_writes, zone
+from .plan import PlannedWrite, Step, lead_name, plan_writes, zone
 from .settings import OutboxSettings, OutcomeSettings
 from .store import Finish, Outbox, OutboxItem, OutboxState, WriteRow, WriteState, chunks
 
@@ -242,8 +242,10 @@ class SyncWorker:
         contexts: list[tuple[int, dict | None]] = []
         for attempt in attempts:
             item = attempt.item
-            fresh = item.context is None
-            if fresh:
+            number = item.outcome.caller_e164
+            lead = item.writes.get(Step.LEAD)
+            started_lead = lead is not None and lead.state in (WriteState.DONE, WriteState.SENT)
+            if item.context is None:
                 try:
                     context = await resolve_context(item.outcome, self._backend, self._routing, agents, now)
                 except (CrmAuthError, CrmRateLimited):
@@ -252,25 +254,43 @@ class SyncWorker:
                     attempt.error, attempt.transient = f"looking up the caller failed: {exc}", True
                     continue
             else:
-                context = CrmContext.from_dict(item.context or {})
+                context = CrmContext.from_dict(item.context)
+            known = context
+            if context.record is None and number and not started_lead:
+                context = await self._our_lead(attempt, context)
             attempt.plan = plan_writes(item.outcome, context, self._outcomes, self._tz)
-            lead = item.writes.get(Step.LEAD)
             creates_lead = any(w.step == Step.LEAD for w in attempt.plan)
-            started_lead = lead is not None and lead.state in (WriteState.DONE, WriteState.SENT)
-            number = item.outcome.caller_e164
-            if creates_lead and not started_lead and number in leads_planned:
-                # Another outcome of this round creates this caller's lead: take
-                # this one up next round, when the CRM knows the caller.
-                attempt.deferred = True
-                if not fresh:
+            if attempt.deferred or (creates_lead and not started_lead and number in leads_planned):
+                # Another outcome creates this caller's lead: this one waits for
+                # it, and is then logged on it.
+                attempt.deferred, attempt.plan = True, None
+                if item.context is not None:
                     contexts.append((item.id, None))
                 continue
             if creates_lead:
                 leads_planned.add(number)
-            if fresh:
+                context = replace(context, lead_owner_id=next(w.entry.owner_id for w in attempt.plan if w.step == Step.LEAD))
+            if item.context is None or context != known:
                 contexts.append((item.id, context.to_dict()))
         if contexts:
             await self._outbox.run(self._outbox.save_contexts, contexts)
+
+    async def _our_lead(self, attempt: _Attempt, context: CrmContext) -> CrmContext:
+        """The lead an earlier outcome created for this unknown caller, if any.
+
+        The CRM's search (or the lookup cache in front of it) may not show a
+        lead created seconds ago; the outbox remembers it, so one caller gets
+        one lead however often they call.
+        """
+        number = attempt.item.outcome.caller_e164
+        earlier = await self._outbox.run(self._outbox.lead_for_caller, number, attempt.item.id)
+        if earlier is None:
+            return context
+        state, lead_id, owner_id = earlier
+        if state is not WriteState.DONE:
+            attempt.deferred = True  # that lead's creation is uncertain: wait until it is settled
+            return context
+        return replace(context, module=WriteKind.LEAD.value, record_id=lead_id, record_name=lead_name(number), owner_id=owner_id)
 
     async def _deliver(self, attempts: list[_Attempt]) -> bool:
         """Write leads, then calls, then tasks; True once the CRM accepted a request."""
@@ -330,7 +350,8 @@ class SyncWorker:
                 # Not the outcome's fault: it waits, uncounted, for a working token.
                 finishes.append(Finish(item.id, item.lease_token, idle, f"paused: {result.paused}", now, counted=False))
             elif attempt.deferred:
-                finishes.append(Finish(item.id, item.lease_token, idle, "", now, counted=False))
+                retry_at = now + min(self._settings.flush_interval_s, self._settings.backoff_initial_s)
+                finishes.append(Finish(item.id, item.lease_token, idle, "waiting for this caller's lead", retry_at, counted=False))
                 result.deferred += 1
             elif attempt.rejected and item.rejections + 1 >= self._settings.max_attempts:
                 finishes.append(Finish(item.id, item.lease_token, OutboxState.DEAD, attempt.error, now, rejected=True))
