@@ -9,6 +9,7 @@ from .local_directory.writer import LocalDirectoryWriter
 from .settings import CacheSettings, CrmSettings, DirectorySettings
 from .writer import CrmWriter
 from .zoho import ZohoBackend, ZohoSettings
+from .zoho.writer import ZohoWriter
 
 # The share of the routing deadline a call with an expired cache entry may
 # spend waiting for the CRM before it is answered from that entry.
@@ -47,4 +48,6 @@ def open_writer(backend: CrmBackend) -> CrmWriter:
     inner = backend.inner if isinstance(backend, CachedBackend) else backend
     if isinstance(inner, LocalDirectory):
         return LocalDirectoryWriter(inner)
+    if isinstance(inner, ZohoBackend):
+        return ZohoWriter(inner.api, inner.settings)
     raise ValueError(f"no writer for the {backend.name!r} backend")

@@ -100,13 +100,16 @@ class CrmWriter(Protocol):
     name: str
     # The most entries one ``create`` call may carry.
     max_batch: int
+    # How long a record just created may take to be found by ``find_existing``
+    # (a search index catching up); 0 for a CRM that finds it at once.
+    search_lag_s: float
 
     async def create(self, kind: WriteKind, entries: Sequence[Entry]) -> list[WriteResult]:
         """Create ``entries`` (all of ``kind``)."""
         ...
 
-    async def find_existing(self, kind: WriteKind, keys: Sequence[str]) -> dict[str, str]:
-        """The records of ``kind`` already carrying one of ``keys``: key -> record id."""
+    async def find_existing(self, kind: WriteKind, entries: Sequence[Entry]) -> dict[str, str]:
+        """Which of ``entries`` (all of ``kind``) the CRM already holds: key -> record id."""
         ...
 
     async def users(self) -> Sequence[Owner]:

@@ -31,6 +31,7 @@ class Stored:
 class CrmDouble:
     users_list: Sequence[Owner] = ()
     max_batch: int = 100
+    search_lag_s: float = 0.0
     name: str = "double"
     records: list[Stored] = field(default_factory=list)
     requests: list[tuple[str, str, int]] = field(default_factory=list)  # (operation, module, size)
@@ -71,10 +72,10 @@ class CrmDouble:
             raise CrmTimeout("read timed out")
         return results
 
-    async def find_existing(self, kind: WriteKind, keys: Sequence[str]) -> dict[str, str]:
-        self.requests.append(("search", kind.value, len(keys)))
+    async def find_existing(self, kind: WriteKind, entries: Sequence[Entry]) -> dict[str, str]:
+        self.requests.append(("search", kind.value, len(entries)))
         self._gate()
-        wanted = set(keys)
+        wanted = {entry.key for entry in entries}
         return {r.entry.key: r.record_id for r in self.records if r.kind is kind and r.entry.key in wanted}
 
     async def users(self) -> Sequence[Owner]:

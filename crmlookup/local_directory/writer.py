@@ -34,6 +34,7 @@ class LocalDirectoryWriter:
 
     name = "local"
     max_batch = 100
+    search_lag_s = 0.0
 
     def __init__(self, directory: LocalDirectory):
         self._directory = directory
@@ -42,8 +43,8 @@ class LocalDirectoryWriter:
     async def create(self, kind: WriteKind, entries: Sequence[Entry]) -> list[WriteResult]:
         return await self._directory.run(self.create_sync, kind, list(entries))
 
-    async def find_existing(self, kind: WriteKind, keys: Sequence[str]) -> dict[str, str]:
-        return await self._directory.run(self.find_existing_sync, kind, list(keys))
+    async def find_existing(self, kind: WriteKind, entries: Sequence[Entry]) -> dict[str, str]:
+        return await self._directory.run(self.find_existing_sync, kind, [entry.key for entry in entries])
 
     async def users(self) -> Sequence[Owner]:
         return await self._directory.run(self.users_sync)

@@ -97,6 +97,15 @@ class ZohoBackend:
         return cls(api, settings)
 
     @property
+    def api(self) -> ZohoApi:
+        """The authenticated API client, shared with the call-logging writer (one token, one pool)."""
+        return self._api
+
+    @property
+    def settings(self) -> ZohoSettings:
+        return self._settings
+
+    @property
     def description(self) -> str:
         return f"Zoho CRM, data centre {self._settings.data_centre} ({self._settings.accounts_server})"
 

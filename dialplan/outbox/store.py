@@ -107,6 +107,7 @@ class WriteRow:
     state: WriteState
     crm_id: str = ""
     error: str = ""
+    updated_at: float = 0.0
 
 
 @dataclass
@@ -299,10 +300,10 @@ class Outbox:
         out: dict[int, dict[str, WriteRow]] = {}
         for chunk in chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
-            for outcome_id, step, state, crm_id, error in self._conn.execute(
-                f"SELECT outcome_id, step, state, crm_id, error FROM writes WHERE outcome_id IN ({marks})", chunk
+            for outcome_id, step, state, crm_id, error, updated_at in self._conn.execute(
+                f"SELECT outcome_id, step, state, crm_id, error, updated_at FROM writes WHERE outcome_id IN ({marks})", chunk
             ):
-                out.setdefault(outcome_id, {})[step] = WriteRow(step, WriteState(state), crm_id, error)
+                out.setdefault(outcome_id, {})[step] = WriteRow(step, WriteState(state), crm_id, error, updated_at)
         return out
 
     def save_contexts(self, contexts: Sequence[tuple[int, dict[str, Any] | None]]) -> None:
@@ -437,7 +438,8 @@ class Outbox:
             ]
             for chunk in chunks(targets, 500):
                 marks = ",".join("?" * len(chunk))
-                self._conn.execute(f"UPDATE writes SET state = 'sent', updated_at = ? WHERE state = 'done' AND outcome_id IN ({marks})", [now, *chunk])
+                # updated_at is kept: these were written long ago, the CRM's search shows them.
+                self._conn.execute(f"UPDATE writes SET state = 'sent' WHERE state = 'done' AND outcome_id IN ({marks})", chunk)
             self._reopen(targets, now)
         return len(targets)
 

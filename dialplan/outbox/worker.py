@@ -307,11 +307,18 @@ class SyncWorker:
             if not todo:
                 continue
             uncertain = [(a, e) for a, e in todo if (row := a.item.writes.get(step)) is not None and row.state is WriteState.SENT]
+            settled_before = self._clock() - self._writer.search_lag_s
+            for attempt, _ in uncertain:
+                sent_at = attempt.item.writes[step].updated_at
+                if sent_at > settled_before:
+                    # Too recent for the CRM's search to show it: look later, not now.
+                    attempt.deferred, attempt.retry_at = True, sent_at + self._writer.search_lag_s
+            uncertain = [(a, e) for a, e in uncertain if not a.deferred]
             for chunk in chunks(uncertain, self._batch):
-                found = await self._writer.find_existing(kind, [entry.key for _, entry in chunk])
+                found = await self._writer.find_existing(kind, [entry for _, entry in chunk])
                 wrote = True
                 await self._mark(step, [(a, WriteState.DONE, found[e.key], "") for a, e in chunk if e.key in found])
-            todo = [(a, e) for a, e in todo if a.item.writes.get(step, _NOT_WRITTEN).state is not WriteState.DONE]
+            todo = [(a, e) for a, e in todo if a.open and a.item.writes.get(step, _NOT_WRITTEN).state is not WriteState.DONE]
             for chunk in chunks(todo, self._batch):
                 await self._mark(step, [(a, WriteState.SENT, "", "") for a, _ in chunk])
                 results = await self._writer.create(kind, [entry for _, entry in chunk])
@@ -334,8 +341,9 @@ class SyncWorker:
             return
         rows = [(a.item.id, step, state, crm_id, error) for a, state, crm_id, error in marks]
         await self._outbox.run(self._outbox.mark_writes, rows, self._clock())
+        now = self._clock()
         for attempt, state, crm_id, error in marks:
-            attempt.item.writes[step] = WriteRow(step, state, crm_id, error)
+            attempt.item.writes[step] = WriteRow(step, state, crm_id, error, now)
 
     def _finishes(self, attempts: list[_Attempt], result: RoundResult) -> list[Finish]:
         now = self._clock()
@@ -350,8 +358,8 @@ class SyncWorker:
                 # Not the outcome's fault: it waits, uncounted, for a working token.
                 finishes.append(Finish(item.id, item.lease_token, idle, f"paused: {result.paused}", now, counted=False))
             elif attempt.deferred:
-                retry_at = now + min(self._settings.flush_interval_s, self._settings.backoff_initial_s)
-                finishes.append(Finish(item.id, item.lease_token, idle, "waiting for this caller's lead", retry_at, counted=False))
+                retry_at = attempt.retry_at or now + min(self._settings.flush_interval_s, self._settings.backoff_initial_s)
+                finishes.append(Finish(item.id, item.lease_token, idle, "waiting for an earlier write to settle", retry_at, counted=False))
                 result.deferred += 1
             elif attempt.rejected and item.rejections + 1 >= self._settings.max_attempts:
                 finishes.append(Finish(item.id, item.lease_token, OutboxState.DEAD, attempt.error, now, rejected=True))
