@@ -11,15 +11,9 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cli_options import CONFIG_OPTION
 from .config import Config, load_config
-
-CONFIG_OPTION = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    envvar="CRMROUTE_CONFIG",
-    help="crmroute.toml to read (default: $CRMROUTE_CONFIG, else built-in defaults).",
-)
+from .outbox_cli import outbox
 
 
 class CrmrouteGroup(click.Group):
@@ -162,6 +156,9 @@ def directory_import(csv_file: str, db_path: str | None, replace: bool, config_p
     finally:
         store.close()
     click.echo(f"imported {summary.records} record(s), {summary.phones} phone(s), {summary.users} user(s) into {Path(target)}")
+
+
+cli.add_command(outbox)
 
 
 def main() -> None:

@@ -9,7 +9,8 @@
   ``Call_Start_Time`` is ISO 8601 with its offset, ``Call_Duration`` ``mm:ss``.
 * Zoho has no idempotency key, so each record carries the call's key where a
   search can find it: ``zoho.call_id_field`` when configured (a custom text
-  field), else the exact ``Subject``; a lead is found by its phone number.
+  field), else the ``Subject``, which then ends with ``[<call id>]``; a lead
+  is found by its phone number.
   The criteria search compares loosely when conditions are joined, so every
   hit is checked against the exact value here.
 """
@@ -33,6 +34,7 @@ from .settings import ZohoSettings
 MAX_CRITERIA = 10
 MAX_DURATION_MINUTES = 999
 # Zoho text fields hold 255 characters unless an admin made them shorter.
+MAX_SUBJECT_LENGTH = 255
 MAX_NAME_LENGTH = 80
 _CRITERIA_SPECIAL = re.compile(r"([\\(),])")
 
@@ -113,13 +115,21 @@ class ZohoWriter:
             return "Phone", lambda entry: entry.phone  # type: ignore[union-attr]
         if self._call_id_field:
             return self._call_id_field, lambda entry: entry.key
-        return "Subject", lambda entry: entry.subject  # type: ignore[union-attr]
+        return "Subject", self._subject
+
+    def _subject(self, entry: Entry) -> str:
+        """The Subject as written: with the call's key in brackets unless a field of its own holds it."""
+        subject = entry.subject  # type: ignore[union-attr]
+        if self._call_id_field:
+            return subject
+        marker = f" [{entry.key}]"
+        return subject[: MAX_SUBJECT_LENGTH - len(marker)] + marker
 
     def _record(self, entry: Entry) -> dict[str, Any]:
         record: dict[str, Any] = {}
         if isinstance(entry, CallEntry):
             record.update(
-                Subject=entry.subject,
+                Subject=self._subject(entry),
                 Call_Type="Inbound" if entry.answered else "Missed",
                 Call_Start_Time=zoho_datetime(entry.start),
                 Call_Duration=duration(entry.duration_seconds),
@@ -127,7 +137,7 @@ class ZohoWriter:
             )
         elif isinstance(entry, TaskEntry):
             record.update(
-                Subject=entry.subject,
+                Subject=self._subject(entry),
                 Due_Date=entry.due.date().isoformat(),
                 Status="Not Started",
                 Description=entry.description,
