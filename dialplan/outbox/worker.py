@@ -238,6 +238,7 @@ class SyncWorker:
     async def _plan(self, attempts: list[_Attempt], now: float) -> None:
         """Resolve each outcome's CRM context (once) and plan its records."""
         agents = await self._agent_directory(now)
+        resolved = await self._resolve(attempts, agents, now)
         leads_planned: set[str] = set()
         contexts: list[tuple[int, dict | None]] = []
         for attempt in attempts:
@@ -245,16 +246,12 @@ class SyncWorker:
             number = item.outcome.caller_e164
             lead = item.writes.get(Step.LEAD)
             started_lead = lead is not None and lead.state in (WriteState.DONE, WriteState.SENT)
-            if item.context is None:
-                try:
-                    context = await resolve_context(item.outcome, self._backend, self._routing, agents, now)
-                except (CrmAuthError, CrmRateLimited):
-                    raise
-                except CrmError as exc:
-                    attempt.error, attempt.transient = f"looking up the caller failed: {exc}", True
-                    continue
-            else:
+            if item.context is not None:
                 context = CrmContext.from_dict(item.context)
+            elif item.id in resolved:
+                context = resolved[item.id]
+            else:
+                continue  # the lookup failed: the attempt says why
             known = context
             if context.record is None and number and not started_lead:
                 context = await self._our_lead(attempt, context)
@@ -274,6 +271,24 @@ class SyncWorker:
                 contexts.append((item.id, context.to_dict()))
         if contexts:
             await self._outbox.run(self._outbox.save_contexts, contexts)
+
+    async def _resolve(self, attempts: list[_Attempt], agents: AgentDirectory, now: float) -> dict[int, CrmContext]:
+        """The contexts of the outcomes that have none yet, looked up together (the CRM client bounds the concurrency)."""
+        fresh = [attempt for attempt in attempts if attempt.item.context is None]
+        answers = await asyncio.gather(
+            *(resolve_context(a.item.outcome, self._backend, self._routing, agents, now) for a in fresh), return_exceptions=True
+        )
+        resolved: dict[int, CrmContext] = {}
+        for attempt, answer in zip(fresh, answers):
+            if isinstance(answer, (CrmAuthError, CrmRateLimited)):
+                raise answer
+            if isinstance(answer, CrmError):
+                attempt.error, attempt.transient = f"looking up the caller failed: {answer}", True
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                resolved[attempt.item.id] = answer
+        return resolved
 
     async def _our_lead(self, attempt: _Attempt, context: CrmContext) -> CrmContext:
         """The lead an earlier outcome created for this unknown caller, if any.
