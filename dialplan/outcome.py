@@ -175,7 +175,7 @@ def outcome_from_channel(
     explicit = extension_of(get("answered_by"))
     dialled = extension_of(get("peer_number")) if dial_status == "ANSWER" else ""
     answered = bool(explicit or member or dial_status == "ANSWER")
-    talk = math.ceil(_talk_seconds(readings)) if answered else 0
+    talk = int(_talk_seconds(readings) + 0.5) if answered else 0
     try:
         e164 = normalise(caller, region).e164
     except InvalidNumber:

@@ -67,7 +67,7 @@ def test_answered_call_is_recorded_in_one_round_trip(tmp_path, call_log):
     assert "${DIALSTATUS:0:64}" in argv[3] and "${CHANNEL(linkedid):0:64}" in argv[3]
     [(call_id, state, o)] = stored(tmp_path)
     assert (call_id, state) == ("1700000000.1", "pending")
-    assert o["answered"] and o["answered_extension"] == "101" and o["talk_seconds"] == 43
+    assert o["answered"] and o["answered_extension"] == "101" and o["talk_seconds"] == 42
     assert o["caller_e164"] == "+34928000000" and o["did"] == "900"
     assert o["started_at"] == pytest.approx(START, abs=1e-5) and o["linked_id"] == "1700000000.1"
     assert o["route"] == {"status": "OWNER", "owner_id": "u1001", "module": "Leads", "record_id": "L-1001", "extension": "101", "record_name": "Marta Ruiz"}

@@ -16,9 +16,9 @@ def build(readings=None, **kwargs):
 def test_answered_dial_gives_talk_time_and_who_answered():
     o = build({"dial_status": "ANSWER", "answered_ms": "42300", "answered_s": "42", "peer_number": "102", "cdr_start": "1700000050.25"})
     assert o.answered and o.answered_extension == "102"
-    assert o.talk_seconds == 43  # rounded up: a started second counts
+    assert o.talk_seconds == 42  # to the nearest second
     assert o.started_at == 1700000050.25
-    assert o.answered_at == NOW - 43
+    assert o.answered_at == NOW - 42
     assert o.caller_e164 == "+34928000000"
 
 
@@ -32,6 +32,7 @@ def test_missed_call():
 @pytest.mark.parametrize("readings", [
     {"dial_status": "ANSWER"},  # no time at all
     {"dial_status": "ANSWER", "answered_ms": "0"},
+    {"dial_status": "ANSWER", "answered_ms": "300"},  # rounds to 0
     {"dial_status": "ANSWER", "answered_s": "0"},
     {"dial_status": "ANSWER", "answered_s": "-5"},
     {"dial_status": "ANSWER", "answered_ms": "nan"},
