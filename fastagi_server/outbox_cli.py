@@ -63,7 +63,7 @@ def status(config_path: str | None) -> None:
         now = time.time()
         counts = box.counts()
         oldest = box.oldest_recorded([OutboxState.PENDING, OutboxState.FAILED, OutboxState.IN_FLIGHT])
-        next_due = box.next_due()
+        next_due = box.next_due([OutboxState.FAILED])
         pause = box.get_meta(PAUSE_KEY)
         failed = box.list_rows(OutboxState.FAILED, limit=1)
     finally:

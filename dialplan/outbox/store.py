@@ -394,8 +394,10 @@ class Outbox:
         row = self._conn.execute(f"SELECT min(recorded_at) FROM outcomes WHERE state IN ({marks})", [s.value for s in states]).fetchone()
         return row[0]
 
-    def next_due(self) -> float | None:
-        row = self._conn.execute("SELECT min(next_attempt_at) FROM outcomes WHERE state IN ('pending', 'failed')").fetchone()
+    def next_due(self, states: Sequence[OutboxState] = (OutboxState.PENDING, OutboxState.FAILED)) -> float | None:
+        """When the next of the outcomes in ``states`` is due."""
+        marks = ",".join("?" * len(states))
+        row = self._conn.execute(f"SELECT min(next_attempt_at) FROM outcomes WHERE state IN ({marks})", [s.value for s in states]).fetchone()
         return row[0]
 
     def list_rows(self, state: OutboxState | None = None, limit: int = 50) -> list[OutboxRow]:
