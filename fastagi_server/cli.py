@@ -120,7 +120,7 @@ def check_config(file: str) -> None:
     click.echo(
         f"{file}: ok (backend {config.crm.backend}: {_backend_description(config)}; "
         f"listen {config.server.host}:{config.server.port}; deadline {config.routing.deadline_ms} ms; "
-        f"{len(config.routing.owner_extensions)} owner(s) mapped)"
+        f"{len(config.routing.owner_extensions)} owner(s) mapped; outbox {config.outbox.resolved_path})"
     )
 
 

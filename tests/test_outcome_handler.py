@@ -249,3 +249,20 @@ def test_classic_agi_process_records_the_outcome(tmp_path):
     assert len(commands) == 1
     [(_, _, o)] = stored(tmp_path)
     assert o["answered"] and o["did"] == "900"
+
+
+def test_recorded_answers_feed_the_call_history(tmp_path):
+    """What the "last agent" rule reads: the extension that last answered this caller."""
+
+    async def scenario():
+        app = App.from_config(outbox_config(tmp_path))
+        async with agi_server(app=app) as server:
+            await AsteriskPeer(channel_variables=dict(ANSWERED_CHANNEL, DIALEDPEERNUMBER="102")).call(server.port, outcome_headers("1700000000.1"))
+            await AsteriskPeer(channel_variables={"DIALSTATUS": "NOANSWER"}).call(server.port, outcome_headers("1700000000.2"))
+            history = app.call_history()
+            return (
+                await history.last_answered_extension("+34928000000", 3600),
+                await history.last_answered_extension("+34928000099", 3600),
+            )
+
+    assert run(scenario()) == ("102", None)

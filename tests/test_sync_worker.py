@@ -462,3 +462,18 @@ def test_the_worker_runs_in_the_background_and_stops(rig_factory):
 
     run(scenario())
     assert len(crm.of(WriteKind.CALL)) == 1
+
+
+def test_a_lost_answer_is_looked_for_only_once_the_crm_search_can_show_it(rig_factory):
+    crm = CrmDouble(users_list=USERS, lose_answers=1, search_lag_s=30)
+    rig = rig_factory(crm)
+    rig.record(outcome(1))
+    rig.flush()  # the call is created, its answer lost
+    rig.clock.now += 10  # the back-off is over, but the search may not show the call yet
+    assert rig.round().deferred == 1
+    assert not any(op == "search" for op, _, _ in crm.requests)
+    row = rig.rows()["1700000000.1"]
+    assert row.state == "failed" and row.attempts == 1 and row.next_attempt_at == NOW + 30
+    rig.clock.now = NOW + 30
+    assert rig.flush().delivered == 1
+    assert ("search", "Calls", 1) in crm.requests and not crm.duplicates()
