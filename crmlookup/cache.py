@@ -57,10 +57,6 @@ class CachedBackend:
         self._flights: dict[Key, asyncio.Task[LookupResult]] = {}
         self.lookups_started = 0
 
-    @property
-    def description(self) -> str:
-        return getattr(self.inner, "description", self.name)
-
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
         key: Key = (number.e164, tuple(modules))
         entry = self._entries.get(key)

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 BACKENDS = ("local", "zoho")
+
+
+def check_ranges(settings: object, bounds: Iterable[tuple[str, int, int]]) -> None:
+    """Raise ValueError naming the first field of ``settings`` outside its ``(name, low, high)`` bounds."""
+    for name, low, high in bounds:
+        value = getattr(settings, name)
+        if not low <= value <= high:
+            raise ValueError(f"{name} must be between {low} and {high}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,6 @@ class DirectorySettings:
 class CacheSettings:
     """The ``[cache]`` section: the lookup cache in front of any backend."""
 
-    enabled: bool = True
     # How long a lookup that found records is served without asking the CRM.
     ttl_s: int = 300
     # How long "this number is not in the CRM" is believed (shorter: a new lead should ring soon).
@@ -48,14 +56,11 @@ class CacheSettings:
     refresh_timeout_ms: int = 30_000
 
     def __post_init__(self) -> None:
-        for name, low, high in (
+        check_ranges(self, (
             ("ttl_s", 0, 7 * 86_400),
             ("negative_ttl_s", 0, 7 * 86_400),
             ("stale_ttl_s", 0, 30 * 86_400),
             ("max_entries", 1, 10_000_000),
             ("stale_wait_ms", 0, 60_000),
             ("refresh_timeout_ms", 100, 600_000),
-        ):
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+        ))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crmlookup.settings import check_ranges
+
 
 @dataclass(frozen=True)
 class SessionLimits:
@@ -25,13 +27,10 @@ class SessionLimits:
     session_timeout_ms: int = 10000
 
     def __post_init__(self) -> None:
-        for name, low, high in (
+        check_ranges(self, (
             ("max_line_bytes", 256, 1 << 20),
             ("max_headers", 32, 100_000),
             ("header_timeout_ms", 10, 600_000),
             ("reply_timeout_ms", 10, 600_000),
             ("session_timeout_ms", 100, 3_600_000),
-        ):
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+        ))

@@ -248,3 +248,61 @@ def test_every_exchange_is_bounded_by_the_read_timeout(org):
     assert d.status.value == "ERROR"
     assert "no answer in time" in d.reason
     assert time.perf_counter() - started < 2.0
+
+
+def test_processes_share_one_token_through_the_token_cache_file(org, tmp_path):
+    token_file = tmp_path / "zoho-token.json"
+
+    async def one_process(number):
+        app = App.from_config(zoho_config(org, zoho={"user_extension_field": "Extension", "token_cache_file": str(token_file)}))
+        try:
+            return await decide(app, number)
+        finally:
+            await app.aclose()
+
+    decisions = [run(one_process(number)) for number in NUMBERS[:4]]
+    org.expire_tokens()
+    after_expiry = run(one_process(NUMBERS[4]))
+    then = run(one_process(NUMBERS[5]))
+
+    assert [d.status.value for d in decisions + [after_expiry, then]] == ["OWNER"] * 6
+    assert len(org.token_requests()) == 2, "one token for four processes; one refresh after Zoho refused it"
+    assert any("from zoho.token_cache_file" in step for step in decisions[1].steps)
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert org.tokens_issued[-1] in token_file.read_text()
+
+
+def test_a_damaged_token_cache_file_is_ignored(org, tmp_path):
+    token_file = tmp_path / "zoho-token.json"
+    token_file.write_text('{"access_token": 12, "expires_at": "soon"')
+
+    d = with_app(org, lambda app: decide(app, NUMBERS[0]), zoho={"token_cache_file": str(token_file)})
+
+    assert d.status.value == "OWNER"
+    assert len(org.token_requests()) == 1
+
+
+def test_classic_agi_processes_route_through_zoho_and_share_the_token(org, tmp_path):
+    from test_stdio_agi import StdioAsterisk, stdio_headers
+
+    config = tmp_path / "crmroute.toml"
+    config.write_text(
+        '[crm]\nbackend = "zoho"\n[routing]\ndefault_region = "ES"\n'
+        f'[zoho]\naccounts_url = "{org.url}"\nuser_extension_field = "Extension"\ntoken_cache_file = "{tmp_path / "token.json"}"\n'
+    )
+    credentials = {
+        "CRMROUTE_ZOHO_CLIENT_ID": org.client_id,
+        "CRMROUTE_ZOHO_CLIENT_SECRET": org.client_secret,
+        "CRMROUTE_ZOHO_REFRESH_TOKEN": org.refresh_token,
+    }
+    outcomes = []
+    for number in NUMBERS[:2]:
+        agi = StdioAsterisk([f"--config={config}", "route", "900"], env=credentials)
+        agi.send(stdio_headers(caller=number))
+        outcomes.append(agi.run_to_end())
+
+    for result, code, stderr in outcomes:
+        assert code == 0, stderr
+        assert (result.variables["CRM_ROUTE_STATUS"], result.variables["CRM_TARGET"]) == ("OWNER", "PJSIP/101")
+        assert org.client_secret not in stderr
+    assert len(org.token_requests()) == 1

@@ -264,6 +264,7 @@ def test_crm_text_cannot_escape_into_the_dialplan(zoho):
     "body, reason",
     [
         (b"{not json", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
         (b"[1, 2]", "expected a JSON object"),
         (b'{"data": {"id": "1"}}', "'data' is not a list"),
         (b'{"data": [{"id": "../../settings", "Owner": {"id": "1"}}]}', "is not an id"),
@@ -312,11 +313,19 @@ def test_server_errors_and_dropped_connections_become_error(zoho, fault, expecte
 def test_scope_mismatch_is_an_auth_error_without_a_useless_refresh(zoho, team):
     zoho.scope_mismatch = True
 
-    d = decision(zoho)
+    async def scenario():
+        app = App.from_config(zoho_config(zoho, zoho={"breaker_failures": 3}))
+        try:
+            return [await decide(app, f"+3492800000{i}") for i in range(6)]
+        finally:
+            await app.aclose()
 
-    assert d.status.value == "ERROR"
-    assert "OAUTH_SCOPE_MISMATCH" in d.reason
+    decisions = run(scenario())
+
+    assert [d.status.value for d in decisions] == ["ERROR"] * 6
+    assert "OAUTH_SCOPE_MISMATCH" in decisions[0].reason
     assert len(zoho.token_requests()) == 1
+    assert len(zoho.api_requests()) == 3, "a refusal repeated call after call opens the breaker"
 
 
 def test_paging_info_is_read_and_only_one_page_is_fetched(zoho, team):

@@ -49,6 +49,7 @@ import json
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -214,6 +215,7 @@ class ZohoSimulator:
         self._ids = itertools.count(5_725_767_000_001_000_001)
         self._lock = threading.RLock()
         self._in_flight = 0
+        self._connections: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.add_layout("Standard", [("Standard", STANDARD_STAGES)])
@@ -226,9 +228,7 @@ class ZohoSimulator:
         class Handler(_Handler):
             sim = simulator
 
-        server = ThreadingHTTPServer((self.host, self.port), Handler)
-        server.daemon_threads = True
-        server.block_on_close = False
+        server = _Server((self.host, self.port), Handler)
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="zoho-simulator", daemon=True)
@@ -236,10 +236,18 @@ class ZohoSimulator:
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut the connections clients keep alive: the CRM is down."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            connections, self._connections = list(self._connections), set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> "ZohoSimulator":
         return self.start()
@@ -738,6 +746,16 @@ class _Criteria:
             self.at += 1
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A connection cut by stop() or by the client is part of the script, not news.
+        if not isinstance(sys.exc_info()[1], (OSError, ValueError)):
+            super().handle_error(request, client_address)
+
+
 class _Handler(BaseHTTPRequestHandler):
     sim: ZohoSimulator
     protocol_version = "HTTP/1.1"
@@ -748,6 +766,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.sim._lock:
+            self.sim._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.sim._lock:
+            self.sim._connections.discard(self.connection)
+        super().finish()
 
     def do_GET(self) -> None:
         self._serve("GET")

@@ -127,8 +127,10 @@ class ZohoApi:
             self._breaker.record_failure(problem)
             raise CrmUnavailable(problem)
         if status in (401, 403):
-            # OAUTH_SCOPE_MISMATCH, NO_PERMISSION, a token refused twice: a new token will not help.
+            # OAUTH_SCOPE_MISMATCH, NO_PERMISSION, a token refused twice: a new token will not help,
+            # and asking again on every call will not either (the breaker counts it).
             logger.error("Zoho refused the request: %s", problem)
+            self._breaker.record_failure(problem)
             raise CrmAuthError(problem)
         raise CrmBadResponse(problem)
 

@@ -28,6 +28,7 @@ import httpx
 from ..errors import CrmAuthError, CrmRateLimited, CrmUnavailable
 from ..secrets import Secret
 from .http import Reply, clip, exchange, json_object
+from .token_file import TokenFile
 
 logger = logging.getLogger("crmroute.zoho")
 
@@ -69,6 +70,7 @@ class TokenSource:
         client_secret: Secret,
         refresh_token: Secret,
         default_api_domain: str,
+        token_file: TokenFile | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._client = client
@@ -77,8 +79,10 @@ class TokenSource:
         self._client_secret = client_secret
         self._refresh_token = refresh_token
         self._default_api_domain = default_api_domain
+        self._file = token_file
         self._clock = clock
         self._token: AccessToken | None = None
+        self._refused: AccessToken | None = None
         self._lock = asyncio.Lock()
         self._minted: collections.deque[float] = collections.deque()
         self._paused_until = 0.0
@@ -97,8 +101,28 @@ class TokenSource:
             token = self._token
             if token is not None and self._clock() < token.expires_at:
                 return token  # minted by the caller we waited for
-            self._token = await self._mint(trace)
+            if self._file is None:
+                self._token = await self._mint(trace)
+            else:
+                async with self._file.locked():
+                    token = self._shared(trace)
+                    if token is None:
+                        token = await self._mint(trace)
+                        self._file.save(token.value.reveal(), token.api_domain, token.expires_at - self._clock())
+                    self._token = token
             return self._token
+
+    def _shared(self, trace: list[str] | None) -> AccessToken | None:
+        """The token another process stored, unless it is the one Zoho just refused."""
+        stored = self._file.load() if self._file is not None else None
+        if stored is None:
+            return None
+        value, api_domain, seconds_left = stored
+        if self._refused is not None and value == self._refused.value.reveal():
+            return None
+        if trace is not None:
+            trace.append(f"access token from zoho.token_cache_file (valid {seconds_left:.0f} s more)")
+        return AccessToken(Secret(value), self._api_domain(api_domain), self._clock() + seconds_left)
 
     def invalidate(self, token: AccessToken) -> None:
         """Zoho refused ``token`` (401 INVALID_TOKEN): the next :meth:`get` mints a new one.
@@ -108,6 +132,7 @@ class TokenSource:
         """
         if self._token is token:
             self._token = None
+            self._refused = token
 
     async def _mint(self, trace: list[str] | None) -> AccessToken:
         now = self._clock()

@@ -35,6 +35,7 @@ from .http import clip
 from .metadata import ActiveUsers, DealStages
 from .records import lookup_name, more_records, owner, record_id, records_of, text
 from .settings import ENV_PREFIX, ZohoSettings
+from .token_file import TokenFile
 
 logger = logging.getLogger("crmroute.zoho")
 
@@ -86,6 +87,7 @@ class ZohoBackend:
             client_secret=secrets["client_secret"],
             refresh_token=secrets["refresh_token"],
             default_api_domain=settings.default_api_domain,
+            token_file=TokenFile(settings.token_cache_file) if settings.token_cache_file else None,
         )
         breaker = CircuitBreaker(
             failure_threshold=settings.breaker_failures,
@@ -104,10 +106,6 @@ class ZohoBackend:
     @property
     def settings(self) -> ZohoSettings:
         return self._settings
-
-    @property
-    def description(self) -> str:
-        return f"Zoho CRM, data centre {self._settings.data_centre} ({self._settings.accounts_server})"
 
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
         lookup = _Lookup(self, number)

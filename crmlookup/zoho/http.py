@@ -103,31 +103,33 @@ def json_object(reply: Reply) -> dict[str, Any]:
     """The body as a JSON object; :class:`CrmBadResponse` for anything else."""
     try:
         data = json.loads(reply.body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CrmBadResponse(f"{reply.label}: status {reply.status} with a body that is not JSON ({clip(exc, 80)})") from None
     if not isinstance(data, dict):
         raise CrmBadResponse(f"{reply.label}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
-def error_code(reply: Reply) -> str:
-    """Zoho's ``code`` from an error envelope (``{"code", "details", "message", "status"}``), or ""."""
+def _error_envelope(reply: Reply) -> dict[str, Any] | None:
+    """The body if it is a Zoho error envelope (``{"code", "details", "message", "status"}``)."""
     try:
         data = json.loads(reply.body)
-    except (ValueError, UnicodeDecodeError):
-        return ""
-    code = data.get("code") if isinstance(data, dict) else None
-    return code if isinstance(code, str) else ""
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("code"), str) else None
+
+
+def error_code(reply: Reply) -> str:
+    """Zoho's ``code`` from an error envelope, or ""."""
+    envelope = _error_envelope(reply)
+    return envelope["code"] if envelope else ""
 
 
 def describe_error(reply: Reply) -> str:
     """``401 INVALID_TOKEN: invalid oauth token`` from an error envelope, clipped."""
-    try:
-        data = json.loads(reply.body)
-    except (ValueError, UnicodeDecodeError):
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("code"), str):
-        message = data.get("message")
-        text = f"{data['code']}: {message}" if isinstance(message, str) and message else data["code"]
-        return f"{reply.status} {clip(text)}"
-    return f"{reply.status} (no Zoho error envelope)"
+    envelope = _error_envelope(reply)
+    if envelope is None:
+        return f"{reply.status} (no Zoho error envelope)"
+    message = envelope.get("message")
+    text = f"{envelope['code']}: {message}" if isinstance(message, str) and message else envelope["code"]
+    return f"{reply.status} {clip(text)}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from ..settings import check_ranges
+
 # Accounts server (OAuth) and API domain per data centre, as Zoho's SDKs list
 # them. The token response's ``api_domain`` wins over the API domain here.
 DATA_CENTRES: dict[str, tuple[str, str]] = {
@@ -43,6 +45,9 @@ class ZohoSettings:
     client_secret_file: str = ""
     refresh_token: str = _secret_field()
     refresh_token_file: str = ""
+    # A file (mode 0600) where the access token is shared between processes: for
+    # crmroute-agi, which runs a process per call. Empty: the token lives in memory.
+    token_cache_file: str = ""
     connect_timeout_ms: int = 2000
     # Long enough for a slow answer to still fill the cache after the call was answered.
     read_timeout_ms: int = 10_000
@@ -84,7 +89,7 @@ class ZohoSettings:
             value = getattr(self, name)
             if value:
                 object.__setattr__(self, name, _check_url(name, value))
-        for name, low, high in (
+        check_ranges(self, (
             ("connect_timeout_ms", 50, 60_000),
             ("read_timeout_ms", 50, 300_000),
             ("max_concurrency", 1, 100),
@@ -95,10 +100,7 @@ class ZohoSettings:
             ("backoff_initial_ms", 10, 600_000),
             ("backoff_max_ms", 10, 3_600_000),
             ("search_lag_s", 0, 3600),
-        ):
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+        ))
         if self.backoff_max_ms < self.backoff_initial_ms:
             raise ValueError("backoff_max_ms must not be below backoff_initial_ms")
         for name in ("user_extension_field", "call_id_field"):

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from crmlookup.settings import check_ranges
+
 OUTBOX_FILE = "outbox.sqlite"
 
 
@@ -23,13 +25,6 @@ def default_outbox_path() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME", "")
     base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
     return base / "crmroute" / OUTBOX_FILE
-
-
-def _check_range(settings: object, bounds: tuple[tuple[str, float, float], ...]) -> None:
-    for name, low, high in bounds:
-        value = getattr(settings, name)
-        if not low <= value <= high:
-            raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
 
 
 @dataclass(frozen=True)
@@ -56,7 +51,7 @@ class OutboxSettings:
     keep_days: int = 90
 
     def __post_init__(self) -> None:
-        _check_range(
+        check_ranges(
             self,
             (
                 ("batch_size", 1, 100),
@@ -99,7 +94,7 @@ class OutcomeSettings:
     timezone: str = ""
 
     def __post_init__(self) -> None:
-        _check_range(self, (("task_due_hours", 0, 24 * 365),))
+        check_ranges(self, (("task_due_hours", 0, 24 * 365),))
         if self.timezone:
             try:
                 ZoneInfo(self.timezone)

@@ -1,0 +1,69 @@
+"""An access token shared through a file, for processes that live for one call.
+
+Classic AGI (``crmroute-agi``) starts a process per call, and so does each
+``crmroute lookup``. Without a shared token each would mint its own, and Zoho
+mints at most 10 per refresh token in 10 minutes. With ``zoho.token_cache_file``
+the first process stores the token (file mode 0600, written atomically) and the
+next ones use it until it expires; an exclusive lock on ``FILE.lock`` makes
+sure two processes never mint at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import AsyncIterator
+
+logger = logging.getLogger("crmroute.zoho")
+
+
+class TokenFile:
+    """Reads and writes ``{"access_token", "api_domain", "expires_at"}`` (expires_at: Unix time)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"TokenFile({str(self.path)!r})"
+
+    @contextlib.asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        """Hold the exclusive lock (other processes wait) while the token is read or minted."""
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def load(self) -> tuple[str, str, float] | None:
+        """``(token, api_domain, seconds left)`` if the file holds a token still valid; else None."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        value, domain, expires_at = data.get("access_token"), data.get("api_domain"), data.get("expires_at")
+        if not isinstance(value, str) or not value or not isinstance(domain, str) or not isinstance(expires_at, (int, float)):
+            return None
+        left = expires_at - time.time()
+        return (value, domain, left) if left > 0 else None
+
+    def save(self, value: str, api_domain: str, seconds_left: float) -> None:
+        """Write the token for the next process; a failure is logged, never fatal."""
+        data = json.dumps({"access_token": value, "api_domain": api_domain, "expires_at": time.time() + seconds_left})
+        temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(data)
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            logger.warning("cannot write zoho.token_cache_file %s: %s", self.path, exc.strerror or exc)
