@@ -63,6 +63,27 @@ def asterisk_headers(
     return headers
 
 
+def answered_call_channel(started_at: float) -> dict[str, str]:
+    """What a channel holds when its hangup handler runs, after ``route`` sent the
+    demo caller +34928000000 to Ana (101) and she answered a 42 s call."""
+    return {
+        "DIALSTATUS": "ANSWER",
+        "ANSWEREDTIME": "42",
+        "ANSWEREDTIME_MS": "42310",
+        "DIALEDTIME_MS": "51000",
+        "DIALEDPEERNUMBER": "101",
+        "CHANNEL(linkedid)": "1700000000.1",
+        "CDR(start,u)": f"{started_at:.6f}",
+        "CDR(billsec,f)": "42.300000",
+        "CRM_ROUTE_STATUS": "OWNER",
+        "CRM_OWNER_ID": "u1001",
+        "CRM_MODULE": "Leads",
+        "CRM_RECORD_ID": "L-1001",
+        "CRM_EXTENSION": "101",
+        "CRM_CALLER_NAME": "Marta Ruiz",
+    }
+
+
 def header_block(headers: list[tuple[str, str]]) -> bytes:
     return "".join(f"{key}: {value}\n" for key, value in headers).encode("utf-8") + b"\n"
 

@@ -10,28 +10,12 @@ import time
 
 import pytest
 
-from asterisk_peer import AsteriskPeer, asterisk_headers, header_block, parse_args
+from asterisk_peer import AsteriskPeer, answered_call_channel, asterisk_headers, header_block, parse_args
 from conftest import agi_server, make_config, run, session_lines
 from fastagi_server.app import App
 
 START = time.time() - 60.0
-# What a channel holds when its hangup handler runs after an answered call routed to Ana.
-ANSWERED_CHANNEL = {
-    "DIALSTATUS": "ANSWER",
-    "ANSWEREDTIME": "42",
-    "ANSWEREDTIME_MS": "42310",
-    "DIALEDTIME_MS": "51000",
-    "DIALEDPEERNUMBER": "101",
-    "CHANNEL(linkedid)": "1700000000.1",
-    "CDR(start,u)": f"{START:.6f}",
-    "CDR(billsec,f)": "42.300000",
-    "CRM_ROUTE_STATUS": "OWNER",
-    "CRM_OWNER_ID": "u1001",
-    "CRM_MODULE": "Leads",
-    "CRM_RECORD_ID": "L-1001",
-    "CRM_EXTENSION": "101",
-    "CRM_CALLER_NAME": "Marta Ruiz",
-}
+ANSWERED_CHANNEL = answered_call_channel(START)
 
 
 def outbox_config(tmp_path, **sections):

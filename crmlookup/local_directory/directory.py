@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from ..errors import DirectoryError
 from ..phone import PhoneNumber
+from ..sqlite_thread import ConnectionThread
 from ..records import LookupResult, Match, Owner
 from .importer import ImportSummary, import_csv
 from .schema import ensure_schema, is_directory
@@ -75,7 +74,7 @@ class LocalDirectory:
     def __init__(self, conn: sqlite3.Connection, description: str):
         self._conn = conn
         self.description = description
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = ConnectionThread(conn, "local-directory")
 
     @classmethod
     def open(cls, path: str | Path | None) -> "LocalDirectory":
@@ -108,10 +107,7 @@ class LocalDirectory:
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(*args)`` on the directory's own thread (the only one using the connection)."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-directory")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, function, *args)
+        return await self._thread.run(function, *args)
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -127,13 +123,7 @@ class LocalDirectory:
         return {table: self._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("users", "records", "phones")}
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        self._conn.close()
+        self._thread.close()
 
     async def aclose(self) -> None:
-        if self._executor is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
-            self._executor = None
-        self._conn.close()
+        await self._thread.aclose()

@@ -29,10 +29,11 @@ import secrets
 import socket
 import sqlite3
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+from crmlookup.sqlite_thread import ConnectionThread
 
 from ..outcome import CallOutcome
 
@@ -159,7 +160,7 @@ class Outbox:
     def __init__(self, conn: sqlite3.Connection, path: str):
         self._conn = conn
         self.path = path
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = ConnectionThread(conn, "outbox")
         # Outcomes waiting to be committed together (group commit): see record().
         self._queued: list[tuple[CallOutcome, float, asyncio.Future[bool]]] = []
         self._queue_lock = threading.Lock()
@@ -196,25 +197,13 @@ class Outbox:
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(*args)`` on the outbox's own thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread(), function, *args)
-
-    def _thread(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-        return self._executor
+        return await self._thread.run(function, *args)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        self._conn.close()
+        self._thread.close()
 
     async def aclose(self) -> None:
-        if self._executor is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
-            self._executor = None
-        self._conn.close()
+        await self._thread.aclose()
 
     # -- recording ----------------------------------------------------------
 
@@ -230,7 +219,7 @@ class Outbox:
             start = not self._committing
             self._committing = True
         if start:
-            self._thread().submit(self._commit_queued)
+            self._thread.submit(self._commit_queued)
         return await future
 
     def _commit_queued(self) -> None:
