@@ -48,6 +48,8 @@ def reading_expression(name: str) -> str:
 _EXTENSION = re.compile(r"[0-9A-Za-z_.+*#-]{1,64}")
 _CALL_ID = re.compile(r"[0-9A-Za-z_.:@-]{1,150}")
 _EPOCH = re.compile(r"\d{9,11}(\.\d{1,6})?")
+# A caller ID is kept to this many characters (it comes from the network).
+MAX_CALLER_LENGTH = 128
 # A channel older than this is not the one we are looking at: distrust the reading.
 _MAX_CALL_SECONDS = 24 * 3600
 
@@ -190,7 +192,7 @@ def outcome_from_channel(
     )
     return CallOutcome(
         call_id=call_id,
-        caller=caller,
+        caller=caller[:MAX_CALLER_LENGTH],
         caller_e164=e164,
         ended_at=ended_at,
         started_at=_started_at(readings, call_id, ended_at),

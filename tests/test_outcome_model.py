@@ -104,6 +104,11 @@ def test_start_time_fallbacks():
     assert build({}, call_id="abc").started_at == NOW
 
 
+def test_a_huge_caller_id_is_bounded():
+    o = build(caller="9" * 4000)
+    assert len(o.caller) == 128 and o.caller_e164 == ""
+
+
 def test_hostile_values_stay_data():
     o = build({"linked_id": "x y\"z", "dial_status": "ANSWER\nEXEC", "record_name": 'Evil "name" ${SHELL(rm)}'})
     assert o.linked_id == ""  # not an id: dropped

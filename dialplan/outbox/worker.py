@@ -151,7 +151,6 @@ class SyncWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; never raises for CRM or data trouble."""
         await self._outbox.run(self._outbox.release_orphans, self._clock())
-        self._paused_until = 0.0
         while not stop.is_set():
             wait = await self._step()
             if wait > 0:
