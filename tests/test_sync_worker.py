@@ -14,7 +14,7 @@ from crmlookup.local_directory import LocalDirectory
 from crmlookup.local_directory.writer import LocalDirectoryWriter
 from crmlookup.phone import normalise
 from crmlookup.records import Owner
-from crmlookup.writer import CallEntry, LeadEntry, TaskEntry, WriteKind
+from crmlookup.writer import CallEntry, LeadEntry, WriteKind
 from dialplan.outbox import Outbox, OutboxSettings, OutcomeSettings, SyncWorker
 from dialplan.outbox.worker import PAUSE_KEY
 from dialplan.outcome import outcome_from_channel

@@ -27,7 +27,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from crmlookup.backend import CrmBackend
