@@ -54,7 +54,7 @@ class CrmContext:
         return cls(**values)
 
 
-class AgentDirectory:
+class ExtensionDirectory:
     """Extension -> CRM user, from the CRM's users and ``routing.owner_extensions``."""
 
     def __init__(self, users: Iterable[Owner], owner_extensions: Mapping[str, tuple[str, ...]]):
@@ -86,14 +86,14 @@ class AgentDirectory:
 
 
 async def resolve_context(
-    outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings, agents: AgentDirectory, now: float
+    outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings, users: ExtensionDirectory, now: float
 ) -> CrmContext:
     """The context of ``outcome``; raises :class:`~crmlookup.errors.CrmError` if the CRM must be asked and fails."""
-    answerer = agents.by_extension(outcome.answered_extension)
+    answerer = users.by_extension(outcome.answered_extension)
     answer = {"answerer_id": answerer.id, "answerer_name": answerer.name} if answerer else {}
     route = outcome.route
     if route.status in _ROUTED_TO_RECORD and route.has_record:
-        owner = agents.by_id(route.owner_id)
+        owner = users.by_id(route.owner_id)
         extensions = tuple(owner.extensions) if owner else ()
         if route.extension and route.extension not in extensions:
             extensions += (route.extension,)
@@ -116,7 +116,7 @@ async def resolve_context(
     if best is None:
         return CrmContext(planned_at=now, **answer)
     owner = best.owner
-    known = agents.by_id(owner.id) if owner else None
+    known = users.by_id(owner.id) if owner else None
     return CrmContext(
         module=best.module,
         record_id=best.record_id,

@@ -35,7 +35,7 @@ from crmlookup.errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimi
 from crmlookup.writer import CrmWriter, Entry, RecordRef, WriteKind
 
 from ..settings import RoutingSettings
-from .context import AgentDirectory, CrmContext, resolve_context
+from .context import ExtensionDirectory, CrmContext, resolve_context
 from .plan import PlannedWrite, Step, lead_name, plan_writes, zone
 from .settings import OutboxSettings, OutcomeSettings
 from .store import Finish, Outbox, OutboxItem, OutboxState, WriteRow, WriteState, chunks
@@ -44,7 +44,7 @@ logger = logging.getLogger("crmroute.outbox")
 
 PAUSE_KEY = "paused"
 # The CRM's users (who has which extension) are asked for again after this long.
-AGENTS_TTL_S = 300.0
+USERS_TTL_S = 300.0
 PURGE_EVERY_S = 3600.0
 _ORDER = ((Step.LEAD, WriteKind.LEAD), (Step.CALL, WriteKind.CALL), (Step.TASK, WriteKind.TASK))
 
@@ -130,8 +130,8 @@ class SyncWorker:
         self._tz = zone(outcomes)
         self._batch = max(1, min(settings.batch_size, writer.max_batch))
         self._wake = asyncio.Event()
-        self._agents: AgentDirectory | None = None
-        self._agents_at = 0.0
+        self._users: ExtensionDirectory | None = None
+        self._users_at = 0.0
         self._paused_until = 0.0
         self._hold_until = 0.0
         self._purged_at = 0.0
@@ -236,8 +236,8 @@ class SyncWorker:
 
     async def _plan(self, attempts: list[_Attempt], now: float) -> None:
         """Resolve each outcome's CRM context (once) and plan its records."""
-        agents = await self._agent_directory(now)
-        resolved = await self._resolve(attempts, agents, now)
+        users = await self._extension_directory(now)
+        resolved = await self._resolve(attempts, users, now)
         leads_planned: set[str] = set()
         contexts: list[tuple[int, dict | None]] = []
         for attempt in attempts:
@@ -271,11 +271,11 @@ class SyncWorker:
         if contexts:
             await self._outbox.run(self._outbox.save_contexts, contexts)
 
-    async def _resolve(self, attempts: list[_Attempt], agents: AgentDirectory, now: float) -> dict[int, CrmContext]:
+    async def _resolve(self, attempts: list[_Attempt], users: ExtensionDirectory, now: float) -> dict[int, CrmContext]:
         """The contexts of the outcomes that have none yet, looked up together (the CRM client bounds the concurrency)."""
         fresh = [attempt for attempt in attempts if attempt.item.context is None]
         answers = await asyncio.gather(
-            *(resolve_context(a.item.outcome, self._backend, self._routing, agents, now) for a in fresh), return_exceptions=True
+            *(resolve_context(a.item.outcome, self._backend, self._routing, users, now) for a in fresh), return_exceptions=True
         )
         resolved: dict[int, CrmContext] = {}
         for attempt, answer in zip(fresh, answers):
@@ -402,8 +402,8 @@ class SyncWorker:
                 logger.info("outbox resumed: the CRM accepts our credentials again")
                 await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, None)
 
-    async def _agent_directory(self, now: float) -> AgentDirectory:
-        if self._agents is None or now - self._agents_at > AGENTS_TTL_S:
+    async def _extension_directory(self, now: float) -> ExtensionDirectory:
+        if self._users is None or now - self._users_at > USERS_TTL_S:
             try:
                 users = await self._writer.users()
             except (CrmAuthError, CrmRateLimited):
@@ -411,11 +411,11 @@ class SyncWorker:
             except CrmError as exc:
                 logger.warning("cannot read the CRM's users (who answered stays unknown): %s", exc)
                 users = ()
-                if self._agents is not None:
-                    return self._agents
-            self._agents = AgentDirectory(users, self._routing.owner_extensions)
-            self._agents_at = now
-        return self._agents
+                if self._users is not None:
+                    return self._users
+            self._users = ExtensionDirectory(users, self._routing.owner_extensions)
+            self._users_at = now
+        return self._users
 
     async def _purge(self, now: float) -> None:
         if not self._settings.keep_days or now - self._purged_at < PURGE_EVERY_S:
