@@ -57,6 +57,29 @@ def test_concurrent_records_share_commits_and_each_is_kept(tmp_path):
     reopened.close()
 
 
+def test_a_failed_commit_is_reported_and_the_next_one_works(tmp_path):
+    async def scenario():
+        b = Outbox.open(tmp_path / "o.sqlite")
+        good = b.record_many
+        calls = []
+
+        def flaky(batch):
+            calls.append(len(batch))
+            if len(calls) == 1:
+                raise sqlite3.OperationalError("disk I/O error")
+            return good(batch)
+
+        b.record_many = flaky
+        try:
+            with pytest.raises(OutboxError, match="disk I/O error"):
+                await b.record(outcome(1), NOW)
+            return await b.record(outcome(1), NOW), b.counts()["pending"]
+        finally:
+            await b.aclose()
+
+    assert run(scenario()) == (True, 1)
+
+
 def test_record_survives_sigkill_right_after_it_returns(tmp_path):
     """Committed means on disk: a process killed just after recording keeps it."""
     path = tmp_path / "o.sqlite"

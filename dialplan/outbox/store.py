@@ -231,10 +231,13 @@ class Outbox:
                     return
             try:
                 results: list[bool | BaseException] = list(self.record_many([(o, now) for o, now, _ in batch]))
-            except (sqlite3.Error, OutboxError) as exc:
+            except Exception as exc:  # every waiting caller hears of it; the next batch tries again
                 results = [OutboxError(f"cannot record outcome: {exc}")] * len(batch)
             for (_, _, future), result in zip(batch, results):
-                future.get_loop().call_soon_threadsafe(_settle, future, result)
+                try:
+                    future.get_loop().call_soon_threadsafe(_settle, future, result)
+                except RuntimeError:  # that caller's event loop is gone: nobody is waiting
+                    pass
 
     def record_many(self, outcomes: Sequence[tuple[CallOutcome, float]]) -> list[bool]:
         """Insert outcomes in one transaction; True for each one new (idempotent on the call id)."""
