@@ -250,3 +250,23 @@ def test_recorded_answers_feed_the_call_history(tmp_path):
             )
 
     assert run(scenario()) == ("102", None)
+
+
+def test_outcomes_are_recorded_even_past_max_sessions(tmp_path):
+    """A busy server answers route at once with ERROR, but never turns an outcome away."""
+
+    async def scenario():
+        config = outbox_config(tmp_path, server={"max_sessions": 1}, limits={"reply_timeout_ms": 3000})
+        async with agi_server(config) as server:
+            stuck_reader, stuck_writer = await asyncio.open_connection("127.0.0.1", server.port)
+            stuck_writer.write(header_block(asterisk_headers(uniqueid="stuck")))
+            await stuck_writer.drain()
+            await stuck_reader.readline()  # a route session holds the only slot
+            result = await AsteriskPeer(channel_variables=ANSWERED_CHANNEL).call(server.port, outcome_headers())
+            stuck_writer.close()
+            return result
+
+    result = run(scenario())
+    assert [argv[:3] for argv in result.commands] == [["GET", "FULL", "VARIABLE"]]
+    [(call_id, _, o)] = stored(tmp_path)
+    assert call_id == "1700000000.1" and o["answered"]

@@ -31,6 +31,9 @@ HANDLERS: dict[str, Handler] = {
     "route": route_call,
     "outcome": record_outcome,
 }
+# Served even past server.max_sessions: recording an outcome never waits on the
+# CRM, and turning it away would lose the call's outcome.
+ALWAYS_SERVED = frozenset({"outcome"})
 
 
 async def answer_fallback(session: AgiSession, reason: str) -> dict[str, str]:
@@ -48,7 +51,7 @@ async def run_session(session: AgiSession, app: App, *, over_capacity: bool = Fa
     started = time.perf_counter()
     script = session.script
     try:
-        if over_capacity:
+        if over_capacity and script not in ALWAYS_SERVED:
             result = await answer_fallback(session, "server busy: max_sessions reached")
         elif script in HANDLERS:
             result = await HANDLERS[script](session, app)
