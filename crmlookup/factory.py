@@ -5,8 +5,11 @@ from __future__ import annotations
 from .backend import CrmBackend
 from .cache import CachedBackend
 from .local_directory import LocalDirectory
+from .local_directory.writer import LocalDirectoryWriter
 from .settings import CacheSettings, CrmSettings, DirectorySettings
+from .writer import CrmWriter
 from .zoho import ZohoBackend, ZohoSettings
+from .zoho.writer import ZohoWriter
 
 # The share of the routing deadline a call with an expired cache entry may
 # spend waiting for the CRM before it is answered from that entry.
@@ -38,3 +41,13 @@ def _open_inner(crm: CrmSettings, directory: DirectorySettings, zoho: ZohoSettin
     if crm.backend == "zoho":
         return ZohoBackend.open(zoho)
     raise ValueError(f"unknown CRM backend {crm.backend!r}")
+
+
+def open_writer(backend: CrmBackend) -> CrmWriter:
+    """The writer for the CRM ``backend`` looks callers up in, sharing its connection and token."""
+    inner = backend.inner if isinstance(backend, CachedBackend) else backend
+    if isinstance(inner, LocalDirectory):
+        return LocalDirectoryWriter(inner)
+    if isinstance(inner, ZohoBackend):
+        return ZohoWriter(inner.api, inner.settings)
+    raise ValueError(f"no writer for the {backend.name!r} backend")

@@ -192,15 +192,18 @@ class Router:
         return RouteDecision(status, reason=trace.reason(), match=match, steps=trace.steps, policy=policy.name, chain=trace.chain)
 
 
-def require_history(settings: RoutingSettings, history: CallHistory | None) -> None:
-    """Refuse a policy that uses the LastAgent rule when there is no call history to read."""
-    if history is not None:
-        return
+def last_agent_keys(settings: RoutingSettings) -> list[str]:
+    """The ``lookup_order`` keys that use the LastAgent rule (which reads the call history)."""
     uses = [("lookup_order", settings.lookup_order)]
     uses += [(f"policies.{name}.lookup_order", p.lookup_order or ()) for name, p in settings.policies.items()]
-    for key, rules in uses:
-        if LAST_AGENT in rules:
-            raise ValueError(f"routing.{key}: {LAST_AGENT} needs the call history (recorded call outcomes), which is not available")
+    return [f"routing.{key}" for key, rules in uses if LAST_AGENT in rules]
+
+
+def require_history(settings: RoutingSettings, history: CallHistory | None) -> None:
+    """Refuse a policy that uses the LastAgent rule when there is no call history to read."""
+    keys = last_agent_keys(settings)
+    if history is None and keys:
+        raise ValueError(f"{keys[0]}: {LAST_AGENT} needs the call history (recorded call outcomes), which is not available")
 
 
 def _users(policy: Policy, ring: Ring) -> frozenset[str]:

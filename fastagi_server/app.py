@@ -1,4 +1,4 @@
-"""The configured application: settings, the CRM backend and the router.
+"""The configured application: settings, the CRM backend, the router, the outbox.
 
 This is the one piece of state the server holds; a SIGHUP swaps it for a
 freshly built one while calls in flight finish on the old.
@@ -6,14 +6,20 @@ freshly built one while calls in flight finish on the old.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+from dataclasses import dataclass, field
 
 from crmlookup.backend import CrmBackend
-from crmlookup.factory import open_backend
+from crmlookup.factory import open_backend, open_writer
+from crmlookup.writer import CrmWriter
 from dialplan.history import CallHistory
-from dialplan.router import Router, require_history
+from dialplan.outbox import Outbox, OutboxCallHistory, SyncWorker
+from dialplan.router import Router, last_agent_keys, require_history
 
 from .config import Config
+
+logger = logging.getLogger("crmroute.server")
 
 
 @dataclass
@@ -21,19 +27,91 @@ class App:
     config: Config
     backend: CrmBackend
     router: Router
+    # Opened on first use: a lookup or a config check never touches the outbox file.
+    _outbox: Outbox | None = field(default=None, repr=False)
+    _writer: CrmWriter | None = field(default=None, repr=False)
+    _worker: SyncWorker | None = field(default=None, repr=False)
+    _worker_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _worker_stop: asyncio.Event | None = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, config: Config, history: CallHistory | None = None) -> "App":
         """Open the backend and build the router.
 
-        ``history`` (recorded call outcomes) serves the LastAgent rule. Raises
-        CrmError if the backend cannot open, ValueError if the routing policy
-        needs something this app does not have.
+        ``history`` (recorded call outcomes) serves the LastAgent rule; when a
+        policy uses that rule and none is given, the outbox's own is opened.
+        Raises CrmError if the backend cannot open, OutboxError if the outbox
+        cannot, ValueError if the routing policy needs something missing.
         """
+        outbox = None
+        if history is None and last_agent_keys(config.routing):
+            outbox = Outbox.open(config.outbox.resolved_path)
+            history = OutboxCallHistory(outbox)
         require_history(config.routing, history)  # before the backend is opened
         backend = open_backend(config.crm, config.directory, config.zoho, config.cache, deadline_ms=config.routing.deadline_ms)
-        return cls(config=config, backend=backend, router=Router(config.routing, backend, history=history))
+        router = Router(config.routing, backend, history=history)
+        return cls(config=config, backend=backend, router=router, _outbox=outbox)
+
+    @property
+    def outbox(self) -> Outbox:
+        """The outbox file (opened now if need be); raises OutboxError."""
+        if self._outbox is None:
+            self._outbox = Outbox.open(self.config.outbox.resolved_path)
+        return self._outbox
+
+    @property
+    def writer(self) -> CrmWriter:
+        if self._writer is None:
+            self._writer = open_writer(self.backend)
+        return self._writer
+
+    @property
+    def sync_worker(self) -> SyncWorker:
+        if self._worker is None:
+            self._worker = SyncWorker(
+                self.outbox,
+                self.writer,
+                self.backend,
+                settings=self.config.outbox,
+                outcomes=self.config.outcomes,
+                routing=self.config.routing,
+            )
+        return self._worker
+
+    def call_history(self) -> OutboxCallHistory:
+        """Past calls, for the routing policy's "last agent" rule."""
+        return OutboxCallHistory(self.outbox)
+
+    def start_sync_worker(self) -> None:
+        """Deliver the outbox to the CRM in the background until :meth:`aclose`."""
+        if self._worker_task is None:
+            self._worker_stop = asyncio.Event()
+            self._worker_task = asyncio.get_running_loop().create_task(self.sync_worker.run(self._worker_stop))
+            logger.info("outbox %s: sync worker started (writer=%s)", self.outbox.path, self.writer.name)
+
+    def outcome_recorded(self) -> None:
+        """A new outcome is in the outbox: the running worker takes it up now."""
+        if self._worker_task is not None and self._worker is not None:
+            self._worker.wake()
+
+    async def _stop_sync_worker(self) -> None:
+        task, stop = self._worker_task, self._worker_stop
+        if task is None or stop is None:
+            return
+        stop.set()
+        # A round in flight may finish; one cut short leaves its records
+        # uncertain, and the next start looks for them before writing again.
+        done, _ = await asyncio.wait([task], timeout=self.config.server.shutdown_grace_ms / 1000)
+        if not done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._worker_task = None
 
     async def aclose(self) -> None:
+        await self._stop_sync_worker()
+        if self._writer is not None:
+            await self._writer.aclose()
+        if self._outbox is not None:
+            await self._outbox.aclose()
         await self.backend.aclose()
 

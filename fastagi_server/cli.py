@@ -11,16 +11,10 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cli_options import CONFIG_OPTION
 from .commands import clean
 from .config import Config, load_config
-
-CONFIG_OPTION = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    envvar="CRMROUTE_CONFIG",
-    help="crmroute.toml to read (default: $CRMROUTE_CONFIG, else built-in defaults).",
-)
+from .outbox_cli import outbox
 
 
 class CrmrouteGroup(click.Group):
@@ -181,7 +175,8 @@ def check_config(file: str) -> None:
         f"{file}: ok (backend {config.crm.backend}: {_backend_description(config)}; "
         f"listen {config.server.host}:{config.server.port}; deadline {config.routing.deadline_ms} ms; "
         f"{len(config.routing.owner_extensions)} owner(s) mapped; "
-        f"{len(config.routing.policies)} DID policy(ies), {len(config.routing.teams)} team(s))"
+        f"{len(config.routing.policies)} DID policy(ies), {len(config.routing.teams)} team(s); "
+        f"outbox {config.outbox.resolved_path})"
     )
 
 
@@ -217,6 +212,9 @@ def directory_import(csv_file: str, db_path: str | None, replace: bool, config_p
     finally:
         store.close()
     click.echo(f"imported {summary.records} record(s), {summary.phones} phone(s), {summary.users} user(s) into {Path(target)}")
+
+
+cli.add_command(outbox)
 
 
 def main() -> None:

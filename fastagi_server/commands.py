@@ -23,11 +23,16 @@ MAX_VALUE_BYTES = 512
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}")
-# ${NAME}, or a read-only function we use: ${DEVICE_STATE(PJSIP/101)}, ${CALLERID(num)}.
+# ${NAME}, or a read-only function we use: ${DEVICE_STATE(PJSIP/101)}, ${CALLERID(num)},
+# optionally cut to a substring by Asterisk itself: ${CRM_RECORD_ID:0:64}.
 _EXPRESSION = re.compile(
     r"\$\{(?:[A-Za-z_][A-Za-z0-9_]*"
-    r"|(?:DEVICE_STATE|EXTENSION_STATE|CALLERID|CHANNEL|CDR)\([A-Za-z0-9_/:@.,+*#-]*\))\}"
+    r"|(?:DEVICE_STATE|EXTENSION_STATE|CALLERID|CHANNEL|CDR)\([A-Za-z0-9_/:@.,+*#-]*\))"
+    r"(?::[0-9]{1,4}(?::[0-9]{1,4})?)?\}"
 )
+# What separates several expressions read in one GET FULL VARIABLE: literal
+# text Asterisk leaves alone (no $, braces, quotes, backslash or spaces).
+_SEPARATOR = re.compile(r"[|~^!%=;<>]{1,8}")
 
 
 def clean(value: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
@@ -66,6 +71,16 @@ def get_full_variable(expression: str) -> str:
     if not _EXPRESSION.fullmatch(expression):
         raise ValueError(f"not a variable expression we send: {expression!r}")
     return finish(f"GET FULL VARIABLE {quote(expression)}")
+
+
+def get_full_variables(expressions: list[str], separator: str) -> str:
+    """``GET FULL VARIABLE "${A}|~|${B}"``: several allowed expressions in one round trip."""
+    if not expressions or not _SEPARATOR.fullmatch(separator):
+        raise ValueError(f"not a separator we send: {separator!r}")
+    for expression in expressions:
+        if not _EXPRESSION.fullmatch(expression):
+            raise ValueError(f"not a variable expression we send: {expression!r}")
+    return finish(f"GET FULL VARIABLE {quote(separator.join(expressions), MAX_COMMAND_BYTES)}")
 
 
 def verbose(message: str, level: int = 1) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from crmlookup.settings import CacheSettings, CrmSettings, DirectorySettings
 from crmlookup.zoho.settings import ZohoSettings
+from dialplan.outbox.settings import OutboxSettings, OutcomeSettings
 from dialplan.settings import RoutingSettings
 
 from .limits import SessionLimits
@@ -72,6 +73,8 @@ class Config:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     zoho: ZohoSettings = field(default_factory=ZohoSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    outcomes: OutcomeSettings = field(default_factory=OutcomeSettings)
     # Where it was read from; empty for the built-in defaults. Not a TOML key.
     source: str = field(default="", metadata={"toml": False})
 

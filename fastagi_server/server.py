@@ -19,8 +19,10 @@ logger = logging.getLogger("crmroute.server")
 class FastAgiServer:
     """Listens for FastAGI connections; see :func:`serve` for the signal handling."""
 
-    def __init__(self, app: App):
+    def __init__(self, app: App, *, sync_worker: bool = False):
         self.app = app
+        # Whether each app (the first, and each one a reload builds) runs the outbox's sync worker.
+        self._sync_worker = sync_worker
         self._sessions: set[FastAgiConnection] = set()
         self._served = 0  # sessions counted against max_sessions
         self._server: asyncio.Server | None = None
@@ -70,6 +72,8 @@ class FastAgiServer:
             reuse_address=True,
             backlog=1024,
         )
+        if self._sync_worker:
+            self.app.start_sync_worker()
         logger.info(
             "listening on %s (backend=%s, peers allowed: %s)",
             ", ".join(self.addresses), self.app.backend.name, ", ".join(settings.allowed_peers),
@@ -114,6 +118,13 @@ class FastAgiServer:
         except Exception as exc:  # a bad reload must never stop the server
             logger.error("reload failed, keeping the running configuration: %s", exc)
             return False
+        if self._sync_worker:
+            try:
+                new_app.start_sync_worker()
+            except Exception as exc:
+                logger.error("reload failed, keeping the running configuration: %s", exc)
+                await new_app.aclose()
+                return False
         old_app, self.app = self.app, new_app
         self._allowed = new_app.config.server.allowed_networks
         if (config.server.host, config.server.port) != (old_app.config.server.host, old_app.config.server.port):
@@ -140,7 +151,7 @@ async def serve(
     on_ready: Callable[[FastAgiServer], None] | None = None,
 ) -> None:
     """Run the server until SIGTERM or SIGINT; SIGHUP reloads the config file."""
-    server = FastAgiServer(App.from_config(config))
+    server = FastAgiServer(App.from_config(config), sync_worker=True)
     await server.start(host, port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

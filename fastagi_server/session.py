@@ -57,6 +57,16 @@ class AgiSession(ABC):
         reply = await self.command(commands.get_full_variable(expression))
         return reply.data if reply.result == 1 else None
 
+    async def get_full_variables(self, expressions: list[str], separator: str = "|~|") -> list[str] | None:
+        """Evaluate several expressions in one round trip; None when the values cannot be told apart.
+
+        A value containing ``separator`` makes the split ambiguous: the caller
+        then reads the expressions one by one.
+        """
+        reply = await self.command(commands.get_full_variables(expressions, separator))
+        values = (reply.data or "").split(separator) if reply.result == 1 else [""] * len(expressions)
+        return values if len(values) == len(expressions) else None
+
     async def verbose(self, message: str, level: int = 1) -> None:
         """Write to the Asterisk console at ``level``."""
         await self.command(commands.verbose(message, level))

@@ -11,10 +11,13 @@ PBX would execute.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 
 # res_agi.c: char buf[AGI_BUF_LEN] with AGI_BUF_LEN 2048; fgets keeps one byte for NUL.
 AGI_BUF_LEN = 2048
+
+_REFERENCE = re.compile(r"\$\{([^{}]*)\}")
 
 USAGE_REPLY = "520-Invalid command syntax.  Proper usage follows:\nUsage: SET VARIABLE <variablename> <value>\n520 End of proper usage."
 
@@ -58,6 +61,27 @@ def asterisk_headers(
     ]
     headers += [(f"agi_arg_{i}", arg) for i, arg in enumerate(arguments, 1)]
     return headers
+
+
+def answered_call_channel(started_at: float) -> dict[str, str]:
+    """What a channel holds when its hangup handler runs, after ``route`` sent the
+    demo caller +34928000000 to Ana (101) and she answered a 42 s call."""
+    return {
+        "DIALSTATUS": "ANSWER",
+        "ANSWEREDTIME": "42",
+        "ANSWEREDTIME_MS": "42310",
+        "DIALEDTIME_MS": "51000",
+        "DIALEDPEERNUMBER": "101",
+        "CHANNEL(linkedid)": "1700000000.1",
+        "CDR(start,u)": f"{started_at:.6f}",
+        "CDR(billsec,f)": "42.300000",
+        "CRM_ROUTE_STATUS": "OWNER",
+        "CRM_OWNER_ID": "u1001",
+        "CRM_MODULE": "Leads",
+        "CRM_RECORD_ID": "L-1001",
+        "CRM_EXTENSION": "101",
+        "CRM_CALLER_NAME": "Marta Ruiz",
+    }
 
 
 def header_block(headers: list[tuple[str, str]]) -> bytes:
@@ -226,14 +250,33 @@ class AsteriskPeer:
         return "510 Invalid or unknown command"
 
     def evaluate(self, expression: str, result: CallResult) -> str:
-        """``${DEVICE_STATE(PJSIP/101)}`` and ``${NAME}``; anything else evaluates empty."""
-        for function, states in (("DEVICE_STATE", self.device_states), ("EXTENSION_STATE", self.extension_states)):
-            opening = "${" + function + "("
-            if expression.startswith(opening) and expression.endswith(")}"):
-                return states.get(expression[len(opening) : -2], "UNKNOWN")
-        if expression.startswith("${") and expression.endswith("}"):
-            return result.variables.get(expression[2:-1], "")
-        return ""
+        """Substitute every ``${...}`` as Asterisk does, text around them kept.
+
+        ``${NAME}`` and functions (``${CDR(start,u)}``, ``${CHANNEL(linkedid)}``)
+        come from the channel's variables, keyed by the name as written;
+        ``${DEVICE_STATE(PJSIP/101)}`` from ``device_states``,
+        ``${EXTENSION_STATE(101@ctx)}`` from ``extension_states``; anything
+        unknown is empty. ``${X:offset:length}`` cuts bytes, as Asterisk does.
+        """
+        return _REFERENCE.sub(lambda match: self._reference(match.group(1), result), expression)
+
+    def _reference(self, inner: str, result: CallResult) -> str:
+        close = inner.find(")") if "(" in inner else -1
+        split_at = inner.find(":", close + 1) if close >= 0 else inner.find(":")
+        name, cut = (inner, "") if split_at < 0 else (inner[:split_at], inner[split_at + 1 :])
+        for function, states in (("DEVICE_STATE(", self.device_states), ("EXTENSION_STATE(", self.extension_states)):
+            if name.startswith(function) and name.endswith(")"):
+                value = states.get(name[len(function) : -1], "UNKNOWN")
+                break
+        else:
+            value = result.variables.get(name, "")
+        if not cut:
+            return value
+        offset, _, length = cut.partition(":")
+        data = value.encode("utf-8")[int(offset or 0) :]
+        if length:
+            data = data[: int(length)]
+        return data.decode("utf-8", "replace")
 
 
 def is_state_query(argv: list[str]) -> bool:

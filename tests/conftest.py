@@ -39,6 +39,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
+@pytest.fixture(autouse=True)
+def private_state_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default outbox lands in a temporary directory, never in the user's home."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    return state
+
+
 @pytest.fixture
 def call_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """Captures the per-call log lines."""

@@ -110,15 +110,22 @@ def test_bad_options_are_one_line_errors(config, args, message):
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
-def test_check_config_counts_policies_and_refuses_last_agent_without_history(config, tmp_path):
+def test_check_config_counts_policies_and_opens_the_history_last_agent_reads(config, tmp_path):
     done = crmroute("check-config", config)
     assert done.returncode == 0, done.stderr
     assert "1 DID policy(ies), 1 team(s)" in done.stdout
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[routing]\nlookup_order = ["LastAgent", "Leads"]\n')
-    done = crmroute("check-config", str(bad))
-    assert done.returncode == 1
-    assert "routing.lookup_order: LastAgent needs the call history" in done.stderr
+    last_agent = tmp_path / "last_agent.toml"
+    outbox = tmp_path / "state" / "outbox.sqlite"
+    last_agent.write_text(f'[routing]\nlookup_order = ["LastAgent", "Leads"]\n[outbox]\npath = "{outbox}"\n')
+    done = crmroute("check-config", str(last_agent))
+    assert done.returncode == 0, done.stderr
+    assert outbox.exists()  # the call history LastAgent reads is the outbox's
+    blocked = tmp_path / "blocked.toml"
+    (tmp_path / "file").write_text("")
+    blocked.write_text(f'[routing]\nlookup_order = ["LastAgent", "Leads"]\n[outbox]\npath = "{tmp_path / "file" / "outbox.sqlite"}"\n')
+    done = crmroute("check-config", str(blocked))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_explain_prints_hostile_crm_text_inert(tmp_path):

@@ -470,14 +470,27 @@ def test_last_agent_rings_even_when_the_crm_is_down():
 
 
 def test_last_agent_without_a_history_is_refused_naming_the_key(directory):
-    from fastagi_server.app import App
+    from dialplan.router import require_history
 
     config = make_config({"routing": ROUTING, "directory": {"path": directory}})
     with pytest.raises(ValueError, match=r"routing\.policies\.support\.lookup_order: LastAgent needs the call history"):
-        App.from_config(config)
+        require_history(config.routing, None)
     plain = make_config({"routing": {"lookup_order": ["LastAgent", "Leads"]}})
     with pytest.raises(ValueError, match=r"routing\.lookup_order: LastAgent"):
-        App.from_config(plain)
+        require_history(plain.routing, None)
+
+
+def test_the_app_reads_last_agent_from_its_outbox(directory, tmp_path):
+    """A served call recorded by ``outcome`` is what LastAgent finds next time."""
+    from fastagi_server.app import App
+
+    config = make_config({"routing": ROUTING, "directory": {"path": directory}, "outbox": {"path": str(tmp_path / "outbox.sqlite")}})
+    app = App.from_config(config)
+    try:
+        assert app.router.history is not None
+        assert (tmp_path / "outbox.sqlite").exists()
+    finally:
+        run(app.aclose())
 
 
 def test_many_calls_at_once_each_get_their_own_states(directory):

@@ -126,6 +126,8 @@ class Fault:
     ``body``: a dict (sent as JSON), bytes (sent as is: broken JSON...), or
     None (Zoho's error envelope for ``status``). ``close``: drop the connection
     without answering. ``times``: how many requests it hits (None: all).
+    ``after``: the request is served first (an insert stores its records) and
+    only its answer is lost: the fault replaces it (the uncertain write).
     """
 
     path: str
@@ -135,6 +137,7 @@ class Fault:
     method: str = ""
     times: int | None = None
     close: bool = False
+    after: bool = False
     hits: int = 0
 
 
@@ -366,12 +369,20 @@ class ZohoSimulator:
     def handle(self, method: str, path: str, raw_query: str, headers: dict[str, str], body: bytes) -> _Reply:
         query = {key: values[-1] for key, values in parse_qs(raw_query, keep_blank_values=True).items()}
         fault = self._fault_for(method, path)
+        if fault is not None and fault.after:
+            try:
+                self._serve(method, path, query, headers, body)
+            except _Reply:
+                pass
         if fault is not None:
             if fault.delay_s:
                 time.sleep(fault.delay_s)
             if fault.close:
                 raise ConnectionAbortedError("fault: connection dropped")
             return _Reply(fault.status, fault.body)
+        return self._serve(method, path, query, headers, body)
+
+    def _serve(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> _Reply:
         if path == "/oauth/v2/token" and method == "POST":
             return self._token(query, headers, body)
         if not path.startswith(API + "/"):

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from ..errors import DirectoryError
 from ..phone import PhoneNumber
+from ..sqlite_thread import ConnectionThread
 from ..records import LookupResult, Match, Owner
 from .importer import ImportSummary, import_csv
 from .schema import ensure_schema, is_directory
+
+T = TypeVar("T")
 
 DEMO_CSV = "demo_directory.csv"
 # The demo numbers are written as a Spanish office would type them.
@@ -73,7 +74,7 @@ class LocalDirectory:
     def __init__(self, conn: sqlite3.Connection, description: str):
         self._conn = conn
         self.description = description
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = ConnectionThread(conn, "local-directory")
 
     @classmethod
     def open(cls, path: str | Path | None) -> "LocalDirectory":
@@ -102,10 +103,16 @@ class LocalDirectory:
         return LookupResult(matches=matches, steps=[step])
 
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-directory")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.lookup_sync, number, modules)
+        return await self.run(self.lookup_sync, number, modules)
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function(*args)`` on the directory's own thread (the only one using the connection)."""
+        return await self._thread.run(function, *args)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection; use it only inside :meth:`run` (or from synchronous code)."""
+        return self._conn
 
     def import_csv(self, source, region: str, *, replace: bool = False) -> ImportSummary:
         """Load a CSV export (see :mod:`.importer`); all rows or none."""
@@ -116,13 +123,7 @@ class LocalDirectory:
         return {table: self._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("users", "records", "phones")}
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        self._conn.close()
+        self._thread.close()
 
     async def aclose(self) -> None:
-        if self._executor is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
-            self._executor = None
-        self._conn.close()
+        await self._thread.aclose()

@@ -31,11 +31,48 @@ CREATE TABLE IF NOT EXISTS phones (
 CREATE INDEX IF NOT EXISTS phones_by_record ON phones (module, record_id);
 """
 
+# Call history: what the sync worker writes back, as a CRM keeps activities on
+# a record. ``key`` is the call's unique id, so a retried write finds its row.
+HISTORY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    id          INTEGER PRIMARY KEY,
+    key         TEXT NOT NULL UNIQUE,
+    module      TEXT NOT NULL DEFAULT '',
+    record_id   TEXT NOT NULL DEFAULT '',
+    owner_id    TEXT NOT NULL DEFAULT '',
+    call_type   TEXT NOT NULL,            -- Inbound, Missed
+    started_at  TEXT NOT NULL,            -- ISO 8601 with offset
+    duration_s  INTEGER NOT NULL,
+    caller      TEXT NOT NULL DEFAULT '',
+    subject     TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS calls_by_record ON calls (module, record_id);
+CREATE TABLE IF NOT EXISTS tasks (
+    id          INTEGER PRIMARY KEY,
+    key         TEXT NOT NULL UNIQUE,
+    module      TEXT NOT NULL DEFAULT '',
+    record_id   TEXT NOT NULL DEFAULT '',
+    owner_id    TEXT NOT NULL DEFAULT '',
+    subject     TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT '',
+    due_at      TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'open'
+);
+CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner_id, status);
+"""
+
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
     """Create the tables if they are missing (idempotent)."""
     conn.executescript(SCHEMA)
+    conn.executescript(HISTORY_SCHEMA)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def ensure_history_schema(conn: sqlite3.Connection) -> None:
+    """Add the call-history tables to a directory made before they existed (idempotent)."""
+    conn.executescript(HISTORY_SCHEMA)
 
 
 def is_directory(conn: sqlite3.Connection) -> bool:

@@ -57,13 +57,23 @@ class ZohoApi:
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
         trace: list[str] | None = None,
+        per_record: bool = False,
     ) -> dict[str, Any] | None:
-        """One API call; raises a :class:`~crmlookup.errors.CrmError` subclass when it fails."""
+        """One API call; raises a :class:`~crmlookup.errors.CrmError` subclass when it fails.
+
+        ``per_record``: an insert whose every record was refused answers 400
+        with one answer per record; that body is returned, not raised.
+        """
         reply, token = await self._send(method, path, params, json_body, trace)
         if reply.status == 401 and error_code(reply) == "INVALID_TOKEN":
             # Expired early or revoked: one refresh, one retry.
             self._tokens.invalidate(token)
             reply, _token = await self._send(method, path, params, json_body, trace)
+        if per_record and reply.status == 400:
+            body = _records_answer(reply)
+            if body is not None:
+                self._breaker.record_success()
+                return body
         return self._interpret(reply)
 
     async def _send(
@@ -126,6 +136,15 @@ class ZohoApi:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _records_answer(reply: Reply) -> dict[str, Any] | None:
+    """The body of a 400 that answers record by record (``{"data": [...]}``), else None."""
+    try:
+        body = json_object(reply)
+    except CrmBadResponse:
+        return None
+    return body if isinstance(body.get("data"), list) else None
 
 
 def _retry_after(reply: Reply) -> float | None:

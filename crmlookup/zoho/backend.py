@@ -98,6 +98,15 @@ class ZohoBackend:
         api = ZohoApi(client, tokens, breaker, max_concurrency=settings.max_concurrency, api_domain_override=settings.api_domain)
         return cls(api, settings)
 
+    @property
+    def api(self) -> ZohoApi:
+        """The authenticated API client, shared with the call-logging writer (one token, one pool)."""
+        return self._api
+
+    @property
+    def settings(self) -> ZohoSettings:
+        return self._settings
+
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
         lookup = _Lookup(self, number)
         for module in modules:

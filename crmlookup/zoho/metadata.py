@@ -157,6 +157,10 @@ class ActiveUsers:
         """The active user ``user_id``; ``None`` when inactive or unknown."""
         return (await self._users.get(trace)).get(user_id)
 
+    async def all(self, trace: list[str] | None) -> list[ActiveUser]:
+        """Every active user."""
+        return list((await self._users.get(trace)).values())
+
     async def _load(self, trace: list[str] | None) -> dict[str, ActiveUser]:
         users: dict[str, ActiveUser] = {}
         for page in range(1, MAX_USER_PAGES + 1):

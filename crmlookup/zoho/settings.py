@@ -66,6 +66,13 @@ class ZohoSettings:
     # Also search the forms people type ("928 00 00 00", "+34-928-000-000"): only
     # for an org whose search compares phone text exactly; costs requests on a miss.
     search_typed_formats: bool = False
+    # Call logging: a field of Calls and Tasks (a custom text field such as
+    # "Asterisk_Call_ID") that holds the call's unique id, so a write whose answer
+    # was lost is found again by it; empty: found by its exact Subject.
+    call_id_field: str = ""
+    # How long a record just created may take to show in Zoho's search; a write
+    # whose answer was lost is looked for only after this long.
+    search_lag_s: int = 60
     # After this many failures in a row (5xx, timeouts) Zoho is left alone for breaker_open_s.
     breaker_failures: int = 5
     breaker_open_s: int = 30
@@ -92,11 +99,14 @@ class ZohoSettings:
             ("breaker_open_s", 1, 3600),
             ("backoff_initial_ms", 10, 600_000),
             ("backoff_max_ms", 10, 3_600_000),
+            ("search_lag_s", 0, 3600),
         ))
         if self.backoff_max_ms < self.backoff_initial_ms:
             raise ValueError("backoff_max_ms must not be below backoff_initial_ms")
-        if self.user_extension_field and not self.user_extension_field.replace("_", "").isalnum():
-            raise ValueError(f"user_extension_field {self.user_extension_field!r} is not a field API name")
+        for name in ("user_extension_field", "call_id_field"):
+            value = getattr(self, name)
+            if value and not value.replace("_", "").isalnum():
+                raise ValueError(f"{name} {value!r} is not a field API name")
 
     @property
     def accounts_server(self) -> str:

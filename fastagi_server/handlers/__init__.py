@@ -1,6 +1,7 @@
 """The AGI entry points, by script name, and the one place a session is run.
 
-``agi://router:4573/route`` runs :func:`route_call`; a script name nobody
+``agi://router:4573/route`` runs :func:`route_call`, ``.../outcome`` (from the
+hangup handler) :func:`record_outcome`; a script name nobody
 registered gets ``CRM_ROUTE_STATUS=ERROR`` so the dialplan falls through.
 """
 
@@ -16,6 +17,7 @@ from dialplan import RouteStatus, fallback_variables
 from ..calllog import log_call, log_session_error
 from ..errors import AgiError
 from ..session import AgiSession
+from .outcome import record_outcome
 from .route import route_call
 
 if TYPE_CHECKING:
@@ -27,7 +29,11 @@ Handler = Callable[[AgiSession, "App"], Awaitable[dict[str, str]]]
 
 HANDLERS: dict[str, Handler] = {
     "route": route_call,
+    "outcome": record_outcome,
 }
+# Served even past server.max_sessions: recording an outcome never waits on the
+# CRM, and turning it away would lose the call's outcome.
+ALWAYS_SERVED = frozenset({"outcome"})
 
 
 async def answer_fallback(session: AgiSession, reason: str) -> dict[str, str]:
@@ -45,7 +51,7 @@ async def run_session(session: AgiSession, app: App, *, over_capacity: bool = Fa
     started = time.perf_counter()
     script = session.script
     try:
-        if over_capacity:
+        if over_capacity and script not in ALWAYS_SERVED:
             result = await answer_fallback(session, "server busy: max_sessions reached")
         elif script in HANDLERS:
             result = await HANDLERS[script](session, app)

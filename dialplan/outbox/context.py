@@ -1,0 +1,129 @@
+"""What the CRM knows about a recorded call: the caller's record, its owner, who answered.
+
+Resolved once per outcome, when the worker first takes it up, and kept with
+the outcome so every later attempt writes the same thing. A call that
+``route`` could not finish (the caller hung up first, the CRM was slow) has no
+``CRM_*`` values: the caller's record is looked up now instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping
+
+from crmlookup.backend import CrmBackend
+from crmlookup.phone import normalise
+from crmlookup.records import Owner
+from crmlookup.writer import RecordRef
+
+from ..outcome import CallOutcome
+from ..settings import RoutingSettings
+
+# Statuses whose CRM_* values name the caller's record.
+_ROUTED_TO_RECORD = frozenset({"OWNER", "SHARED", "UNMAPPED"})
+
+
+@dataclass(frozen=True)
+class CrmContext:
+    """The caller as the CRM sees them, and who answered, for one outcome."""
+
+    module: str = ""  # empty: the caller is not in the CRM
+    record_id: str = ""
+    record_name: str = ""
+    owner_id: str = ""
+    owner_name: str = ""
+    owner_extensions: tuple[str, ...] = ()
+    answerer_id: str = ""  # the CRM user whose extension answered, when known
+    answerer_name: str = ""
+    # When the context was resolved: task due times count from here.
+    planned_at: float = 0.0
+    # The owner of the lead planned for an unknown caller (so later calls from them find it).
+    lead_owner_id: str = ""
+
+    @property
+    def record(self) -> RecordRef | None:
+        return RecordRef(self.module, self.record_id) if self.module and self.record_id else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CrmContext":
+        values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        values["owner_extensions"] = tuple(values.get("owner_extensions", ()))
+        return cls(**values)
+
+
+class ExtensionDirectory:
+    """Extension -> CRM user, from the CRM's users and ``routing.owner_extensions``."""
+
+    def __init__(self, users: Iterable[Owner], owner_extensions: Mapping[str, tuple[str, ...]]):
+        self._by_id: dict[str, Owner] = {}
+        by_email: dict[str, Owner] = {}
+        for user in users:
+            self._by_id[user.id] = user
+            if user.email:
+                by_email[user.email.lower()] = user
+        self._by_extension: dict[str, Owner] = {}
+        for user in self._by_id.values():
+            for extension in user.extensions:
+                self._by_extension.setdefault(extension, user)
+        # The config map wins over what the CRM knows, as it does for routing.
+        for key, extensions in owner_extensions.items():
+            user = by_email.get(key.lower()) if "@" in key else self._by_id.get(key, Owner(key))
+            if user is None:
+                continue  # an email the CRM does not know: nobody to credit
+            user_extensions = tuple(extensions)
+            self._by_id[user.id] = Owner(user.id, user.name, user.email, user_extensions)
+            for extension in user_extensions:
+                self._by_extension[extension] = self._by_id[user.id]
+
+    def by_extension(self, extension: str) -> Owner | None:
+        return self._by_extension.get(extension) if extension else None
+
+    def by_id(self, user_id: str) -> Owner | None:
+        return self._by_id.get(user_id) if user_id else None
+
+
+async def resolve_context(
+    outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings, users: ExtensionDirectory, now: float
+) -> CrmContext:
+    """The context of ``outcome``; raises :class:`~crmlookup.errors.CrmError` if the CRM must be asked and fails."""
+    answerer = users.by_extension(outcome.answered_extension)
+    answer = {"answerer_id": answerer.id, "answerer_name": answerer.name} if answerer else {}
+    route = outcome.route
+    if route.status in _ROUTED_TO_RECORD and route.has_record:
+        owner = users.by_id(route.owner_id)
+        extensions = tuple(owner.extensions) if owner else ()
+        if route.extension and route.extension not in extensions:
+            extensions += (route.extension,)
+        return CrmContext(
+            module=route.module,
+            record_id=route.record_id,
+            record_name=route.record_name,
+            owner_id=route.owner_id,
+            owner_name=owner.name if owner else "",
+            owner_extensions=extensions,
+            planned_at=now,
+            **answer,
+        )
+    if not outcome.caller_e164:
+        return CrmContext(planned_at=now, **answer)
+    # route never answered, timed out, or found nobody: ask the CRM now (the
+    # caller may also have become known since, e.g. a lead from an earlier call).
+    result = await backend.lookup(normalise(outcome.caller_e164, routing.default_region), routing.lookup_order)
+    best = result.best
+    if best is None:
+        return CrmContext(planned_at=now, **answer)
+    owner = best.owner
+    known = users.by_id(owner.id) if owner else None
+    return CrmContext(
+        module=best.module,
+        record_id=best.record_id,
+        record_name=best.name,
+        owner_id=owner.id if owner else "",
+        owner_name=owner.name if owner else "",
+        owner_extensions=tuple(known.extensions if known else (owner.extensions if owner else ())),
+        planned_at=now,
+        **answer,
+    )

@@ -1,0 +1,27 @@
+"""The call history the "last agent" rule reads, over the outbox's outcomes.
+
+The outbox keeps every recorded call (delivered ones for ``outbox.keep_days``)
+whatever the CRM, so this works with every backend.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from .store import Outbox
+
+
+class OutboxCallHistory:
+    """:class:`dialplan.history.CallHistory` over an :class:`Outbox`."""
+
+    def __init__(self, outbox: Outbox, clock: Callable[[], float] = time.time):
+        self._outbox = outbox
+        self._clock = clock
+
+    async def last_answered_extension(self, caller_e164: str, max_age_s: float) -> str | None:
+        """The extension that most recently answered ``caller_e164`` within ``max_age_s``, if any."""
+        if not caller_e164:
+            return None
+        since = self._clock() - max_age_s
+        return await self._outbox.run(self._outbox.last_answered_extension, caller_e164, since)

@@ -1,0 +1,463 @@
+"""The sync worker: delivers recorded outcomes to the CRM, nothing lost, nothing twice.
+
+One round takes a batch of due outcomes, works out what each should leave in
+the CRM (:mod:`.plan`), and writes leads, then calls, then tasks, each kind in
+requests of up to ``batch_size`` records. What the CRM says decides each
+outcome's next state:
+
+* every record written: ``done``;
+* a record refused for its data: ``failed``, retried with back-off, and
+  ``dead`` after ``max_attempts`` refusals, with the CRM's words kept; the
+  other outcomes of the batch go on;
+* the CRM down, slow, or asking us to slow down (429): ``failed``, retried
+  with exponential back-off and jitter (or after the CRM's ``Retry-After``),
+  for as long as it takes; nothing is ever dropped for that;
+* our credentials refused: the whole queue pauses, nothing is counted
+  against any outcome, and everything is replayed once a token works again.
+
+A record whose request went out but whose answer never came back (a timeout,
+a crash) is looked for in the CRM by the call's key before it is created
+again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+from crmlookup.backend import CrmBackend
+from crmlookup.errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited
+from crmlookup.writer import CrmWriter, Entry, RecordRef, WriteKind
+
+from ..settings import RoutingSettings
+from .context import ExtensionDirectory, CrmContext, resolve_context
+from .plan import PlannedWrite, Step, lead_name, plan_writes, zone
+from .settings import OutboxSettings, OutcomeSettings
+from .store import Finish, Outbox, OutboxItem, OutboxState, WriteRow, WriteState, chunks
+
+logger = logging.getLogger("crmroute.outbox")
+
+PAUSE_KEY = "paused"
+# The CRM's users (who has which extension) are asked for again after this long.
+USERS_TTL_S = 300.0
+PURGE_EVERY_S = 3600.0
+_ORDER = ((Step.LEAD, WriteKind.LEAD), (Step.CALL, WriteKind.CALL), (Step.TASK, WriteKind.TASK))
+
+
+@dataclass
+class RoundResult:
+    """What one round did."""
+
+    claimed: int = 0
+    delivered: int = 0
+    failed: int = 0
+    dead: int = 0
+    deferred: int = 0
+    paused: str = ""  # why the queue paused, if it did
+    retry_after: float = 0.0  # the CRM asked us to wait this long
+
+
+@dataclass
+class FlushSummary:
+    """What :meth:`SyncWorker.flush` did, for the CLI."""
+
+    rounds: int = 0
+    delivered: int = 0
+    failed: int = 0
+    dead: int = 0
+    paused: str = ""
+
+    def add(self, result: RoundResult) -> None:
+        self.rounds += 1
+        self.delivered += result.delivered
+        self.failed += result.failed
+        self.dead += result.dead
+        self.paused = result.paused
+
+
+@dataclass
+class _Attempt:
+    """One outcome within a round."""
+
+    item: OutboxItem
+    plan: list[PlannedWrite] | None = None  # None until planned: an unplanned outcome is never complete
+    error: str = ""
+    rejected: bool = False  # the CRM refused a record's data
+    transient: bool = False  # the CRM (or we) failed: try again later
+    deferred: bool = False  # not this round (another outcome creates the same lead)
+    retry_at: float = 0.0
+
+    @property
+    def open(self) -> bool:
+        return not (self.error or self.deferred)
+
+    def complete(self) -> bool:
+        return self.open and self.plan is not None and all(self._done(w.step) for w in self.plan)
+
+    def _done(self, step: str) -> bool:
+        row = self.item.writes.get(step)
+        return row is not None and row.state is WriteState.DONE
+
+
+class SyncWorker:
+    """Delivers the outbox to a :class:`~crmlookup.writer.CrmWriter`."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        writer: CrmWriter,
+        backend: CrmBackend,
+        *,
+        settings: OutboxSettings,
+        outcomes: OutcomeSettings,
+        routing: RoutingSettings,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ):
+        self._outbox = outbox
+        self._writer = writer
+        self._backend = backend
+        self._settings = settings
+        self._outcomes = outcomes
+        self._routing = routing
+        self._clock = clock
+        self._jitter = jitter
+        self._tz = zone(outcomes)
+        self._batch = max(1, min(settings.batch_size, writer.max_batch))
+        self._wake = asyncio.Event()
+        self._users: ExtensionDirectory | None = None
+        self._users_at = 0.0
+        self._paused_until = 0.0
+        self._hold_until = 0.0
+        self._purged_at = 0.0
+
+    # -- running ----------------------------------------------------------------
+
+    def wake(self) -> None:
+        """A new outcome was recorded: look at the queue now (unless paused)."""
+        self._wake.set()
+
+    def resume(self) -> None:
+        """Try the CRM again now, paused or not (a new token may have been configured)."""
+        self._paused_until = 0.0
+        self._hold_until = 0.0
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; never raises for CRM or data trouble."""
+        await self._outbox.run(self._outbox.release_orphans, self._clock())
+        while not stop.is_set():
+            wait = await self._step()
+            if wait > 0:
+                self._wake.clear()
+                await _wait_any(stop, self._wake, wait)
+
+    async def _step(self) -> float:
+        """One round if one is due; returns how long to wait before the next."""
+        now = self._clock()
+        held = max(self._paused_until, self._hold_until)
+        if now < held:
+            return held - now
+        try:
+            result = await self.round()
+            await self._purge(now)
+        except Exception:  # a bug or a broken disk: log it, keep the worker alive
+            logger.exception("outbox round failed")
+            return self._settings.flush_interval_s
+        if result.paused or result.retry_after:
+            return max(self._paused_until, self._hold_until) - self._clock()
+        if result.claimed >= self._batch or result.delivered:
+            return 0.0
+        next_due = await self._outbox.run(self._outbox.next_due)
+        if next_due is None:
+            return self._settings.flush_interval_s
+        return min(self._settings.flush_interval_s, max(0.0, next_due - self._clock()))
+
+    async def flush(self, *, max_seconds: float | None = None) -> FlushSummary:
+        """Deliver everything due now (for ``crmroute outbox flush``); stops when paused."""
+        summary = FlushSummary()
+        await self._outbox.run(self._outbox.release_orphans, self._clock())
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        while deadline is None or time.monotonic() < deadline:
+            if self._hold_until > self._clock():
+                pause = self._hold_until - self._clock()
+                if deadline is not None:
+                    pause = min(pause, deadline - time.monotonic())
+                await asyncio.sleep(max(0.0, pause))
+                continue
+            result = await self.round()
+            summary.add(result)
+            if result.paused or (not result.claimed):
+                break
+            if not (result.delivered or result.retry_after or result.claimed >= self._batch or result.deferred):
+                break  # only failures: they wait for their back-off
+        return summary
+
+    # -- one round --------------------------------------------------------------
+
+    async def round(self) -> RoundResult:
+        """Take one batch of due outcomes and try to deliver it."""
+        now = self._clock()
+        items = await self._outbox.run(self._outbox.claim, now, self._batch, self._settings.lease_s)
+        result = RoundResult(claimed=len(items))
+        if not items:
+            return result
+        attempts = [_Attempt(item) for item in items]
+        wrote = False
+        try:
+            await self._plan(attempts, now)
+            wrote = await self._deliver(attempts)
+        except CrmAuthError as exc:
+            result.paused = f"the CRM refused our credentials: {exc}"
+        except CrmRateLimited as exc:
+            wait = _retry_after(exc, self._settings.backoff_initial_s)
+            result.retry_after = wait
+            self._hold_until = self._clock() + wait
+            _fail_open(attempts, f"rate limited by the CRM: {exc}", retry_at=self._hold_until)
+        except CrmError as exc:
+            _fail_open(attempts, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug: the outcomes stay, the worker lives
+            logger.exception("delivering %d outcome(s) failed", len(attempts))
+            _fail_open(attempts, f"internal error: {exc!r}")
+        finishes = self._finishes(attempts, result)
+        await self._outbox.run(self._outbox.finish, finishes, self._clock())
+        await self._note_pause(result, wrote)
+        if result.delivered or result.failed or result.dead or result.paused:
+            logger.info(
+                "outbox round: %d delivered, %d failed, %d dead, %d deferred%s",
+                result.delivered, result.failed, result.dead, result.deferred, f"; paused: {result.paused}" if result.paused else "",
+            )
+        return result
+
+    async def _plan(self, attempts: list[_Attempt], now: float) -> None:
+        """Resolve each outcome's CRM context (once) and plan its records."""
+        users = await self._extension_directory(now)
+        resolved = await self._resolve(attempts, users, now)
+        leads_planned: set[str] = set()
+        contexts: list[tuple[int, dict | None]] = []
+        for attempt in attempts:
+            item = attempt.item
+            number = item.outcome.caller_e164
+            lead = item.writes.get(Step.LEAD)
+            started_lead = lead is not None and lead.state in (WriteState.DONE, WriteState.SENT)
+            if item.context is not None:
+                context = CrmContext.from_dict(item.context)
+            elif item.id in resolved:
+                context = resolved[item.id]
+            else:
+                continue  # the lookup failed: the attempt says why
+            known = context
+            if context.record is None and number and not started_lead:
+                context = await self._our_lead(attempt, context)
+            attempt.plan = plan_writes(item.outcome, context, self._outcomes, self._tz)
+            creates_lead = any(w.step == Step.LEAD for w in attempt.plan)
+            if attempt.deferred or (creates_lead and not started_lead and number in leads_planned):
+                # Another outcome creates this caller's lead: this one waits for
+                # it, and is then logged on it.
+                attempt.deferred, attempt.plan = True, None
+                if item.context is not None:
+                    contexts.append((item.id, None))
+                continue
+            if creates_lead:
+                leads_planned.add(number)
+                context = replace(context, lead_owner_id=next(w.entry.owner_id for w in attempt.plan if w.step == Step.LEAD))
+            if item.context is None or context != known:
+                contexts.append((item.id, context.to_dict()))
+        if contexts:
+            await self._outbox.run(self._outbox.save_contexts, contexts)
+
+    async def _resolve(self, attempts: list[_Attempt], users: ExtensionDirectory, now: float) -> dict[int, CrmContext]:
+        """The contexts of the outcomes that have none yet, looked up together (the CRM client bounds the concurrency)."""
+        fresh = [attempt for attempt in attempts if attempt.item.context is None]
+        answers = await asyncio.gather(
+            *(resolve_context(a.item.outcome, self._backend, self._routing, users, now) for a in fresh), return_exceptions=True
+        )
+        resolved: dict[int, CrmContext] = {}
+        for attempt, answer in zip(fresh, answers):
+            if isinstance(answer, (CrmAuthError, CrmRateLimited)):
+                raise answer
+            if isinstance(answer, CrmError):
+                attempt.error, attempt.transient = f"looking up the caller failed: {answer}", True
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                resolved[attempt.item.id] = answer
+        return resolved
+
+    async def _our_lead(self, attempt: _Attempt, context: CrmContext) -> CrmContext:
+        """The lead an earlier outcome created for this unknown caller, if any.
+
+        The CRM's search (or the lookup cache in front of it) may not show a
+        lead created seconds ago; the outbox remembers it, so one caller gets
+        one lead however often they call.
+        """
+        number = attempt.item.outcome.caller_e164
+        earlier = await self._outbox.run(self._outbox.lead_for_caller, number, attempt.item.id)
+        if earlier is None:
+            return context
+        state, lead_id, owner_id = earlier
+        if state is not WriteState.DONE:
+            attempt.deferred = True  # that lead's creation is uncertain: wait until it is settled
+            return context
+        return replace(context, module=WriteKind.LEAD.value, record_id=lead_id, record_name=lead_name(number), owner_id=owner_id)
+
+    async def _deliver(self, attempts: list[_Attempt]) -> bool:
+        """Write leads, then calls, then tasks; True once the CRM accepted a request."""
+        wrote = False
+        for step, kind in _ORDER:
+            todo: list[tuple[_Attempt, Entry]] = []
+            for attempt in attempts:
+                if not attempt.open:
+                    continue
+                for write in attempt.plan or ():
+                    row = attempt.item.writes.get(step)
+                    if write.step == step and not (row and row.state is WriteState.DONE):
+                        todo.append((attempt, _linked(write, attempt.item)))
+            if not todo:
+                continue
+            uncertain = [(a, e) for a, e in todo if (row := a.item.writes.get(step)) is not None and row.state is WriteState.SENT]
+            settled_before = self._clock() - self._writer.search_lag_s
+            for attempt, _ in uncertain:
+                sent_at = attempt.item.writes[step].updated_at
+                if sent_at > settled_before:
+                    # Too recent for the CRM's search to show it: look later, not now.
+                    attempt.deferred, attempt.retry_at = True, sent_at + self._writer.search_lag_s
+            uncertain = [(a, e) for a, e in uncertain if not a.deferred]
+            for chunk in chunks(uncertain, self._batch):
+                found = await self._writer.find_existing(kind, [entry for _, entry in chunk])
+                wrote = True
+                await self._mark(step, [(a, WriteState.DONE, found[e.key], "") for a, e in chunk if e.key in found])
+            todo = [(a, e) for a, e in todo if a.open and a.item.writes.get(step, _NOT_WRITTEN).state is not WriteState.DONE]
+            for chunk in chunks(todo, self._batch):
+                await self._mark(step, [(a, WriteState.SENT, "", "") for a, _ in chunk])
+                results = await self._writer.create(kind, [entry for _, entry in chunk])
+                wrote = True
+                if len(results) != len(chunk) or any(r.key != e.key for r, (_, e) in zip(results, chunk)):
+                    raise CrmBadResponse(f"{kind.value}: {len(results)} result(s) for {len(chunk)} record(s)")
+                marks = []
+                for (attempt, entry), outcome in zip(chunk, results):
+                    if outcome.ok:
+                        marks.append((attempt, WriteState.DONE, outcome.record_id, ""))
+                    else:
+                        error = outcome.error or "the CRM returned no record id"
+                        marks.append((attempt, WriteState.REJECTED, "", error))
+                        attempt.error, attempt.rejected = f"{kind.value}: {error}", True
+                await self._mark(step, marks)
+        return wrote
+
+    async def _mark(self, step: str, marks: Sequence[tuple[_Attempt, WriteState, str, str]]) -> None:
+        if not marks:
+            return
+        rows = [(a.item.id, step, state, crm_id, error) for a, state, crm_id, error in marks]
+        await self._outbox.run(self._outbox.mark_writes, rows, self._clock())
+        now = self._clock()
+        for attempt, state, crm_id, error in marks:
+            attempt.item.writes[step] = WriteRow(step, state, crm_id, error, now)
+
+    def _finishes(self, attempts: list[_Attempt], result: RoundResult) -> list[Finish]:
+        now = self._clock()
+        finishes = []
+        for attempt in attempts:
+            item = attempt.item
+            idle = OutboxState.FAILED if item.attempts else OutboxState.PENDING
+            if attempt.complete():
+                finishes.append(Finish(item.id, item.lease_token, OutboxState.DONE))
+                result.delivered += 1
+            elif result.paused and not attempt.rejected:
+                # Not the outcome's fault: it waits, uncounted, for a working token.
+                finishes.append(Finish(item.id, item.lease_token, idle, f"paused: {result.paused}", now, counted=False))
+            elif attempt.deferred:
+                retry_at = attempt.retry_at or now + min(self._settings.flush_interval_s, self._settings.backoff_initial_s)
+                finishes.append(Finish(item.id, item.lease_token, idle, "waiting for an earlier write to settle", retry_at, counted=False))
+                result.deferred += 1
+            elif attempt.rejected and item.rejections + 1 >= self._settings.max_attempts:
+                finishes.append(Finish(item.id, item.lease_token, OutboxState.DEAD, attempt.error, now, rejected=True))
+                result.dead += 1
+            else:
+                error = attempt.error or "not every record was written"
+                retry_at = attempt.retry_at or now + self._backoff(item.attempts)
+                finishes.append(Finish(item.id, item.lease_token, OutboxState.FAILED, error, retry_at, rejected=attempt.rejected))
+                result.failed += 1
+        return finishes
+
+    def _backoff(self, attempts: int) -> float:
+        """Exponential back-off with jitter: between half and all of initial * 2^attempts, capped."""
+        base = min(self._settings.backoff_max_s, self._settings.backoff_initial_s * (2 ** min(attempts, 30)))
+        return base * (0.5 + 0.5 * self._jitter())
+
+    async def _note_pause(self, result: RoundResult, wrote: bool) -> None:
+        if result.paused:
+            self._paused_until = self._clock() + self._settings.auth_retry_s
+            logger.error("outbox paused, everything kept: %s (next try in %.0f s, or on reload)", result.paused, self._settings.auth_retry_s)
+            state = json.dumps({"reason": result.paused, "since": self._clock()})
+            await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, state)
+        elif wrote:
+            self._paused_until = 0.0
+            if await self._outbox.run(self._outbox.get_meta, PAUSE_KEY) is not None:
+                logger.info("outbox resumed: the CRM accepts our credentials again")
+                await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, None)
+
+    async def _extension_directory(self, now: float) -> ExtensionDirectory:
+        if self._users is None or now - self._users_at > USERS_TTL_S:
+            try:
+                users = await self._writer.users()
+            except (CrmAuthError, CrmRateLimited):
+                raise
+            except CrmError as exc:
+                logger.warning("cannot read the CRM's users (who answered stays unknown): %s", exc)
+                users = ()
+                if self._users is not None:
+                    return self._users
+            self._users = ExtensionDirectory(users, self._routing.owner_extensions)
+            self._users_at = now
+        return self._users
+
+    async def _purge(self, now: float) -> None:
+        if not self._settings.keep_days or now - self._purged_at < PURGE_EVERY_S:
+            return
+        self._purged_at = now
+        purged = await self._outbox.run(self._outbox.purge_done, now - self._settings.keep_days * 86400)
+        if purged:
+            logger.info("outbox: forgot %d delivered outcome(s) older than %d days", purged, self._settings.keep_days)
+
+
+_NOT_WRITTEN = WriteRow("", WriteState.SENT)
+
+
+def _linked(write: PlannedWrite, item: OutboxItem) -> Entry:
+    """The entry, linked to the lead this outcome created when it needs one."""
+    if not write.links_lead:
+        return write.entry
+    lead = item.writes.get(Step.LEAD)
+    if lead is None or lead.state is not WriteState.DONE:
+        return write.entry
+    return replace(write.entry, record=RecordRef(WriteKind.LEAD.value, lead.crm_id))
+
+
+def _fail_open(attempts: list[_Attempt], error: str, retry_at: float = 0.0) -> None:
+    for attempt in attempts:
+        if attempt.open and not attempt.complete():
+            attempt.error, attempt.transient, attempt.retry_at = error, True, retry_at
+
+
+def _retry_after(exc: CrmRateLimited, default: float) -> float:
+    value = getattr(exc, "retry_after", None)
+    try:
+        seconds = float(value) if value is not None else default
+    except (TypeError, ValueError):
+        seconds = default
+    return min(max(seconds, 0.1), 3600.0)
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
