@@ -9,11 +9,18 @@ Asterisk reads one command per line into a 2048-byte buffer: a longer line is
 cut there and its tail read as a *second command*. So commands are bounded
 below that, values are shortened to fit, and CR, LF, NUL (and the other
 control characters) are never sent.
+
+Each command is a network round trip, and Asterisk must answer one before it
+reads the next, so several variables travel together in one ``EXEC MSet``
+(:func:`set_variables`). Its data goes through a second parser, the
+application argument splitter, which gets its own escaping
+(:func:`app_argument`).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Mapping
 
 # res_agi.c reads commands into char buf[AGI_BUF_LEN] with AGI_BUF_LEN 2048,
 # which holds 2047 bytes and the newline terminator... minus the NUL.
@@ -30,6 +37,15 @@ _EXPRESSION = re.compile(
 )
 
 
+# MSet parses at most 99 application arguments and hands the 99th over unparsed.
+MAX_MSET_PAIRS = 98
+_MSET_PREFIX = "EXEC MSet "
+# What Asterisk's application argument splitter (__ast_app_separate_args) treats
+# specially: a backslash before each makes it literal.
+_APP_ESCAPES = str.maketrans({ch: "\\" + ch for ch in '\\",()[]'})
+_AGI_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+
+
 def clean(value: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
     """``value`` with control characters replaced by spaces, cut to ``max_bytes`` of UTF-8."""
     text = _CONTROL.sub(" ", value)
@@ -41,19 +57,96 @@ def clean(value: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
 
 def quote(value: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
     """One AGI argument holding exactly ``clean(value)``."""
-    text = clean(value, max_bytes)
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + clean(value, max_bytes).translate(_AGI_ESCAPES) + '"'
+
+
+def app_argument(text: str) -> str:
+    """``text`` escaped for one pass of Asterisk's application argument splitter.
+
+    ``MSet`` splits its data on commas with ``AST_STANDARD_APP_ARGS``, which
+    drops quotes and backslashes and counts brackets (a stray ``(`` would
+    swallow the following pairs); a backslash before each of those makes it a
+    plain character. ``=`` needs nothing: the value is everything after the
+    name's ``=``.
+    """
+    return text.translate(_APP_ESCAPES)
+
+
+# Names are checked once; the contract's few names are then a set lookup.
+_checked_names: set[str] = set()
 
 
 def check_variable_name(name: str) -> str:
-    if not _VARIABLE_NAME.fullmatch(name):
-        raise ValueError(f"not a channel variable name: {name!r}")
+    if name not in _checked_names:
+        if not _VARIABLE_NAME.fullmatch(name):
+            raise ValueError(f"not a channel variable name: {name!r}")
+        if len(_checked_names) < 1024:
+            _checked_names.add(name)
     return name
 
 
 def set_variable(name: str, value: str) -> str:
     """``SET VARIABLE NAME "value"``."""
     return finish(f"SET VARIABLE {check_variable_name(name)} {quote(value)}")
+
+
+def mset(pairs: list[tuple[str, str]]) -> str:
+    """``EXEC MSet "N1=v1,N2=v2"``: up to 98 variables in one command.
+
+    Values are sent as given: pass them through :func:`clean` first. One
+    holding ``$`` is refused (see :func:`set_variables`).
+    """
+    if not 1 <= len(pairs) <= MAX_MSET_PAIRS:
+        raise ValueError(f"MSet takes 1 to {MAX_MSET_PAIRS} variables, got {len(pairs)}")
+    return _mset_line([_mset_item(name, value) for name, value in pairs])
+
+
+def set_variables(variables: Mapping[str, str]) -> list[str]:
+    """The fewest commands that set every variable to ``clean(value)``.
+
+    Values go together into ``EXEC MSet`` commands, each within
+    :data:`MAX_COMMAND_BYTES`. A value holding ``$`` goes alone in a
+    ``SET VARIABLE``: if the dialplan sets ``AGIEXECFULL=yes``, Asterisk
+    substitutes ``${...}`` in EXEC data, so CRM text like ``${SHELL(...)}``
+    would run on the PBX; ``SET VARIABLE`` never evaluates. A lone variable
+    also goes in a ``SET VARIABLE``: the same one round trip, one parser fewer.
+    """
+    batches: list[list[tuple[str, str, str]]] = []  # (name, clean value, MSet item)
+    singles: list[str] = []
+    batch: list[tuple[str, str, str]] = []
+    # Bytes of the MSet line so far: the prefix, the two quotes, the items and
+    # a comma after each (one too many, hence the -1 below).
+    empty = size = len(_MSET_PREFIX) + 2
+    for name, value in variables.items():
+        text = clean(value)
+        if "$" in text:
+            singles.append(set_variable(name, text))
+            continue
+        item = _mset_item(name, text)
+        cost = len(item.encode("utf-8")) + 1
+        if batch and (size + cost - 1 > MAX_COMMAND_BYTES or len(batch) == MAX_MSET_PAIRS):
+            batches.append(batch)
+            batch, size = [], empty
+        if empty + cost - 1 > MAX_COMMAND_BYTES:  # too long even alone: SET VARIABLE escapes once only
+            singles.append(set_variable(name, text))
+            continue
+        batch.append((name, text, item))
+        size += cost
+    if batch:
+        batches.append(batch)
+    lines = [set_variable(b[0][0], b[0][1]) if len(b) == 1 else _mset_line([item for _, _, item in b]) for b in batches]
+    return lines + singles
+
+
+def _mset_item(name: str, text: str) -> str:
+    """``NAME=value`` escaped for the application splitter, then for the AGI parser."""
+    if "$" in text:
+        raise ValueError("EXEC data must not hold '$': with AGIEXECFULL=yes Asterisk would evaluate it")
+    return (check_variable_name(name) + "=" + app_argument(text)).translate(_AGI_ESCAPES)
+
+
+def _mset_line(items: list[str]) -> str:
+    return finish(_MSET_PREFIX + '"' + ",".join(items) + '"')
 
 
 def get_variable(name: str) -> str:
