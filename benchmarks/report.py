@@ -1,0 +1,26 @@
+"""Plain-text tables for the terminal."""
+
+from __future__ import annotations
+
+
+def format_table(title: str, headers: list[str], rows: list[list[object]]) -> str:
+    """``title`` over a left-aligned first column and right-aligned figures."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(headers[i]), *(len(row[i]) for row in cells)) if cells else len(headers[i]) for i in range(len(headers))]
+
+    def line(values: list[str]) -> str:
+        first, rest = values[0].ljust(widths[0]), [v.rjust(w) for v, w in zip(values[1:], widths[1:])]
+        return "  ".join([first, *rest]).rstrip()
+
+    rule = "-" * len(line(headers))
+    return "\n".join([title, rule, line(headers), rule, *(line(row) for row in cells), rule])
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
