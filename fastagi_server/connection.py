@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from .calllog import log_session_error
-from .environment import AgiEnvironment, parse_header_line
+from .environment import AgiEnvironment, parse_header_block
 from .errors import AgiConnectionClosed, AgiLimitExceeded, AgiProtocolError
 from .replies import is_usage_end, is_usage_start
 from .session import AgiSession
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from .server import FastAgiServer
 
 logger = logging.getLogger("crmroute.server")
+
+# The empty line that ends the header block (LF or CRLF; also a block with no headers).
+_END_OF_HEADERS = re.compile(rb"(?:^|\n)\r?\n")
 
 
 def format_peer(peername: object) -> str:
@@ -43,7 +47,7 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
-        self._headers: dict[str, str] = {}
+        self._scanned = 0  # how much of the buffered header block has been checked
         self._header_lines = 0
         self._in_headers = True
         self._reply: asyncio.Future[str] | None = None
@@ -81,6 +85,10 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        if self._in_headers:
+            data = self._receive_headers(data)
+            if not data or self.closed:
+                return
         buffer = self._buffer + data if self._buffer else data
         max_line = self._limits.max_line_bytes
         start = 0
@@ -132,10 +140,54 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
 
     # -- internals --------------------------------------------------------
 
+    def _receive_headers(self, data: bytes) -> bytes:
+        """Collect the header block; once it is complete, start the handler and
+        return what followed it (a ``HANGUP`` line, say).
+
+        The block is cut and parsed in one go rather than line by line (this is
+        the hot path), but every limit still holds while it is incomplete: the
+        lines of each chunk are counted and measured as they arrive.
+        """
+        buffer = self._buffer + data if self._buffer else data
+        limits = self._limits
+        # Lines before self._scanned were checked with an earlier chunk.
+        start = self._scanned
+        end_match = _END_OF_HEADERS.search(buffer, max(0, start - 1))
+        end = len(buffer) if end_match is None else end_match.start()
+        region = buffer[start:end]
+        lines = region.split(b"\n") if region else []
+        complete = len(lines) if end_match is not None else len(lines) - 1
+        self._header_lines += max(0, complete)
+        if lines and max(map(len, lines)) > limits.max_line_bytes:
+            self._limit_hit(f"line longer than {limits.max_line_bytes} bytes")
+            return b""
+        if self._header_lines > limits.max_headers:
+            self._limit_hit(f"more than {limits.max_headers} header lines")
+            return b""
+        if end_match is None:
+            self._buffer = buffer
+            self._scanned = end - len(lines[-1]) if lines else start
+            return b""
+        self._buffer = b""
+        self._headers_complete(buffer[:end])
+        return buffer[end_match.end():]
+
+    def _headers_complete(self, block: bytes) -> None:
+        self._in_headers = False
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        try:
+            headers = parse_header_block(block.decode("utf-8", "replace"))
+        except AgiProtocolError as exc:
+            self._end(str(exc))
+            return
+        self.env = AgiEnvironment(headers)
+        self.script = self.env.script
+        self.arguments = self.env.arguments
+        self._task = self._loop.create_task(self._run())
+
     def _line_received(self, line: str) -> None:
-        if self._in_headers:
-            self._header_line(line)
-        elif line == "HANGUP":
+        if line == "HANGUP":
             self.hung_up = True
         elif self._usage is not None:
             self._usage.append(line)
@@ -148,27 +200,6 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
             self._usage = [line]
         else:
             self._deliver(line)
-
-    def _header_line(self, line: str) -> None:
-        if line == "":
-            self._in_headers = False
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-            self.env = AgiEnvironment(self._headers)
-            self.script = self.env.script
-            self.arguments = self.env.arguments
-            self._task = self._loop.create_task(self._run())
-            return
-        self._header_lines += 1
-        if self._header_lines > self._limits.max_headers:
-            self._limit_hit(f"more than {self._limits.max_headers} header lines")
-            return
-        try:
-            key, value = parse_header_line(line)
-        except AgiProtocolError as exc:
-            self._end(str(exc))
-            return
-        self._headers[key] = value
 
     def _deliver(self, line: str) -> None:
         reply, self._reply = self._reply, None

@@ -146,3 +146,13 @@ def parse_header_line(line: str) -> tuple[str, str]:
         raise AgiProtocolError(f"malformed header line {line[:80]!r}")
     # Asterisk writes "key: value"; strip exactly that separator space.
     return key, value[1:] if value.startswith(" ") else value
+
+
+def parse_header_block(block: str) -> dict[str, str]:
+    """The header lines of a block (without its empty last line), LF or CRLF, into a dict."""
+    if not block:
+        return {}
+    lines = block.split("\n")
+    if "\r" in block:
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    return dict(map(parse_header_line, lines))
