@@ -6,8 +6,9 @@ so a caller name with a newline cannot forge a second log line.
 
 from __future__ import annotations
 
-import json
 import logging
+import re
+from json.encoder import encode_basestring  # json.dumps(text, ensure_ascii=False), without its set-up
 from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
@@ -15,14 +16,15 @@ if TYPE_CHECKING:
 
 call_logger = logging.getLogger("crmroute.call")
 
-_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-_./:@&[]")
+# Values made only of these are written bare; anything else is JSON-quoted.
+_PLAIN = re.compile(r"[A-Za-z0-9+\-_./:@&\[\]]+")
 
 
 def format_value(value: object) -> str:
-    text = str(value)
-    if text and all(ch in _PLAIN for ch in text):
+    text = value if type(value) is str else str(value)
+    if _PLAIN.fullmatch(text):
         return text
-    return json.dumps(text, ensure_ascii=False)
+    return encode_basestring(text)
 
 
 def format_fields(fields: Mapping[str, object]) -> str:

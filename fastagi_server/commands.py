@@ -44,6 +44,10 @@ _MSET_PREFIX = "EXEC MSet "
 # specially: a backslash before each makes it literal.
 _APP_ESCAPES = str.maketrans({ch: "\\" + ch for ch in '\\",()[]'})
 _AGI_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+# A value free of these, and of at most _SHORT characters (so at most
+# MAX_VALUE_BYTES of UTF-8), goes into MSet exactly as it is.
+_NEEDS_CARE = re.compile(r'[\x00-\x1f\x7f\\",()\[\]$]')
+_SHORT = MAX_VALUE_BYTES // 4
 
 
 def clean(value: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
@@ -93,12 +97,12 @@ def set_variable(name: str, value: str) -> str:
 def mset(pairs: list[tuple[str, str]]) -> str:
     """``EXEC MSet "N1=v1,N2=v2"``: up to 98 variables in one command.
 
-    Values are sent as given: pass them through :func:`clean` first. One
-    holding ``$`` is refused (see :func:`set_variables`).
+    Each variable is set to ``clean(value)``; a value holding ``$`` is refused
+    (see :func:`set_variables`, which sends those through ``SET VARIABLE``).
     """
     if not 1 <= len(pairs) <= MAX_MSET_PAIRS:
         raise ValueError(f"MSet takes 1 to {MAX_MSET_PAIRS} variables, got {len(pairs)}")
-    return _mset_line([_mset_item(name, value) for name, value in pairs])
+    return _mset_line([_mset_item(name, clean(value)) for name, value in pairs])
 
 
 def set_variables(variables: Mapping[str, str]) -> list[str]:
@@ -118,11 +122,16 @@ def set_variables(variables: Mapping[str, str]) -> list[str]:
     # a comma after each (one too many, hence the -1 below).
     empty = size = len(_MSET_PREFIX) + 2
     for name, value in variables.items():
-        text = clean(value)
-        if "$" in text:
-            singles.append(set_variable(name, text))
-            continue
-        item = _mset_item(name, text)
+        if len(value) <= _SHORT and not _NEEDS_CARE.search(value):
+            # The usual case, kept cheap: nothing to clean, cut or escape.
+            text = value
+            item = check_variable_name(name) + "=" + value
+        else:
+            text = clean(value)
+            if "$" in text:
+                singles.append(set_variable(name, text))
+                continue
+            item = _mset_item(name, text)
         cost = len(item.encode("utf-8")) + 1
         if batch and (size + cost - 1 > MAX_COMMAND_BYTES or len(batch) == MAX_MSET_PAIRS):
             batches.append(batch)
@@ -146,7 +155,8 @@ def _mset_item(name: str, text: str) -> str:
 
 
 def _mset_line(items: list[str]) -> str:
-    return finish(_MSET_PREFIX + '"' + ",".join(items) + '"')
+    # The items are clean and escaped and their length counted: only the bound is checked again.
+    return bounded(_MSET_PREFIX + '"' + ",".join(items) + '"')
 
 
 def get_variable(name: str) -> str:
@@ -170,6 +180,11 @@ def finish(command: str) -> str:
     """Check a whole command line; raise ValueError if it could be split by Asterisk."""
     if _CONTROL.search(command):
         raise ValueError("a command must not contain control characters")
-    if len(command.encode("utf-8")) > MAX_COMMAND_BYTES:
+    return bounded(command)
+
+
+def bounded(command: str) -> str:
+    """``command``, if it fits Asterisk's line buffer; else ValueError."""
+    if len(command) > MAX_COMMAND_BYTES // 4 and len(command.encode("utf-8")) > MAX_COMMAND_BYTES:
         raise ValueError(f"a command must be shorter than {MAX_COMMAND_BYTES} bytes")
     return command

@@ -205,3 +205,9 @@ def test_mset_on_a_dead_channel_sets_the_contract():
     result = run(scenario())
     assert result.variables["CRM_ROUTE_STATUS"] == "OWNER"
     assert all(name in result.variables for name in CONTRACT_VARIABLES)
+
+
+def test_mset_cleans_what_it_is_given():
+    line = commands.mset([("A", "one\ntwo\x00"), ("B", "x" * 3000)])
+    assert "\n" not in line and "\x00" not in line
+    assert apply([line]).variables == {"A": "one two ", "B": "x" * commands.MAX_VALUE_BYTES}
