@@ -155,10 +155,23 @@ def parse_header_line(line: str) -> tuple[str, str]:
 
 
 def parse_header_block(block: str) -> dict[str, str]:
-    """The header lines of a block (without its empty last line), LF or CRLF, into a dict."""
+    """The header lines of a block (without its empty last line), LF or CRLF, into a dict.
+
+    Raises :class:`AgiProtocolError` naming the first malformed line.
+    """
     if not block:
         return {}
     lines = block.split("\n")
     if "\r" in block:
         lines = [line[:-1] if line.endswith("\r") else line for line in lines]
-    return dict(map(parse_header_line, lines))
+    headers = {}
+    for line in lines:
+        # The usual line, ``agi_name: value``, inline (this runs for every call);
+        # parse_header_line has the last word on anything else.
+        key, sep, value = line.partition(":")
+        if sep and key.isidentifier():
+            headers[key] = value[1:] if value.startswith(" ") else value
+        else:
+            key, value = parse_header_line(line)
+            headers[key] = value
+    return headers
