@@ -12,8 +12,9 @@ def format_table(title: str, headers: list[str], rows: list[list[object]]) -> st
         first, rest = values[0].ljust(widths[0]), [v.rjust(w) for v, w in zip(values[1:], widths[1:])]
         return "  ".join([first, *rest]).rstrip()
 
-    rule = "-" * len(line(headers))
-    return "\n".join([title, rule, line(headers), rule, *(line(row) for row in cells), rule])
+    rule = "-" * max(len(line(row)) for row in [headers, *cells])
+    head = [line(headers), rule] if any(headers) else []
+    return "\n".join([title, rule, *head, *(line(row) for row in cells), rule])
 
 
 def _cell(value: object) -> str:

@@ -64,7 +64,7 @@ def is_withheld(raw: str) -> bool:
 
 # Parsing is the costliest step of a lookup and the same caller IDs come back
 # call after call: remember the last few thousand (errors are not remembered).
-@functools.lru_cache(maxsize=16384)
+@functools.lru_cache(maxsize=4096)
 def normalise(raw: str, region: str) -> PhoneNumber:
     """Parse ``raw`` (caller ID or CRM text) relative to ``region`` (ISO 3166, e.g. ``ES``).
 
