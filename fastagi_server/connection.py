@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("crmroute.server")
 
+# asyncio may run a timer a hair before its time; count that as due.
+_TIMER_SLACK = 0.001
 # The empty line that ends the header block (LF or CRLF; also a block with no headers).
 _END_OF_HEADERS = re.compile(rb"(?:^|\n)\r?\n")
 
@@ -52,8 +54,10 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
         self._in_headers = True
         self._reply: asyncio.Future[str] | None = None
         self._usage: list[str] | None = None  # lines of a 520 block being read
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._session_timer: asyncio.TimerHandle | None = None
+        # One timer per session, armed for the nearest deadline (see _check_deadlines).
+        self._timer: asyncio.TimerHandle | None = None
+        self._header_deadline = self._session_deadline = self._reply_deadline = 0.0
+        self._reply_command = ""
         self._task: asyncio.Task[None] | None = None
         self.closed = False
         self.end_reason = ""  # why the server ended the session early, if it did
@@ -75,12 +79,10 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
             return
         self.over_capacity = not self._server.session_opened(self)
         limits = self._limits
-        self._header_timer = self._loop.call_later(
-            limits.header_timeout_ms / 1000, self._limit_hit, f"no complete header block within {limits.header_timeout_ms} ms"
-        )
-        self._session_timer = self._loop.call_later(
-            limits.session_timeout_ms / 1000, self._limit_hit, f"session longer than {limits.session_timeout_ms} ms"
-        )
+        now = self._loop.time()
+        self._header_deadline = now + limits.header_timeout_ms / 1000
+        self._session_deadline = now + limits.session_timeout_ms / 1000
+        self._timer = self._loop.call_at(min(self._header_deadline, self._session_deadline), self._check_deadlines)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -131,12 +133,12 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
             raise AgiConnectionClosed("connection already closed")
         reply: asyncio.Future[str] = self._loop.create_future()
         self._reply = reply
+        self._reply_command = command
+        self._reply_deadline = self._loop.time() + self._limits.reply_timeout_ms / 1000
+        if self._timer is None or self._timer.when() > self._reply_deadline:
+            self._arm(self._reply_deadline)
         self._transport.write(command.encode("utf-8") + b"\n")
-        timer = self._loop.call_later(self._limits.reply_timeout_ms / 1000, self._reply_timed_out, reply, command)
-        try:
-            return await reply
-        finally:
-            timer.cancel()
+        return await reply
 
     # -- internals --------------------------------------------------------
 
@@ -174,8 +176,6 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
 
     def _headers_complete(self, block: bytes) -> None:
         self._in_headers = False
-        if self._header_timer is not None:
-            self._header_timer.cancel()
         try:
             headers = parse_header_block(block.decode("utf-8", "replace"))
         except AgiProtocolError as exc:
@@ -213,10 +213,41 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
         finally:
             self.close()
 
-    def _reply_timed_out(self, reply: asyncio.Future[str], command: str) -> None:
-        if not reply.done():
-            verb = " ".join(command.split(" ", 2)[:2])
-            reply.set_exception(AgiLimitExceeded(f"no reply to {verb} within {self._limits.reply_timeout_ms} ms"))
+    def _check_deadlines(self) -> None:
+        """The session timer fired: end what is overdue, else re-arm for the next deadline.
+
+        Deadlines are plain timestamps, so a command or the end of the header
+        block costs no timer of its own; the timer only fires for a session
+        that is slow, and then finds out why.
+        """
+        self._timer = None
+        if self.closed:
+            return
+        now = self._loop.time() + _TIMER_SLACK
+        limits = self._limits
+        if self._in_headers and now >= self._header_deadline:
+            self._limit_hit(f"no complete header block within {limits.header_timeout_ms} ms")
+            return
+        if now >= self._session_deadline:
+            self._limit_hit(f"session longer than {limits.session_timeout_ms} ms")
+            return
+        reply = self._reply
+        waiting = reply is not None and not reply.done()
+        if waiting and now >= self._reply_deadline:
+            verb = " ".join(self._reply_command.split(" ", 2)[:2])
+            reply.set_exception(AgiLimitExceeded(f"no reply to {verb} within {limits.reply_timeout_ms} ms"))
+            waiting = False
+        deadlines = [self._session_deadline]
+        if self._in_headers:
+            deadlines.append(self._header_deadline)
+        if waiting:
+            deadlines.append(self._reply_deadline)
+        self._arm(min(deadlines))
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._check_deadlines)
 
     def _limit_hit(self, reason: str) -> None:
         """A limit was violated: end the session with one log line naming the reason."""
@@ -241,9 +272,9 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
             reply.set_exception(exc)
 
     def _cancel_timers(self) -> None:
-        for timer in (self._header_timer, self._session_timer):
-            if timer is not None:
-                timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def close(self) -> None:
         """Close at once: a socket kept open leaves the channel stuck in AGI."""

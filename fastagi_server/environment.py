@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from urllib.parse import parse_qsl
 
 from .errors import AgiProtocolError
@@ -14,11 +13,7 @@ _NO_VALUE = frozenset({"", "unknown"})
 
 @dataclass(frozen=True)
 class AgiEnvironment:
-    """A parsed header block. ``headers`` keeps every key as sent, unknown ones too.
-
-    The values derived from the request (script, query, arguments) are worked
-    out once per call, on first use.
-    """
+    """A parsed header block. ``headers`` keeps every key as sent, unknown ones too."""
 
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -26,7 +21,7 @@ class AgiEnvironment:
         """The value of ``agi_<key>``, or empty."""
         return self.headers.get("agi_" + key, "")
 
-    @cached_property
+    @property
     def network_script(self) -> str:
         """``route?x=1`` for ``AGI(agi://host/route?x=1)``."""
         script = self.get("network_script")
@@ -37,18 +32,18 @@ class AgiEnvironment:
                 script = request.split("://", 1)[1].partition("/")[2]
         return script.lstrip("/")
 
-    @cached_property
+    @property
     def script(self) -> str:
         """The handler name: the script path without its query."""
         return self.network_script.partition("?")[0].strip("/")
 
-    @cached_property
+    @property
     def query(self) -> dict[str, str]:
         """The script's query arguments (``?did=123&x=1``)."""
         query = self.network_script.partition("?")[2]
         return dict(parse_qsl(query, keep_blank_values=True)) if query else {}
 
-    @cached_property
+    @property
     def arguments(self) -> tuple[str, ...]:
         """``agi_arg_1``, ``agi_arg_2`` ... in order."""
         args = []

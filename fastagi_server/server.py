@@ -25,6 +25,7 @@ class FastAgiServer:
         self._served = 0  # sessions counted against max_sessions
         self._server: asyncio.Server | None = None
         self._allowed = app.config.server.allowed_networks
+        self._admitted: dict[str, bool] = {}
 
     # -- connection bookkeeping (called by FastAgiConnection) ----------------
 
@@ -32,8 +33,19 @@ class FastAgiServer:
         """True when the peer's address is in ``server.allowed_peers``."""
         if not isinstance(peername, tuple):
             return False
+        host = str(peername[0])
+        # The same few PBXs connect for every call: decide once per address.
+        admitted = self._admitted.get(host)
+        if admitted is None:
+            admitted = self._in_allowed_networks(host)
+            if len(self._admitted) >= 1024:
+                self._admitted.clear()
+            self._admitted[host] = admitted
+        return admitted
+
+    def _in_allowed_networks(self, host: str) -> bool:
         try:
-            address = ipaddress.ip_address(str(peername[0]).split("%", 1)[0])
+            address = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
             return False
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -116,6 +128,7 @@ class FastAgiServer:
             return False
         old_app, self.app = self.app, new_app
         self._allowed = new_app.config.server.allowed_networks
+        self._admitted = {}
         if (config.server.host, config.server.port) != (old_app.config.server.host, old_app.config.server.port):
             logger.warning("server.host/server.port changes take effect on restart only")
         logger.info("configuration reloaded from %s", config.source or "built-in defaults")

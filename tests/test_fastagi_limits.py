@@ -188,3 +188,46 @@ def test_each_limit_is_validated_at_load(limit):
 
     with pytest.raises(ConfigError, match=f"limits: {limit}"):
         make_config({"limits": {limit: 1}})
+
+
+@pytest.mark.parametrize(
+    "limits, expected, at_least",
+    [
+        # The reply deadline falls after the header deadline: the one session timer re-arms for it.
+        ({"header_timeout_ms": 100, "reply_timeout_ms": 400, "session_timeout_ms": 3000}, "no reply to EXEC MSet within 400 ms", 0.4),
+        # The session deadline comes first.
+        ({"header_timeout_ms": 100, "reply_timeout_ms": 2000, "session_timeout_ms": 300}, "session longer than 300 ms", 0.3),
+    ],
+)
+def test_the_nearest_deadline_ends_a_silent_session(limits, expected, at_least, call_log):
+    async def scenario():
+        async with agi_server(make_config({"limits": limits})) as server:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            received, closed = await raw_session(server.port, header_block(asterisk_headers()), read_timeout=5.0)
+            return received, closed, loop.time() - started
+
+    received, closed, elapsed = run(scenario())
+    assert closed and received.startswith(b"EXEC MSet")
+    assert at_least <= elapsed < at_least + 1.5
+    assert expected in only_session_error(call_log)
+
+
+def test_allow_list_decisions_follow_a_reload(tmp_path, call_log):
+    """Peers are judged once per address, and judged again after a reload."""
+    config_file = tmp_path / "crmroute.toml"
+    config_file.write_text('[server]\nallowed_peers = ["192.0.2.0/24"]\n')
+
+    async def scenario():
+        async with agi_server() as server:
+            before = (await route_call(server.port)).variables.get("CRM_ROUTE_STATUS")
+            assert await server.reload(str(config_file))
+            refused = await route_call(server.port)
+            config_file.write_text('[server]\nallowed_peers = ["127.0.0.1"]\n')
+            assert await server.reload(str(config_file))
+            after = (await route_call(server.port)).variables.get("CRM_ROUTE_STATUS")
+            return before, refused, after
+
+    before, refused, after = run(scenario())
+    assert before == "OWNER" and after == "OWNER"
+    assert refused.commands == [] and refused.variables == {}
