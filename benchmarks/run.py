@@ -41,6 +41,7 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, help="fastagi: timed sessions per server (default 20000; quick 2000)")
     parser.add_argument("--warmup", type=int, help="fastagi: untimed sessions first (default 2000; quick 300)")
     parser.add_argument("--concurrency", type=int, default=50, help="fastagi: sessions at once")
+    parser.add_argument("--repeat", type=int, default=1, help="fastagi: runs per server, interleaved; the least disturbed is kept (use 3 on a shared machine)")
     parser.add_argument("--hangup-share", type=float, default=0.1, help="fastagi: share of calls with a HANGUP line")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="fastagi: stop starting sessions after this")
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU the servers are pinned to")
