@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-from json.encoder import encode_basestring  # json.dumps(text, ensure_ascii=False), without its set-up
 from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
@@ -24,6 +23,10 @@ def format_value(value: object) -> str:
     text = value if type(value) is str else str(value)
     if _PLAIN.fullmatch(text):
         return text
+    # json.dumps(text, ensure_ascii=False) without its set-up; imported here so
+    # a process AGI, which logs no calls, never loads json.
+    from json.encoder import encode_basestring
+
     return encode_basestring(text)
 
 
@@ -38,6 +41,19 @@ def session_fields(session: AgiSession) -> dict[str, str]:
     if env is None:
         return {"peer": session.peer}
     return {"script": session.script, "uniqueid": env.unique_id, "caller": env.caller_id, "peer": session.peer}
+
+
+def skip_unused_record_fields() -> None:
+    """Stop the logging module collecting, for every record, what our log format
+    never shows: the caller's source line (a stack walk), thread and process.
+
+    These are the switches the logging documentation names for this
+    (``logging._srcfile`` and the ``log*`` flags); a server writes one record per call.
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def log_call(session: AgiSession, result: Mapping[str, object], ms: float) -> None:

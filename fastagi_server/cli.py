@@ -55,8 +55,11 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
     """Run the FastAGI server until SIGTERM/SIGINT; SIGHUP reloads the config."""
     from .server import serve as run_server
 
+    from .calllog import skip_unused_record_fields
+
     config = load_config(config_path)
     level = "DEBUG" if ctx.obj["debug"] else config.server.log_level.upper()
+    skip_unused_record_fields()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     asyncio.run(run_server(config, host=host, port=port))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
@@ -53,6 +52,8 @@ def open_connection(path: str | Path, *, create: bool = False) -> sqlite3.Connec
 
 def open_demo_connection() -> sqlite3.Connection:
     """An in-memory directory filled with the packaged demo data."""
+    from importlib import resources  # only the demo needs it; a process per call should not pay for it
+
     conn = sqlite3.connect(":memory:", check_same_thread=False)
     ensure_schema(conn)
     with resources.files(__package__).joinpath(DEMO_CSV).open(encoding="utf-8", newline="") as demo:
