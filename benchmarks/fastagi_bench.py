@@ -116,6 +116,36 @@ def cases(workdir: Path) -> list[Case]:
     return found
 
 
+def zoho_case(workdir: Path):
+    """Our server on the Zoho backend, against the Zoho CRM simulator on loopback:
+    (the case, the running simulator), or None in a build without them."""
+    tests = HERE.parent / "tests"
+    if not (tests / "zoho_simulator.py").exists() or importlib.util.find_spec("crmlookup.zoho") is None:
+        return None
+    sys.path.insert(0, str(tests))
+    from zoho_simulator import ZohoSimulator
+
+    simulator = ZohoSimulator().start()
+    owner = simulator.add_user("Ana García", "ana@example.com", Extension="101")
+    other = simulator.add_user("Ben Ito", "ben@example.com", Extension="102")
+    simulator.add_record("Leads", owner, Full_Name="Marta Ruiz", Last_Name="Ruiz", Phone="+34 928 00 00 00", Lead_Status="New")
+    contact = simulator.add_record("Contacts", owner, Full_Name="Pedro Sanz", Last_Name="Sanz", Phone="+34928000002")
+    simulator.add_record("Deals", other, Deal_Name="Renewal", Stage="Qualification", Contact_Name={"id": contact["id"]})
+    simulator.add_record("Accounts", other, Account_Name="Acme", Phone="+34928000004")
+    zoho = simulator.zoho_config(user_extension_field="Extension")
+    text = BENCH_CONFIG + '\n[crm]\nbackend = "zoho"\n\n[zoho]\n' + "".join(f"{key} = {json.dumps(value)}\n" for key, value in zoho.items())
+    path = workdir / "crmroute-zoho.toml"
+    path.write_text(text)
+    callers = ["+34928000000", "928000002", "+34928000004", "928999999"]
+    case = Case(
+        "crmroute route, Zoho simulator (warm cache)",
+        [sys.executable, "-m", "fastagi_server", "serve", "--config", str(path), "--port", "{port}"],
+        "contract",
+        expected_routes(text, callers),
+    )
+    return case, simulator
+
+
 def has_cache() -> bool:
     """True once the lookup cache is part of the build (it then wraps every backend)."""
     return importlib.util.find_spec("crmlookup.cache") is not None
@@ -215,12 +245,20 @@ def run(options) -> dict:
     """Measure every case ``options.repeat`` times, interleaved; keep each case's
     least-disturbed run (the lowest server CPU per session) for the table."""
     with tempfile.TemporaryDirectory(prefix="crmroute-bench-") as tmp:
-        chosen = [c for c in cases(Path(tmp)) if not options.cases or any(word in c.name for word in options.cases)]
+        available = cases(Path(tmp))
+        zoho = zoho_case(Path(tmp)) if not options.cases or any(w in "crmroute route, Zoho simulator" for w in options.cases) else None
+        if zoho is not None:
+            available.append(zoho[0])
+        chosen = [c for c in available if not options.cases or any(word in c.name for word in options.cases)]
         runs: dict[str, list[dict]] = {c.name: [] for c in chosen}
-        for round_number in range(options.repeat):
-            for case in chosen:
-                print(f"  fastagi: {case.name} (run {round_number + 1}/{options.repeat}) ...", file=sys.stderr, flush=True)
-                runs[case.name].append(measure(case, options))
+        try:
+            for round_number in range(options.repeat):
+                for case in chosen:
+                    print(f"  fastagi: {case.name} (run {round_number + 1}/{options.repeat}) ...", file=sys.stderr, flush=True)
+                    runs[case.name].append(measure(case, options))
+        finally:
+            if zoho is not None:
+                zoho[1].stop()
     results = []
     for name, measured in runs.items():
         best = min(measured, key=lambda r: r["server_cpu_us_per_session"])

@@ -56,7 +56,10 @@ def child(directory: str, numbers: int) -> dict:
     from fastagi_server.app import App
     from fastagi_server.config import config_from_dict
 
-    config = config_from_dict({"routing": {"default_region": "ES"}, "directory": {"path": directory}})
+    settings = {"routing": {"default_region": "ES"}, "directory": {"path": directory}}
+    if fastagi_bench.has_cache():
+        settings["cache"] = {"max_entries": numbers}  # room for every number (the default keeps fewer)
+    config = config_from_dict(settings)
     app = App.from_config(config)
     pid = os.getpid()
     before = procstat.memory_kib(pid)["rss"]
