@@ -24,6 +24,7 @@ class FastAgiServer:
         self._sessions: set[FastAgiConnection] = set()
         self._served = 0  # sessions counted against max_sessions
         self._server: asyncio.Server | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop it serves on, once started
         self._allowed = app.config.server.allowed_networks
         self._admitted: dict[str, bool] = {}
 
@@ -74,7 +75,7 @@ class FastAgiServer:
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         """Bind and start accepting (``port=0`` picks a free port; see :attr:`port`)."""
         settings = self.app.config.server
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: FastAgiConnection(self),
             host if host is not None else settings.host,
