@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import methodcaller
 from urllib.parse import parse_qsl
 
 from .errors import AgiProtocolError
@@ -149,6 +150,9 @@ def parse_header_line(line: str) -> tuple[str, str]:
     return key, value[1:] if value.startswith(" ") else value
 
 
+_SPLIT_AT_SEPARATOR = methodcaller("split", ": ", 1)
+
+
 def parse_header_block(block: str) -> dict[str, str]:
     """The header lines of a block (without its empty last line), LF or CRLF, into a dict.
 
@@ -159,14 +163,12 @@ def parse_header_block(block: str) -> dict[str, str]:
     lines = block.split("\n")
     if "\r" in block:
         lines = [line[:-1] if line.endswith("\r") else line for line in lines]
-    headers = {}
-    for line in lines:
-        # The usual line, ``agi_name: value``, inline (this runs for every call);
-        # parse_header_line has the last word on anything else.
-        key, sep, value = line.partition(":")
-        if sep and key.isidentifier():
-            headers[key] = value[1:] if value.startswith(" ") else value
-        else:
-            key, value = parse_header_line(line)
-            headers[key] = value
-    return headers
+    # The usual block, every line ``agi_name: value``, in one pass at C speed
+    # (this runs for every call); parse_header_line has the last word on anything else.
+    try:
+        headers = dict(map(_SPLIT_AT_SEPARATOR, lines))
+    except ValueError:  # a line without ": "
+        headers = None
+    if headers is not None and all(map(str.isidentifier, headers)):
+        return headers
+    return dict(map(parse_header_line, lines))
