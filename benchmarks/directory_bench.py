@@ -21,6 +21,7 @@ from pathlib import Path
 
 import fastagi_bench
 import procstat
+from report import percentiles
 
 MODULES = ("Leads", "Deals", "Contacts", "Accounts")
 OWNERS = 200
@@ -55,20 +56,17 @@ def import_directory(csv_path: Path, db_path: Path, cpu: int | None) -> dict:
     config.write_text('[routing]\ndefault_region = "ES"\n')
     command += ["--config", str(config)]
     started = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, preexec_fn=procstat.pinning(cpu))
+    with proc.stdout:
+        output = proc.stdout.read().decode("utf-8", "replace")
+    cpu_seconds, peak_rss_kib = procstat.reap(proc)
     wall = time.perf_counter() - started
-    output = proc.stdout.read().decode() + proc.stderr.read().decode()
-    proc.stdout.close()
-    proc.stderr.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"directory import failed: {output[-500:]}")
     return {
         "seconds": wall,
-        "cpu_seconds": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "cpu_seconds": cpu_seconds,
+        "peak_rss_mib": peak_rss_kib / 1024,
         "output": output.strip(),
         "file_mib": db_path.stat().st_size / 2**20,
     }
@@ -102,17 +100,7 @@ def time_lookups(db_path: Path, records: int, lookups: int) -> dict:
         threaded = asyncio.run(through_thread())
     finally:
         directory.close()
-    return {"lookups": lookups, "found": found, "sync_ms": _percentiles(timings), "thread_ms": _percentiles(threaded)}
-
-
-def _percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    last = len(ordered) - 1
-    return {
-        "p50": ordered[last // 2] * 1000,
-        "p99": ordered[min(last, int(0.99 * len(ordered)))] * 1000,
-        "max": ordered[-1] * 1000,
-    }
+    return {"lookups": lookups, "found": found, "sync_ms": percentiles(timings), "thread_ms": percentiles(threaded)}
 
 
 def build(workdir: Path, records: int, cpu: int | None) -> tuple[Path, dict]:

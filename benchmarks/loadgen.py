@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from asterisk_peer import AsteriskPeer, CallResult, asterisk_headers, header_block, parse_args  # noqa: E402
+from report import percentiles  # noqa: E402
 
 CONTRACT_VARIABLES = (
     "CRM_ROUTE_STATUS", "CRM_TARGET", "CRM_EXTENSION", "CRM_OWNER_ID", "CRM_OWNER_NAME", "CRM_OWNER_EMAIL",
@@ -234,19 +235,6 @@ def generate(gen: Generator) -> dict:
         "loadgen_cpu_us_per_session": cpu / completed * 1e6 if completed else 0.0,
         "loadgen_cpu_share": cpu / elapsed if elapsed else 0.0,
     }
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    """p50/p95/p99/max in milliseconds (nearest rank)."""
-    if not samples:
-        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
-    ordered = sorted(samples)
-    last = len(ordered) - 1
-
-    def rank(p: float) -> float:
-        return ordered[min(last, int(p * len(ordered)))] * 1000
-
-    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "max": ordered[-1] * 1000}
 
 
 def verify(gen: Generator) -> dict:

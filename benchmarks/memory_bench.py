@@ -99,7 +99,7 @@ def run(options) -> dict:
         done = subprocess.run(
             [sys.executable, __file__, "--child", str(directory), str(options.memory_numbers)],
             capture_output=True, text=True, env=fastagi_bench.child_env(), timeout=900,
-            preexec_fn=(lambda: os.sched_setaffinity(0, {options.server_cpu})) if options.server_cpu is not None else None,
+            preexec_fn=procstat.pinning(options.server_cpu),
         )
     if done.returncode != 0:
         raise RuntimeError(f"memory benchmark failed: {done.stderr.strip()[-800:]}")

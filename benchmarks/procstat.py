@@ -26,6 +26,13 @@ def memory_kib(pid: int) -> dict[str, int]:
     return values
 
 
+def pinning(cpu: int | None):
+    """A ``preexec_fn`` for :mod:`subprocess` that pins the child to ``cpu`` (None: no pinning)."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 def pin(pid: int, cpu: int | None) -> bool:
     """Pin ``pid`` to one CPU; False where that is not possible (then figures are noisier)."""
     if cpu is None or not hasattr(os, "sched_setaffinity"):
@@ -51,3 +58,11 @@ def listening(port: int) -> bool:
         except OSError:
             continue
     return False
+
+
+def reap(proc) -> tuple[float, int]:
+    """Wait for the child ``proc`` (a :class:`subprocess.Popen`) to end: its CPU seconds
+    and peak RSS in KiB (``wait4``). Sets ``proc.returncode``."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss

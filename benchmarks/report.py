@@ -25,3 +25,16 @@ def _cell(value: object) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50/p95/p99/max of ``samples`` (seconds) in milliseconds, by nearest rank."""
+    if not samples:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+    ordered = sorted(samples)
+    last = len(ordered) - 1
+
+    def rank(share: float) -> float:
+        return ordered[min(last, int(share * len(ordered)))] * 1000
+
+    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "max": ordered[-1] * 1000}

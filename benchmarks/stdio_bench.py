@@ -23,10 +23,11 @@ from pathlib import Path
 
 import fastagi_bench
 import procstat
+from report import percentiles
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from asterisk_peer import AsteriskPeer, CallResult, asterisk_headers, header_block, parse_args  # noqa: E402
+from asterisk_peer import AsteriskPeer, CallResult, parse_args, stdio_headers  # noqa: E402
 
 BARE_PYST2 = '''\
 from asterisk.agi import AGI
@@ -39,13 +40,6 @@ agi.set_variable("CRM_TARGET", OWNERS.get(agi.env.get("agi_callerid", ""), ""))
 CALLER = "+34928000000"
 
 
-def stdio_headers(script: str) -> bytes:
-    """The header block Asterisk gives a process AGI (no agi_network lines), the script name as argument."""
-    headers = [(k, v) for k, v in asterisk_headers(caller=CALLER) if k not in ("agi_network", "agi_network_script")]
-    headers = [(k, script if k == "agi_request" else v) for k, v in headers]
-    return header_block(headers + [("agi_arg_1", "route")])
-
-
 def one_call(command: list[str], env: dict[str, str], cpu: int | None) -> tuple[float, float, CallResult]:
     """Run one process AGI to its end; (wall seconds, CPU seconds, what it set)."""
     peer = AsteriskPeer()
@@ -53,9 +47,9 @@ def one_call(command: list[str], env: dict[str, str], cpu: int | None) -> tuple[
     started = time.perf_counter()
     proc = subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-        preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None,
+        preexec_fn=procstat.pinning(cpu),
     )
-    proc.stdin.write(stdio_headers("/usr/local/bin/agi-script"))
+    proc.stdin.write(stdio_headers(CALLER))
     proc.stdin.flush()
     while line := proc.stdout.readline():
         argv = parse_args(line.rstrip(b"\n").decode("utf-8", "replace"))
@@ -65,14 +59,13 @@ def one_call(command: list[str], env: dict[str, str], cpu: int | None) -> tuple[
             proc.stdin.flush()
         except BrokenPipeError:
             break
-    _, status, usage = os.wait4(proc.pid, 0)
+    cpu_seconds, _ = procstat.reap(proc)
     wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{command} exited with {proc.returncode}")
     proc.stdin.close()
     proc.stdout.close()
-    return wall, usage.ru_utime + usage.ru_stime, result
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command} exited with {proc.returncode}")
+    return wall, cpu_seconds, result
 
 
 def measure(name: str, command: list[str], env: dict[str, str], calls: int, cpu: int | None, check) -> dict:
@@ -83,15 +76,10 @@ def measure(name: str, command: list[str], env: dict[str, str], calls: int, cpu:
         walls.append(wall)
         cpus.append(used)
         bad += 0 if check(result) else 1
-    ordered = sorted(walls)
     return {
         "name": name,
         "calls": calls,
-        "wall_ms": {
-            "mean": statistics.fmean(walls) * 1000,
-            "p50": ordered[len(ordered) // 2] * 1000,
-            "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000,
-        },
+        "wall_ms": {"mean": statistics.fmean(walls) * 1000, **percentiles(walls)},
         "cpu_ms_mean": statistics.fmean(cpus) * 1000,
         "bad_calls": bad,
     }
@@ -100,7 +88,7 @@ def measure(name: str, command: list[str], env: dict[str, str], calls: int, cpu:
 def import_profile(command: list[str], env: dict[str, str], top: int = 12) -> list[dict]:
     """The heaviest top-level imports of one call (``python -X importtime``), cumulative ms."""
     proc = subprocess.run(
-        [command[0], "-X", "importtime", *command[1:]], input=stdio_headers("/usr/local/bin/agi-script") + b"200 result=0\n" * 20,
+        [command[0], "-X", "importtime", *command[1:]], input=stdio_headers(CALLER) + b"200 result=0\n" * 20,
         capture_output=True, env=env, timeout=60,
     )
     rows = []

@@ -60,6 +60,14 @@ def asterisk_headers(
     return headers
 
 
+def stdio_headers(caller: str = "+34928000000", script: str = "/usr/local/bin/crmroute-agi") -> bytes:
+    """The header block Asterisk gives a process AGI: no ``agi_network`` lines, the
+    script path as the request, the script name (``route``) as the first argument."""
+    headers = [(k, v) for k, v in asterisk_headers(caller=caller) if k not in ("agi_network", "agi_network_script")]
+    headers = [(k, script if k == "agi_request" else v) for k, v in headers]
+    return header_block(headers + [("agi_arg_1", "route")])
+
+
 def header_block(headers: list[tuple[str, str]]) -> bytes:
     return "".join(f"{key}: {value}\n" for key, value in headers).encode("utf-8") + b"\n"
 

@@ -10,16 +10,10 @@ import time
 
 import pytest
 
-from asterisk_peer import AsteriskPeer, CallResult, asterisk_headers, header_block, parse_args
+from asterisk_peer import AsteriskPeer, CallResult, asterisk_headers, header_block, parse_args, stdio_headers
 from dialplan import CONTRACT_VARIABLES
 
 AGI_COMMAND = [sys.executable, "-m", "fastagi_server.stdio"]
-
-
-def stdio_headers(caller: str = "+34928000000", script: str = "/usr/local/bin/crmroute-agi") -> bytes:
-    headers = [(k, v) for k, v in asterisk_headers(caller=caller) if k not in ("agi_network", "agi_network_script")]
-    headers = [(k, script if k == "agi_request" else v) for k, v in headers]
-    return header_block(headers + [("agi_arg_1", "route")])
 
 
 class StdioAsterisk:
