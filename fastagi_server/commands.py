@@ -19,6 +19,7 @@ application argument splitter, which gets its own escaping
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Mapping
 
@@ -76,17 +77,17 @@ def app_argument(text: str) -> str:
     return text.translate(_APP_ESCAPES)
 
 
-# Names are checked once; the contract's few names are then a set lookup.
-_checked_names: set[str] = set()
-
-
 def check_variable_name(name: str) -> str:
-    if name not in _checked_names:
-        if not _VARIABLE_NAME.fullmatch(name):
-            raise ValueError(f"not a channel variable name: {name!r}")
-        if len(_checked_names) < 1024:
-            _checked_names.add(name)
+    """``name``, if it is a channel variable name we send; else ValueError."""
+    if not _is_variable_name(name):
+        raise ValueError(f"not a channel variable name: {name!r}")
     return name
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_variable_name(name: str) -> bool:
+    # The contract's few names come back on every call: checked once each.
+    return _VARIABLE_NAME.fullmatch(name) is not None
 
 
 def set_variable(name: str, value: str) -> str:
