@@ -203,6 +203,12 @@ class CallResult:
     closed_by_server: bool = False
     # Expressions a real PBX would have evaluated inside EXEC data (AGIEXECFULL=yes).
     evaluated: list[str] = field(default_factory=list)
+    # Every variable set, in order, whichever command set it (SET VARIABLE, EXEC MSet, EXEC Set).
+    assignments: list[tuple[str, str]] = field(default_factory=list)
+
+    def assign(self, variables: dict[str, str]) -> None:
+        self.variables.update(variables)
+        self.assignments.extend(variables.items())
 
 
 class AsteriskPeer:
@@ -293,7 +299,7 @@ class AsteriskPeer:
         if words[:2] == ["SET", "VARIABLE"]:
             if len(argv) != 4:
                 return USAGE_REPLY
-            result.variables[argv[2]] = argv[3]
+            result.assign({argv[2]: argv[3]})
             return "200 result=1"
         if words[:2] == ["GET", "VARIABLE"]:
             if len(argv) != 3:
@@ -324,9 +330,9 @@ class AsteriskPeer:
                 data = data.replace(expression, self.evaluate(expression, result), 1)
         app = argv[1].lower()
         if app == "mset":
-            result.variables.update(mset(data))
+            result.assign(mset(data))
         elif app == "set":
-            result.variables.update(set_app(data))
+            result.assign(set_app(data))
         elif app != "noop":
             return "200 result=-2"
         return "200 result=0"
