@@ -46,7 +46,7 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-seconds", type=float, default=60.0, help="fastagi: stop starting sessions after this")
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU the servers are pinned to")
     parser.add_argument("--loadgen-cpu", type=int, default=1, help="CPU the load generator is pinned to")
-    parser.add_argument("--stdio-calls", type=int, help="stdio: calls per script (default 200; quick 20)")
+    parser.add_argument("--stdio-calls", type=int, help="stdio: calls per script (default 100; quick 20)")
     parser.add_argument("--directory-records", type=int, help="directory: records (default 200000; quick 20000; the target is stated at 1000000)")
     parser.add_argument("--directory-lookups", type=int, help="directory: timed lookups (default 100000; quick 5000)")
     parser.add_argument("--memory-numbers", type=int, help="memory: distinct numbers looked up (default 100000; quick 5000)")
@@ -55,7 +55,7 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = {
         "sessions": (20_000, 2_000),
         "warmup": (2_000, 300),
-        "stdio_calls": (200, 20),
+        "stdio_calls": (100, 20),
         "directory_records": (200_000, 20_000),
         "directory_lookups": (100_000, 5_000),
         "memory_numbers": (100_000, 5_000),
