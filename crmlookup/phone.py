@@ -7,6 +7,7 @@ and a caller ID of ``+34928000000`` meet on the same E.164 form.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -81,6 +82,9 @@ def is_withheld(raw: str) -> bool:
     return raw.strip().lower() in WITHHELD
 
 
+# Parsing is the costliest step of a lookup and the same caller IDs come back
+# call after call: remember the last few thousand (errors are not remembered).
+@functools.lru_cache(maxsize=4096)
 def normalise(raw: str, region: str) -> PhoneNumber:
     """Parse ``raw`` (caller ID or CRM text) relative to ``region`` (ISO 3166, e.g. ``ES``).
 

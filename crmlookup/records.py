@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 MODULES = ("Leads", "Deals", "Contacts", "Accounts")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Owner:
     """The CRM user responsible for a record."""
 
@@ -21,7 +21,7 @@ class Owner:
     extensions: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Match:
     """One CRM record whose phone number matched the caller."""
 

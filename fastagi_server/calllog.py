@@ -6,8 +6,8 @@ so a caller name with a newline cannot forge a second log line.
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
@@ -15,14 +15,19 @@ if TYPE_CHECKING:
 
 call_logger = logging.getLogger("crmroute.call")
 
-_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-_./:@&[]")
+# Values made only of these are written bare; anything else is JSON-quoted.
+_PLAIN = re.compile(r"[A-Za-z0-9+\-_./:@&\[\]]+")
 
 
 def format_value(value: object) -> str:
-    text = str(value)
-    if text and all(ch in _PLAIN for ch in text):
+    text = value if type(value) is str else str(value)
+    if _PLAIN.fullmatch(text):
         return text
-    return json.dumps(text, ensure_ascii=False)
+    # json.dumps(text, ensure_ascii=False) without its set-up; imported here so
+    # a process AGI, which logs no calls, never loads json.
+    from json.encoder import encode_basestring
+
+    return encode_basestring(text)
 
 
 def format_fields(fields: Mapping[str, object]) -> str:
@@ -36,6 +41,19 @@ def session_fields(session: AgiSession) -> dict[str, str]:
     if env is None:
         return {"peer": session.peer}
     return {"script": session.script, "uniqueid": env.unique_id, "caller": env.caller_id, "peer": session.peer}
+
+
+def skip_unused_record_fields() -> None:
+    """Stop the logging module collecting, for every record, what our log format
+    never shows: the caller's source line (a stack walk), thread and process.
+
+    These are the switches the logging documentation names for this
+    (``logging._srcfile`` and the ``log*`` flags); a server writes one record per call.
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def log_call(session: AgiSession, result: Mapping[str, object], ms: float) -> None:

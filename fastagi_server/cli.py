@@ -50,8 +50,11 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
     """Run the FastAGI server until SIGTERM/SIGINT; SIGHUP reloads the config."""
     from .server import serve as run_server
 
+    from .calllog import skip_unused_record_fields
+
     config = load_config(config_path)
     level = "DEBUG" if ctx.obj["debug"] else config.server.log_level.upper()
+    skip_unused_record_fields()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # The HTTP libraries log every request at INFO (callers' numbers in the URLs); our own lines say what matters.
     for name in ("httpx", "httpcore"):

@@ -9,11 +9,19 @@ Asterisk reads one command per line into a 2048-byte buffer: a longer line is
 cut there and its tail read as a *second command*. So commands are bounded
 below that, values are shortened to fit, and CR, LF, NUL (and the other
 control characters) are never sent.
+
+Each command is a network round trip, and Asterisk must answer one before it
+reads the next, so several variables travel together in one ``EXEC MSet``
+(:func:`set_variables`). Its data goes through a second parser, the
+application argument splitter, which gets its own escaping
+(:func:`app_argument`).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import Mapping
 
 # res_agi.c reads commands into char buf[AGI_BUF_LEN] with AGI_BUF_LEN 2048,
 # which holds 2047 bytes and the newline terminator... minus the NUL.
@@ -35,6 +43,19 @@ _EXPRESSION = re.compile(
 _SEPARATOR = re.compile(r"[|~^!%=;<>]{1,8}")
 
 
+# MSet parses at most 99 application arguments and hands the 99th over unparsed.
+MAX_MSET_PAIRS = 98
+_MSET_PREFIX = "EXEC MSet "
+# What Asterisk's application argument splitter (__ast_app_separate_args) treats
+# specially: a backslash before each makes it literal.
+_APP_ESCAPES = str.maketrans({ch: "\\" + ch for ch in '\\",()[]'})
+_AGI_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+# A value free of these, and of at most _SHORT characters (so at most
+# MAX_VALUE_BYTES of UTF-8), goes into MSet exactly as it is.
+_NEEDS_CARE = re.compile(r'[\x00-\x1f\x7f\\",()\[\]$]')
+_SHORT = MAX_VALUE_BYTES // 4
+
+
 def clean(value: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
     """``value`` with control characters replaced by spaces, cut to ``max_bytes`` of UTF-8."""
     text = _CONTROL.sub(" ", value)
@@ -46,19 +67,113 @@ def clean(value: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
 
 def quote(value: str, max_bytes: int = MAX_VALUE_BYTES) -> str:
     """One AGI argument holding exactly ``clean(value)``."""
-    text = clean(value, max_bytes)
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + clean(value, max_bytes).translate(_AGI_ESCAPES) + '"'
+
+
+def app_argument(text: str) -> str:
+    """``text`` escaped for one pass of Asterisk's application argument splitter.
+
+    ``MSet`` splits its data on commas with ``AST_STANDARD_APP_ARGS``, which
+    drops quotes and backslashes and counts brackets (a stray ``(`` would
+    swallow the following pairs); a backslash before each of those makes it a
+    plain character. ``=`` needs nothing: the value is everything after the
+    name's ``=``.
+    """
+    return text.translate(_APP_ESCAPES)
 
 
 def check_variable_name(name: str) -> str:
-    if not _VARIABLE_NAME.fullmatch(name):
+    """``name``, if it is a channel variable name we send; else ValueError."""
+    if not _is_variable_name(name):
         raise ValueError(f"not a channel variable name: {name!r}")
     return name
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_variable_name(name: str) -> bool:
+    # The contract's few names come back on every call: checked once each.
+    return _VARIABLE_NAME.fullmatch(name) is not None
 
 
 def set_variable(name: str, value: str) -> str:
     """``SET VARIABLE NAME "value"``."""
     return finish(f"SET VARIABLE {check_variable_name(name)} {quote(value)}")
+
+
+def mset(pairs: list[tuple[str, str]]) -> str:
+    """``EXEC MSet "N1=v1,N2=v2"``: up to 98 variables in one command.
+
+    Each variable is set to ``clean(value)``; a value holding ``$`` is refused
+    (see :func:`set_variables`, which sends those through ``SET VARIABLE``).
+    """
+    if not 1 <= len(pairs) <= MAX_MSET_PAIRS:
+        raise ValueError(f"MSet takes 1 to {MAX_MSET_PAIRS} variables, got {len(pairs)}")
+    return _mset_line([_mset_item(name, clean(value)) for name, value in pairs])
+
+
+def set_variables(variables: Mapping[str, str]) -> list[str]:
+    """The fewest commands that set every variable to ``clean(value)``.
+
+    Values go together into ``EXEC MSet`` commands, each within
+    :data:`MAX_COMMAND_BYTES`. A value holding ``$`` goes alone in a
+    ``SET VARIABLE``: if the dialplan sets ``AGIEXECFULL=yes``, Asterisk
+    substitutes ``${...}`` in EXEC data, so CRM text like ``${SHELL(...)}``
+    would run on the PBX; ``SET VARIABLE`` never evaluates. A lone variable
+    also goes in a ``SET VARIABLE``: the same one round trip, one parser fewer.
+    """
+    return _one_plain_mset(variables) or _batched(variables)
+
+
+def _one_plain_mset(variables: Mapping[str, str]) -> list[str] | None:
+    """The usual case, kept cheap: no value to clean, cut or escape, so the
+    line is the pairs as they are. None when that does not hold."""
+    values = list(variables.values())
+    # '=' joins the values only so that one search looks at all of them: it is no special character.
+    if not 1 < len(values) <= MAX_MSET_PAIRS or max(map(len, values)) > _SHORT or _NEEDS_CARE.search("=".join(values)):
+        return None
+    line = _MSET_PREFIX + '"' + ",".join([check_variable_name(name) + "=" + value for name, value in variables.items()]) + '"'
+    return [line] if len(line.encode("utf-8")) <= MAX_COMMAND_BYTES else None
+
+
+def _batched(variables: Mapping[str, str]) -> list[str]:
+    """MSet lines filled up to the line limit; SET VARIABLE for the rest."""
+    batches: list[list[tuple[str, str, str]]] = []  # (name, clean value, MSet item)
+    singles: list[str] = []
+    batch: list[tuple[str, str, str]] = []
+    # Bytes of the MSet line so far: the prefix, the two quotes, the items and
+    # a comma after each (one too many, hence the -1 below).
+    empty = size = len(_MSET_PREFIX) + 2
+    for name, value in variables.items():
+        text = clean(value)
+        if "$" in text:
+            singles.append(set_variable(name, text))
+            continue
+        item = _mset_item(name, text)
+        cost = len(item.encode("utf-8")) + 1
+        if batch and (size + cost - 1 > MAX_COMMAND_BYTES or len(batch) == MAX_MSET_PAIRS):
+            batches.append(batch)
+            batch, size = [], empty
+        if empty + cost - 1 > MAX_COMMAND_BYTES:  # too long even alone: SET VARIABLE escapes once only
+            singles.append(set_variable(name, text))
+            continue
+        batch.append((name, text, item))
+        size += cost
+    if batch:
+        batches.append(batch)
+    lines = [set_variable(b[0][0], b[0][1]) if len(b) == 1 else _mset_line([item for _, _, item in b]) for b in batches]
+    return lines + singles
+
+
+def _mset_item(name: str, text: str) -> str:
+    """``NAME=value`` escaped for the application splitter, then for the AGI parser."""
+    if "$" in text:
+        raise ValueError("EXEC data must not hold '$': with AGIEXECFULL=yes Asterisk would evaluate it")
+    return (check_variable_name(name) + "=" + app_argument(text)).translate(_AGI_ESCAPES)
+
+
+def _mset_line(items: list[str]) -> str:
+    # The items are clean and escaped and their length counted: only the bound is checked again.
+    return bounded(_MSET_PREFIX + '"' + ",".join(items) + '"')
 
 
 def get_variable(name: str) -> str:
@@ -92,6 +207,11 @@ def finish(command: str) -> str:
     """Check a whole command line; raise ValueError if it could be split by Asterisk."""
     if _CONTROL.search(command):
         raise ValueError("a command must not contain control characters")
-    if len(command.encode("utf-8")) > MAX_COMMAND_BYTES:
+    return bounded(command)
+
+
+def bounded(command: str) -> str:
+    """``command``, if it fits Asterisk's line buffer; else ValueError."""
+    if len(command) > MAX_COMMAND_BYTES // 4 and len(command.encode("utf-8")) > MAX_COMMAND_BYTES:
         raise ValueError(f"a command must be shorter than {MAX_COMMAND_BYTES} bytes")
     return command

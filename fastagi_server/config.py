@@ -81,11 +81,11 @@ class Config:
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read ``path`` (or ``$CRMROUTE_CONFIG``); no path at all gives the defaults."""
-    import tomllib  # only paid for when there is a file to read
-
     chosen = path or os.environ.get(ENV_CONFIG) or None
     if chosen is None:
         return Config()
+    import tomllib  # only paid for when there is a file to read
+
     file = Path(chosen)
     try:
         with file.open("rb") as handle:

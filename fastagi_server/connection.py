@@ -1,6 +1,8 @@
-"""One FastAGI session over TCP, as an :class:`asyncio.Protocol`.
+"""One FastAGI session over TCP, as an :class:`asyncio.BufferedProtocol`.
 
-Framing is done in :meth:`FastAgiConnection.data_received` without streams:
+Bytes are read into a small buffer the connection owns (a plain Protocol
+makes asyncio allocate, shrink and free a 256 KiB buffer for every read: three
+system calls). Framing is done in :meth:`FastAgiConnection.data_received` without streams:
 the header block is parsed as it arrives, then a task runs the handler,
 which awaits one reply per command. ``HANGUP`` lines Asterisk writes on its
 own are noted, never taken for a reply.
@@ -10,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from .calllog import log_session_error
-from .environment import AgiEnvironment, parse_header_line
+from .environment import AgiEnvironment, parse_header_block
 from .errors import AgiConnectionClosed, AgiLimitExceeded, AgiProtocolError
 from .replies import is_usage_end, is_usage_start
 from .session import AgiSession
@@ -22,6 +25,13 @@ if TYPE_CHECKING:
     from .server import FastAgiServer
 
 logger = logging.getLogger("crmroute.server")
+
+# Bytes read at once: a whole header block or reply fits.
+_READ_SIZE = 8192
+# asyncio may run a timer a hair before its time; count that as due.
+_TIMER_SLACK = 0.001
+# The empty line that ends the header block (LF or CRLF; also a block with no headers).
+_END_OF_HEADERS = re.compile(rb"(?:^|\n)\r?\n")
 
 
 def format_peer(peername: object) -> str:
@@ -32,7 +42,7 @@ def format_peer(peername: object) -> str:
     return str(peername)
 
 
-class FastAgiConnection(asyncio.Protocol, AgiSession):
+class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
     """Reads the header block, runs the handler, closes at once when it is done."""
 
     def __init__(self, server: FastAgiServer):
@@ -40,16 +50,19 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
         # Calls keep the app they started with, even if a SIGHUP swaps it meanwhile.
         self.app = server.app
         self._limits = self.app.config.limits
-        self._loop = asyncio.get_running_loop()
+        self._loop = server.loop or asyncio.get_running_loop()
+        self._read_buffer: memoryview | None = None
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
-        self._headers: dict[str, str] = {}
+        self._scanned = 0  # how much of the buffered header block has been checked
         self._header_lines = 0
         self._in_headers = True
         self._reply: asyncio.Future[str] | None = None
         self._usage: list[str] | None = None  # lines of a 520 block being read
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._session_timer: asyncio.TimerHandle | None = None
+        # One timer per session, armed for the nearest deadline (see _check_deadlines).
+        self._timer: asyncio.TimerHandle | None = None
+        self._header_deadline = self._session_deadline = self._reply_deadline = 0.0
+        self._reply_command = ""
         self._task: asyncio.Task[None] | None = None
         self.closed = False
         self.end_reason = ""  # why the server ended the session early, if it did
@@ -57,7 +70,7 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
         self.peer = ""
         self.hung_up = False
 
-    # -- asyncio.Protocol -------------------------------------------------
+    # -- asyncio.BufferedProtocol -----------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -71,16 +84,27 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
             return
         self.over_capacity = not self._server.session_opened(self)
         limits = self._limits
-        self._header_timer = self._loop.call_later(
-            limits.header_timeout_ms / 1000, self._limit_hit, f"no complete header block within {limits.header_timeout_ms} ms"
-        )
-        self._session_timer = self._loop.call_later(
-            limits.session_timeout_ms / 1000, self._limit_hit, f"session longer than {limits.session_timeout_ms} ms"
-        )
+        now = self._loop.time()
+        self._header_deadline = now + limits.header_timeout_ms / 1000
+        self._session_deadline = now + limits.session_timeout_ms / 1000
+        self._timer = self._loop.call_at(min(self._header_deadline, self._session_deadline), self._check_deadlines)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._read_buffer is None:
+            self._read_buffer = memoryview(bytearray(_READ_SIZE))
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
+        """Frame ``data``: the header block first, then reply lines."""
         if self.closed:
             return
+        if self._in_headers:
+            data = self._receive_headers(data)
+            if not data or self.closed:
+                return
         buffer = self._buffer + data if self._buffer else data
         max_line = self._limits.max_line_bytes
         start = 0
@@ -123,19 +147,61 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
             raise AgiConnectionClosed("connection already closed")
         reply: asyncio.Future[str] = self._loop.create_future()
         self._reply = reply
+        self._reply_command = command
+        self._reply_deadline = self._loop.time() + self._limits.reply_timeout_ms / 1000
+        if self._timer is None or self._timer.when() > self._reply_deadline:
+            self._arm(self._reply_deadline)
         self._transport.write(command.encode("utf-8") + b"\n")
-        timer = self._loop.call_later(self._limits.reply_timeout_ms / 1000, self._reply_timed_out, reply, command)
-        try:
-            return await reply
-        finally:
-            timer.cancel()
+        return await reply
 
     # -- internals --------------------------------------------------------
 
+    def _receive_headers(self, data: bytes) -> bytes:
+        """Collect the header block; once it is complete, start the handler and
+        return what followed it (a ``HANGUP`` line, say).
+
+        The block is cut and parsed in one go rather than line by line (this is
+        the hot path), but every limit still holds while it is incomplete: the
+        lines of each chunk are counted and measured as they arrive.
+        """
+        buffer = self._buffer + data if self._buffer else data
+        limits = self._limits
+        # Lines before self._scanned were checked with an earlier chunk.
+        start = self._scanned
+        end_match = _END_OF_HEADERS.search(buffer, max(0, start - 1))
+        end = len(buffer) if end_match is None else end_match.start()
+        region = buffer[start:end]
+        lines = region.split(b"\n") if region else []
+        complete = len(lines) if end_match is not None else len(lines) - 1
+        self._header_lines += max(0, complete)
+        if lines and max(map(len, lines)) > limits.max_line_bytes:
+            self._limit_hit(f"line longer than {limits.max_line_bytes} bytes")
+            return b""
+        if self._header_lines > limits.max_headers:
+            self._limit_hit(f"more than {limits.max_headers} header lines")
+            return b""
+        if end_match is None:
+            self._buffer = buffer
+            self._scanned = end - len(lines[-1]) if lines else start
+            return b""
+        self._buffer = b""
+        self._headers_complete(buffer[:end])
+        return buffer[end_match.end():]
+
+    def _headers_complete(self, block: bytes) -> None:
+        self._in_headers = False
+        try:
+            headers = parse_header_block(block.decode("utf-8", "replace"))
+        except AgiProtocolError as exc:
+            self._end(str(exc))
+            return
+        self.env = AgiEnvironment(headers)
+        self.script = self.env.script
+        self.arguments = self.env.arguments
+        self._task = self._loop.create_task(self._run())
+
     def _line_received(self, line: str) -> None:
-        if self._in_headers:
-            self._header_line(line)
-        elif line == "HANGUP":
+        if line == "HANGUP":
             self.hung_up = True
         elif self._usage is not None:
             self._usage.append(line)
@@ -149,27 +215,6 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
         else:
             self._deliver(line)
 
-    def _header_line(self, line: str) -> None:
-        if line == "":
-            self._in_headers = False
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-            self.env = AgiEnvironment(self._headers)
-            self.script = self.env.script
-            self.arguments = self.env.arguments
-            self._task = self._loop.create_task(self._run())
-            return
-        self._header_lines += 1
-        if self._header_lines > self._limits.max_headers:
-            self._limit_hit(f"more than {self._limits.max_headers} header lines")
-            return
-        try:
-            key, value = parse_header_line(line)
-        except AgiProtocolError as exc:
-            self._end(str(exc))
-            return
-        self._headers[key] = value
-
     def _deliver(self, line: str) -> None:
         reply, self._reply = self._reply, None
         if reply is not None and not reply.done():
@@ -182,10 +227,41 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
         finally:
             self.close()
 
-    def _reply_timed_out(self, reply: asyncio.Future[str], command: str) -> None:
-        if not reply.done():
-            verb = " ".join(command.split(" ", 2)[:2])
-            reply.set_exception(AgiLimitExceeded(f"no reply to {verb} within {self._limits.reply_timeout_ms} ms"))
+    def _check_deadlines(self) -> None:
+        """The session timer fired: end what is overdue, else re-arm for the next deadline.
+
+        Deadlines are plain timestamps, so a command or the end of the header
+        block costs no timer of its own; the timer only fires for a session
+        that is slow, and then finds out why.
+        """
+        self._timer = None
+        if self.closed:
+            return
+        now = self._loop.time() + _TIMER_SLACK
+        limits = self._limits
+        if self._in_headers and now >= self._header_deadline:
+            self._limit_hit(f"no complete header block within {limits.header_timeout_ms} ms")
+            return
+        if now >= self._session_deadline:
+            self._limit_hit(f"session longer than {limits.session_timeout_ms} ms")
+            return
+        reply = self._reply
+        waiting = reply is not None and not reply.done()
+        if waiting and now >= self._reply_deadline:
+            verb = " ".join(self._reply_command.split(" ", 2)[:2])
+            reply.set_exception(AgiLimitExceeded(f"no reply to {verb} within {limits.reply_timeout_ms} ms"))
+            waiting = False
+        deadlines = [self._session_deadline]
+        if self._in_headers:
+            deadlines.append(self._header_deadline)
+        if waiting:
+            deadlines.append(self._reply_deadline)
+        self._arm(min(deadlines))
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._check_deadlines)
 
     def _limit_hit(self, reason: str) -> None:
         """A limit was violated: end the session with one log line naming the reason."""
@@ -210,9 +286,9 @@ class FastAgiConnection(asyncio.Protocol, AgiSession):
             reply.set_exception(exc)
 
     def _cancel_timers(self) -> None:
-        for timer in (self._header_timer, self._session_timer):
-            if timer is not None:
-                timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def close(self) -> None:
         """Close at once: a socket kept open leaves the channel stuck in AGI."""

@@ -26,7 +26,9 @@ class FastAgiServer:
         self._sessions: set[FastAgiConnection] = set()
         self._served = 0  # sessions counted against max_sessions
         self._server: asyncio.Server | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop it serves on, once started
         self._allowed = app.config.server.allowed_networks
+        self._admitted: dict[str, bool] = {}
 
     # -- connection bookkeeping (called by FastAgiConnection) ----------------
 
@@ -34,8 +36,19 @@ class FastAgiServer:
         """True when the peer's address is in ``server.allowed_peers``."""
         if not isinstance(peername, tuple):
             return False
+        host = str(peername[0])
+        # The same few PBXs connect for every call: decide once per address.
+        admitted = self._admitted.get(host)
+        if admitted is None:
+            admitted = self._in_allowed_networks(host)
+            if len(self._admitted) >= 1024:
+                self._admitted.clear()
+            self._admitted[host] = admitted
+        return admitted
+
+    def _in_allowed_networks(self, host: str) -> bool:
         try:
-            address = ipaddress.ip_address(str(peername[0]).split("%", 1)[0])
+            address = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
             return False
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -64,7 +77,7 @@ class FastAgiServer:
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         """Bind and start accepting (``port=0`` picks a free port; see :attr:`port`)."""
         settings = self.app.config.server
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: FastAgiConnection(self),
             host if host is not None else settings.host,
@@ -127,6 +140,7 @@ class FastAgiServer:
                 return False
         old_app, self.app = self.app, new_app
         self._allowed = new_app.config.server.allowed_networks
+        self._admitted = {}
         if (config.server.host, config.server.port) != (old_app.config.server.host, old_app.config.server.port):
             logger.warning("server.host/server.port changes take effect on restart only")
         logger.info("configuration reloaded from %s", config.source or "built-in defaults")

@@ -43,9 +43,13 @@ class AgiSession(ABC):
         await self.command(commands.set_variable(name, value))
 
     async def set_variables(self, variables: Mapping[str, str]) -> None:
-        """Set several channel variables, in order."""
-        for name, value in variables.items():
-            await self.command(commands.set_variable(name, value))
+        """Set several channel variables in as few round trips as is safe.
+
+        Usually one ``EXEC MSet`` (see :func:`.commands.set_variables`); it works
+        on a dead channel too, like ``SET VARIABLE``.
+        """
+        for command in commands.set_variables(variables):
+            await self.command(command)
 
     async def get_variable(self, name: str) -> str | None:
         """A channel variable's value, or None when it is not set."""

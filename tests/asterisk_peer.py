@@ -83,6 +83,13 @@ def answered_call_channel(started_at: float) -> dict[str, str]:
         "CRM_CALLER_NAME": "Marta Ruiz",
     }
 
+def stdio_headers(caller: str = "+34928000000", script: str = "/usr/local/bin/crmroute-agi") -> bytes:
+    """The header block Asterisk gives a process AGI: no ``agi_network`` lines, the
+    script path as the request, the script name (``route``) as the first argument."""
+    headers = [(k, v) for k, v in asterisk_headers(caller=caller) if k not in ("agi_network", "agi_network_script")]
+    headers = [(k, script if k == "agi_request" else v) for k, v in headers]
+    return header_block(headers + [("agi_arg_1", "route")])
+
 
 def header_block(headers: list[tuple[str, str]]) -> bytes:
     return "".join(f"{key}: {value}\n" for key, value in headers).encode("utf-8") + b"\n"
@@ -115,6 +122,100 @@ def parse_args(line: str) -> list[str]:
     return ["".join(chars) for chars in argv]
 
 
+def separate_args(data: str, delim: str, arraylen: int, remove_chars: bool = True) -> list[str]:
+    """Asterisk's ``__ast_app_separate_args`` (main/app.c), character for character.
+
+    This is how an application splits its data (``AST_STANDARD_APP_ARGS`` is
+    ``delim=","``, ``remove_chars=True``): ``"`` toggles quoting and, like
+    ``\\``, is removed; a backslash makes the next character literal; ``(``/``)``
+    and ``[``/``]`` nest, and the counters carry over from one argument to the
+    next. The last of ``arraylen`` slots gets the rest of the text unparsed.
+    """
+    args: list[str] = []
+    i, n = 0, len(data)
+    paren = quote = bracket = 0
+    ended_on_delim = False
+    while i < n and len(args) < arraylen - 1:
+        arg: list[str] = []
+        ended_on_delim = False
+        while i < n:
+            ch = data[i]
+            if ch == "(":
+                paren += 1
+            elif ch == ")":
+                paren = max(0, paren - 1)
+            elif ch == "[":
+                bracket += 1
+            elif ch == "]":
+                bracket = max(0, bracket - 1)
+            elif ch == '"' and delim != '"':
+                quote ^= 1
+                if remove_chars:
+                    i += 1
+                    continue
+            elif ch == "\\":
+                if i + 1 >= n:
+                    # C steps past the terminating NUL here: undefined behaviour.
+                    raise ValueError("a trailing backslash makes Asterisk read past the end of the data")
+                if remove_chars:
+                    arg.append(data[i + 1])
+                else:
+                    arg += (ch, data[i + 1])
+                i += 2
+                continue
+            elif ch == delim and not paren and not quote and not bracket:
+                i += 1
+                ended_on_delim = True
+                break
+            arg.append(ch)
+            i += 1
+        args.append("".join(arg))
+    if i < n or ended_on_delim:
+        args.append(data[i:])
+    return args
+
+
+def mset(data: str) -> dict[str, str]:
+    """What ``MSet(data)`` sets (``pbx_builtin_setvar_multiple``): up to 99 pairs, the 99th unparsed;
+    each pair split on its first ``=``, the value taken as is. Pairs without ``=`` are ignored."""
+    variables = {}
+    for pair in separate_args(data, ",", 99):
+        parts = separate_args(pair, "=", 2)
+        if len(parts) == 2:
+            variables[parts[0]] = parts[1]
+    return variables
+
+
+def set_app(data: str) -> dict[str, str]:
+    """What ``Set(data)`` sets (``pbx_builtin_setvar``): split on the first ``=``, the rest as is."""
+    name, sep, value = data.partition("=")
+    return {name: value} if sep else {}
+
+
+def is_true(value: str | None) -> bool:
+    """Asterisk's ``ast_true``."""
+    return (value or "").strip().lower() in ("yes", "true", "y", "t", "1", "on")
+
+
+def substitutions(data: str) -> list[str]:
+    """The ``${...}`` and ``$[...]`` expressions Asterisk's variable substitution would evaluate."""
+    found = []
+    i = 0
+    while (i := data.find("$", i)) >= 0:
+        if data[i + 1 : i + 2] in ("{", "["):
+            opening = data[i + 1]
+            closing = "}" if opening == "{" else "]"
+            depth, j = 1, i + 2
+            while j < len(data) and depth:
+                depth += {opening: 1, closing: -1}.get(data[j], 0)
+                j += 1
+            found.append(data[i:j])
+            i = j
+        else:
+            i += 1
+    return found
+
+
 @dataclass
 class CallResult:
     """What the PBX saw during one AGI session."""
@@ -125,6 +226,15 @@ class CallResult:
     closed_by_server: bool = False
     # (loop time, "command" or "reply", the line): when each command arrived and each reply left.
     timeline: list[tuple[float, str, str]] = field(default_factory=list)
+
+    # Expressions a real PBX would have evaluated inside EXEC data (AGIEXECFULL=yes).
+    evaluated: list[str] = field(default_factory=list)
+    # Every variable set, in order, whichever command set it (SET VARIABLE, EXEC MSet, EXEC Set).
+    assignments: list[tuple[str, str]] = field(default_factory=list)
+
+    def assign(self, variables: dict[str, str]) -> None:
+        self.variables.update(variables)
+        self.assignments.extend(variables.items())
 
 
 class AsteriskPeer:
@@ -232,7 +342,7 @@ class AsteriskPeer:
         if words[:2] == ["SET", "VARIABLE"]:
             if len(argv) != 4:
                 return USAGE_REPLY
-            result.variables[argv[2]] = argv[3]
+            result.assign({argv[2]: argv[3]})
             return "200 result=1"
         if words[:2] == ["GET", "VARIABLE"]:
             if len(argv) != 3:
@@ -245,9 +355,30 @@ class AsteriskPeer:
             return f"200 result=1 ({self.evaluate(argv[3], result)})"
         if words[:1] == ["VERBOSE"]:
             return "200 result=1"
+        if words[:1] == ["EXEC"]:
+            return self.exec_app(argv, result)
         if self.dead and self.dead_channel_rejects:
             return "511 Command Not Permitted on a dead channel or intercept routine"
         return "510 Invalid or unknown command"
+
+    def exec_app(self, argv: list[str], result: CallResult) -> str:
+        """``EXEC app data``: res_agi's handle_exec. Works on a dead channel; always
+        ``200 result=0`` for MSet/Set/NoOp, even with bad data; ``-2`` for an unknown app."""
+        if len(argv) < 2:
+            return USAGE_REPLY
+        data = argv[2] if len(argv) > 2 else ""  # arguments after the data are ignored
+        if is_true(result.variables.get("AGIEXECFULL")):
+            for expression in substitutions(data):
+                result.evaluated.append(expression)
+                data = data.replace(expression, self.evaluate(expression, result), 1)
+        app = argv[1].lower()
+        if app == "mset":
+            result.assign(mset(data))
+        elif app == "set":
+            result.assign(set_app(data))
+        elif app != "noop":
+            return "200 result=-2"
+        return "200 result=0"
 
     def evaluate(self, expression: str, result: CallResult) -> str:
         """Substitute every ``${...}`` as Asterisk does, text around them kept.
@@ -277,6 +408,11 @@ class AsteriskPeer:
         if length:
             data = data[: int(length)]
         return data.decode("utf-8", "replace")
+
+
+def contract_commands(result: CallResult) -> list[list[str]]:
+    """The commands after the device-state questions: how the contract was set."""
+    return [argv for argv in result.commands if not is_state_query(argv)]
 
 
 def is_state_query(argv: list[str]) -> bool:

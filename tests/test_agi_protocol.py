@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from asterisk_peer import asterisk_headers, parse_args
 from fastagi_server import commands
-from fastagi_server.environment import AgiEnvironment, parse_header_line
+from fastagi_server.environment import AgiEnvironment, parse_header_block, parse_header_line
 from fastagi_server.errors import AgiDeadChannel, AgiInvalidCommand, AgiProtocolError, AgiUsageError
 from fastagi_server.replies import parse_reply
 
@@ -57,6 +57,24 @@ class TestHeaders:
 
     def test_withheld_caller(self):
         assert env_of(caller="unknown").caller_number == ""
+
+
+HEADER_TEXT = st.text(alphabet=st.sampled_from(list("agi_xy: \t\r:é") + ["\n"]), max_size=60)
+
+
+@settings(max_examples=500)
+@given(HEADER_TEXT)
+def test_header_block_parses_as_line_by_line(block):
+    """The one-pass block parser agrees with the line parser, errors included."""
+    try:
+        expected = dict(parse_header_line(line[:-1] if line.endswith("\r") else line) for line in block.split("\n")) if block else {}
+    except AgiProtocolError:
+        expected = AgiProtocolError
+    try:
+        got = parse_header_block(block)
+    except AgiProtocolError:
+        got = AgiProtocolError
+    assert got == expected
 
 
 class TestReplies:

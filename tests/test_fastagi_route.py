@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from asterisk_peer import AsteriskPeer, asterisk_headers, route_call
+from asterisk_peer import AsteriskPeer, asterisk_headers, mset, route_call
 from conftest import agi_server, make_config, run, session_lines
 from crmlookup.local_directory import LocalDirectory, import_csv_text
 from crmlookup.local_directory.directory import open_connection
@@ -35,9 +35,10 @@ def test_demo_caller_rings_the_owner(call_log):
     assert (v["CRM_MODULE"], v["CRM_RECORD_ID"], v["CRM_CALLER_NAME"]) == ("Leads", "L-1001", "Marta Ruiz")
     assert int(v["CRM_LOOKUP_MS"]) >= 0
     assert result.closed_by_server
-    # One command, one reply: the owner's device state, then a SET VARIABLE per contract variable.
+    # One command, one reply: the owner's device state, then the whole contract in one EXEC MSet.
     assert result.commands[0] == ["GET", "FULL", "VARIABLE", "${DEVICE_STATE(PJSIP/101)}"]
-    assert [argv[:3] for argv in result.commands[1:]] == [["SET", "VARIABLE", name] for name in CONTRACT_VARIABLES]
+    assert len(result.commands) == 2 and result.commands[1][:2] == ["EXEC", "MSet"]
+    assert list(mset(result.commands[1][2])) == list(CONTRACT_VARIABLES)
     lines = session_lines(call_log)
     assert len(lines) == 1
     assert "status=OWNER" in lines[0] and "target=PJSIP/101" in lines[0] and "uniqueid=1700000000.1" in lines[0]
@@ -161,13 +162,13 @@ def test_hostile_crm_text_never_becomes_a_command(hostile_directory):
             return await route_call(server.port, caller=caller)
 
     evil = run(scenario("+34928777001"))
-    # Every line on the wire parses to a SET VARIABLE with exactly one value.
+    # One line on the wire: an EXEC MSet with exactly one data argument, which
+    # Asterisk's application parser splits into exactly the contract's variables.
     wire_lines = evil.raw.decode().split("\n")
-    assert wire_lines[-1] == ""
-    for line in wire_lines[:-1]:
-        assert line.startswith("SET VARIABLE CRM_"), line
-    assert all(argv[:2] == ["SET", "VARIABLE"] and len(argv) == 4 for argv in evil.commands)
-    assert not any(argv[0].upper() == "EXEC" for argv in evil.commands)
+    assert wire_lines[-1] == "" and len(wire_lines) == 2
+    assert wire_lines[0].startswith('EXEC MSet "CRM_ROUTE_STATUS='), wire_lines[0]
+    assert len(evil.commands) == 1 and len(evil.commands[0]) == 3
+    assert list(mset(evil.commands[0][2])) == list(CONTRACT_VARIABLES)
     v = evil.variables
     assert v["CRM_CALLER_NAME"] == 'Evil "Name" \\ x EXEC System rm -rf /'
     assert v["CRM_OWNER_NAME"] == 'Boss" \\ EXEC System touch /tmp/pwned'
@@ -227,7 +228,7 @@ def test_peer_outside_allow_list_is_refused(call_log):
 def test_shutdown_lets_sessions_in_flight_finish():
     async def scenario():
         async with agi_server() as server:
-            peer = AsteriskPeer(reply_delay=0.02)  # about 0.2 s for the whole contract
+            peer = AsteriskPeer(reply_delay=0.2)  # the contract's one command takes 0.2 s
             call = asyncio.create_task(peer.call(server.port, asterisk_headers()))
             await asyncio.sleep(0.05)
             port = server.port

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from asterisk_peer import AsteriskPeer, asterisk_headers
+from asterisk_peer import AsteriskPeer, asterisk_headers, contract_commands
 from conftest import agi_server, make_config, run, session_lines
 from crmlookup.local_directory import import_csv_text
 from crmlookup.local_directory.directory import open_connection
@@ -320,7 +320,8 @@ def test_caller_already_hung_up_skips_the_checks(directory, call_log):
     assert asked_devices(result) == []
     assert (v["CRM_ROUTE_STATUS"], v["CRM_TARGET"]) == ("OWNER", "PJSIP/101")
     assert "state unchecked (caller hung up)" in v["CRM_ROUTE_REASON"]
-    assert [argv[:2] for argv in result.commands] == [["SET", "VARIABLE"]] * len(CONTRACT_VARIABLES)
+    assert [argv[:2] for argv in result.commands] == [["EXEC", "MSet"]]
+    assert [name for name, _ in result.assignments] == list(CONTRACT_VARIABLES)
 
 
 def test_hangup_during_the_checks_stops_them(directory):
@@ -396,11 +397,12 @@ def test_deadline_holds_on_a_slow_peer(directory, call_log):
     # On time: the decision is measured by the router, before any variable is set.
     assert deadline_ms - 100 <= int(v["CRM_LOOKUP_MS"]) <= deadline_ms + 150
     assert asked_devices(result) == [device("101"), device("102"), device("103")]
-    # One command, one reply: the first SET VARIABLE left after the late third answer.
+    # One command, one reply: the contract left only after the late third answer.
     third_reply = [t for t, kind, line in result.timeline if kind == "reply" and line == "200 result=1 (UNKNOWN)"][0]
-    first_set = [t for t, kind, line in result.timeline if kind == "command" and line.startswith("SET VARIABLE")][0]
+    first_set = [t for t, kind, line in result.timeline if kind == "command" and line.startswith("EXEC MSet")][0]
     assert first_set >= third_reply
-    assert [argv[:3] for argv in result.commands[3:]] == [["SET", "VARIABLE", name] for name in CONTRACT_VARIABLES]
+    assert [argv[:2] for argv in contract_commands(result)] == [["EXEC", "MSet"]]
+    assert [name for name, _ in result.assignments] == list(CONTRACT_VARIABLES)
 
 
 def test_slow_crm_leaves_no_time_for_checks(directory):

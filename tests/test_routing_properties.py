@@ -10,10 +10,10 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asterisk_peer import AsteriskPeer, asterisk_headers
+from asterisk_peer import AsteriskPeer, asterisk_headers, mset
 from conftest import agi_server, make_config
 from crmlookup.records import MODULES, Match, Owner
-from dialplan import FixedDeviceStates, InboundCall, Router
+from dialplan import CONTRACT_VARIABLES, FixedDeviceStates, InboundCall, Router
 from dialplan.availability import DEFAULT_SKIP_STATES, DEVICE_STATES
 from dialplan.targets import SAFE_EXTENSION, SAFE_TARGET
 from routing_fixtures import RecordedAnswers, StaticBackend, build_app
@@ -132,7 +132,9 @@ def test_on_the_wire_only_state_questions_and_variables(matches, states):
             assert len(argv) == 4
             assert argv[3].startswith("${DEVICE_STATE(PJSIP/") and argv[3].endswith(")}")
             assert SAFE_EXTENSION.fullmatch(argv[3][len("${DEVICE_STATE(PJSIP/") : -2])
+        elif argv[:2] == ["EXEC", "MSet"]:
+            assert len(argv) == 3 and set(mset(argv[2])) <= set(CONTRACT_VARIABLES)
         else:
-            assert argv[:2] == ["SET", "VARIABLE"] and len(argv) == 4
+            assert argv[:2] == ["SET", "VARIABLE"] and len(argv) == 4 and argv[2] in CONTRACT_VARIABLES
     target = result.variables["CRM_TARGET"]
     assert target == "" or SAFE_TARGET.fullmatch(target)

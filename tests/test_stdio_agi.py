@@ -10,16 +10,10 @@ import time
 
 import pytest
 
-from asterisk_peer import AsteriskPeer, CallResult, asterisk_headers, header_block, parse_args
+from asterisk_peer import AsteriskPeer, CallResult, asterisk_headers, header_block, parse_args, stdio_headers
 from dialplan import CONTRACT_VARIABLES
 
 AGI_COMMAND = [sys.executable, "-m", "fastagi_server.stdio"]
-
-
-def stdio_headers(caller: str = "+34928000000", script: str = "/usr/local/bin/crmroute-agi") -> bytes:
-    headers = [(k, v) for k, v in asterisk_headers(caller=caller) if k not in ("agi_network", "agi_network_script")]
-    headers = [(k, script if k == "agi_request" else v) for k, v in headers]
-    return header_block(headers + [("agi_arg_1", "route")])
 
 
 class StdioAsterisk:
@@ -95,9 +89,10 @@ def test_hangup_line_before_a_reply():
     result, code, _ = agi.run_to_end(hang_up_first)
     assert code == 0
     assert result.variables["CRM_ROUTE_STATUS"] == "OWNER"
-    # The device-state question was already asked when the HANGUP came; nothing more is asked after it.
+    # The device-state question was already asked when the HANGUP came; then the contract, in one EXEC MSet.
     assert result.commands[0][:3] == ["GET", "FULL", "VARIABLE"]
-    assert [argv[:3] for argv in result.commands[1:]] == [["SET", "VARIABLE", name] for name in CONTRACT_VARIABLES]
+    assert len(result.commands) == 2 and result.commands[1][:2] == ["EXEC", "MSet"]
+    assert [name for name, _ in result.assignments] == list(CONTRACT_VARIABLES)
 
 
 def test_sighup_still_sets_the_variables_and_exits():

@@ -260,7 +260,8 @@ def test_crm_text_cannot_escape_into_the_dialplan(zoho):
     # Only device-state questions about the validated phones, then the contract.
     states = [argv for argv in result.commands if argv[:3] == ["GET", "FULL", "VARIABLE"]]
     assert [argv[3] for argv in states] == ["${DEVICE_STATE(PJSIP/102)}", "${DEVICE_STATE(PJSIP/103)}"]
-    assert [argv[:2] for argv in result.commands[len(states):]] == [["SET", "VARIABLE"]] * len(CONTRACT_VARIABLES)
+    assert [argv[:2] for argv in result.commands[len(states):]] == [["EXEC", "MSet"]]
+    assert [name for name, _ in result.assignments] == list(CONTRACT_VARIABLES)
 
 
 @pytest.mark.parametrize(

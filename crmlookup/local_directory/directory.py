@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from importlib import resources
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -27,6 +27,9 @@ JOIN records r ON r.module = p.module AND r.id = p.record_id
 LEFT JOIN users u ON u.id = r.owner_id
 WHERE p.e164 = ?
 """
+
+# Distinct owners remembered at once (a sales team is far smaller).
+_MAX_OWNERS_KEPT = 10_000
 
 # Leads and deals can be closed; a closed one no longer decides who the caller belongs to.
 _MODULES_WITH_STATUS = frozenset({"Leads", "Deals"})
@@ -54,6 +57,8 @@ def open_connection(path: str | Path, *, create: bool = False) -> sqlite3.Connec
 
 def open_demo_connection() -> sqlite3.Connection:
     """An in-memory directory filled with the packaged demo data."""
+    from importlib import resources  # only the demo needs it; a process per call should not pay for it
+
     conn = sqlite3.connect(":memory:", check_same_thread=False)
     ensure_schema(conn)
     with resources.files(__package__).joinpath(DEMO_CSV).open(encoding="utf-8", newline="") as demo:
@@ -75,6 +80,9 @@ class LocalDirectory:
         self._conn = conn
         self.description = description
         self._thread = ConnectionThread(conn, "local-directory")
+        # One Owner per distinct owner row: a cache holding many numbers of the
+        # same few salespeople then holds each of them once, not once per number.
+        self._owners: dict[tuple, Owner] = {}
 
     @classmethod
     def open(cls, path: str | Path | None) -> "LocalDirectory":
@@ -94,13 +102,20 @@ class LocalDirectory:
         for module, record_id, name, is_open, owner_id, owner_name, email, extensions in rows:
             if module not in rank or (module in _MODULES_WITH_STATUS and not is_open):
                 continue
-            owner = None
-            if owner_id:
-                owner = Owner(owner_id, owner_name or "", email or "", tuple((extensions or "").split()))
-            matches.append(Match(module, record_id, name, owner, bool(is_open)))
+            owner = self._owner(owner_id, owner_name, email, extensions) if owner_id else None
+            matches.append(Match(sys.intern(module), record_id, name, owner, bool(is_open)))
         matches.sort(key=lambda m: (rank[m.module], m.record_id))
         step = f"local directory: {number.e164} -> {len(matches)} open record(s) of {len(rows)} matching"
         return LookupResult(matches=matches, steps=[step])
+
+    def _owner(self, owner_id: str, name: str | None, email: str | None, extensions: str | None) -> Owner:
+        row = (owner_id, name, email, extensions)
+        owner = self._owners.get(row)
+        if owner is None:
+            if len(self._owners) >= _MAX_OWNERS_KEPT:
+                self._owners.clear()
+            owner = self._owners[row] = Owner(owner_id, name or "", email or "", tuple((extensions or "").split()))
+        return owner
 
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
         return await self.run(self.lookup_sync, number, modules)

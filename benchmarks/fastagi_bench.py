@@ -1,0 +1,309 @@
+"""FastAGI throughput: each server in its own process on one core, the load
+generator on the other, the same sessions for all.
+
+Per server: sessions/s, session and decision latency percentiles, the
+server's CPU time per session (from ``/proc/<pid>/stat`` before and after the
+timed run, so a warm-up is not counted) and its RSS after the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import procstat
+
+HERE = Path(__file__).resolve().parent
+# The demo directory's numbers (see README), and one nobody owns.
+DEMO_CALLERS = ["+34928000000", "928000001", "0034928000002", "+34 928 00 00 04", "928000005", "928999999"]
+# Values that differ from call to call are not compared.
+# Timing, and the reason's wording: a session the load generator hangs up
+# early skips its device-state checks, which the reason says; where it goes does not change.
+_UNCOMPARED = frozenset({"CRM_LOOKUP_MS", "CRM_ROUTE_REASON"})
+
+
+@dataclass
+class Case:
+    """One server to measure."""
+
+    name: str
+    command: list[str]  # {port} is replaced
+    expect: str = "contract"  # "contract": the whole dialplan contract; "any": the minimal exchange
+    callers: list[dict] = field(default_factory=list)
+    baseline: bool = False  # the floor the others are compared with
+    peer: bool = False  # a library ours must beat
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def child_env() -> dict[str, str]:
+    """The environment for every process measured: bytecode caches on (see README)."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def crmroute_config_file(directory: Path, name: str, data: str) -> Path:
+    path = directory / name
+    path.write_text(data)
+    return path
+
+
+BENCH_CONFIG = """
+[routing]
+default_region = "ES"
+
+[server]
+max_sessions = 2000
+"""
+
+
+def expected_routes(config_text: str, callers: list[str]) -> list[dict]:
+    """What each caller must get, decided in this process by the same code the server runs."""
+    import tomllib
+
+    from dialplan import FixedDeviceStates, InboundCall
+    from fastagi_server.app import App
+    from fastagi_server.config import config_from_dict
+
+    config = config_from_dict(tomllib.loads(config_text))
+
+    async def decide_all() -> list[dict]:
+        app = App.from_config(config)
+        try:
+            out = []
+            for caller in callers:
+                # The load generator answers every device-state question UNKNOWN, as
+                # Asterisk does for a device it knows nothing of: decide with the same.
+                decision = await app.router.decide(InboundCall(caller=caller), FixedDeviceStates({}))
+                variables = decision.channel_variables()
+                out.append({"caller": caller, "expected": {k: v for k, v in variables.items() if k not in _UNCOMPARED}})
+            return out
+        finally:
+            await app.aclose()
+
+    return asyncio.run(decide_all())
+
+
+def cases(workdir: Path) -> list[Case]:
+    """Every server this machine can run, the baseline first."""
+    python = sys.executable
+    minimal_callers = [{"caller": c} for c in ("+34928000000", "+34928000002", "+34928999999")]
+    found = [
+        Case("bare asyncio.Protocol (minimal)", [python, str(HERE / "peers.py"), "protocol", "--port", "{port}"], "any", minimal_callers, baseline=True),
+        Case("bare asyncio streams (minimal)", [python, str(HERE / "peers.py"), "streams", "--port", "{port}"], "any", minimal_callers),
+    ]
+    if importlib.util.find_spec("panoramisk") is not None:
+        found.append(Case("panoramisk fast_agi (minimal)", [python, str(HERE / "peers.py"), "panoramisk", "--port", "{port}"], "any", minimal_callers, peer=True))
+    config = crmroute_config_file(workdir, "crmroute.toml", BENCH_CONFIG)
+    quiet = crmroute_config_file(workdir, "crmroute-quiet.toml", BENCH_CONFIG + 'log_level = "WARNING"\n')
+    cache = "warm cache" if has_cache() else "no cache in this build"
+    expected = expected_routes(BENCH_CONFIG, DEMO_CALLERS)
+    serve = [python, "-m", "fastagi_server", "serve", "--port", "{port}", "--config"]
+    found.append(Case(f"crmroute route, demo directory ({cache})", serve + [str(config)], "contract", expected))
+    # What the one log line per call costs: the same without it.
+    found.append(Case("crmroute route, demo directory, log_level WARNING", serve + [str(quiet)], "contract", expected))
+    return found
+
+
+def zoho_case(workdir: Path):
+    """Our server on the Zoho backend, against the Zoho CRM simulator on loopback:
+    (the case, the running simulator), or None in a build without them."""
+    tests = HERE.parent / "tests"
+    if not (tests / "zoho_simulator.py").exists() or importlib.util.find_spec("crmlookup.zoho") is None:
+        return None
+    sys.path.insert(0, str(tests))
+    from zoho_simulator import ZohoSimulator
+
+    simulator = ZohoSimulator().start()
+    owner = simulator.add_user("Ana García", "ana@example.com", Extension="101")
+    other = simulator.add_user("Ben Ito", "ben@example.com", Extension="102")
+    simulator.add_record("Leads", owner, Full_Name="Marta Ruiz", Last_Name="Ruiz", Phone="+34 928 00 00 00", Lead_Status="New")
+    contact = simulator.add_record("Contacts", owner, Full_Name="Pedro Sanz", Last_Name="Sanz", Phone="+34928000002")
+    simulator.add_record("Deals", other, Deal_Name="Renewal", Stage="Qualification", Contact_Name={"id": contact["id"]})
+    simulator.add_record("Accounts", other, Account_Name="Acme", Phone="+34928000004")
+    zoho = simulator.zoho_config(user_extension_field="Extension")
+    text = BENCH_CONFIG + '\n[crm]\nbackend = "zoho"\n\n[zoho]\n' + "".join(f"{key} = {json.dumps(value)}\n" for key, value in zoho.items())
+    path = crmroute_config_file(workdir, "crmroute-zoho.toml", text)
+    callers = ["+34928000000", "928000002", "+34928000004", "928999999"]
+    case = Case(
+        "crmroute route, Zoho simulator (warm cache)",
+        [sys.executable, "-m", "fastagi_server", "serve", "--config", str(path), "--port", "{port}"],
+        "contract",
+        expected_routes(text, callers),
+    )
+    return case, simulator
+
+
+def has_cache() -> bool:
+    """True once the lookup cache is part of the build (it then wraps every backend)."""
+    return importlib.util.find_spec("crmlookup.cache") is not None
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Wait until something listens on ``port``, without connecting: a connection
+    closed before its header block makes panoramisk 1.4 spin on EOF for ever."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode} before listening")
+        if procstat.listening(port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on port {port} within {timeout} s")
+
+
+def run_loadgen(case: Case, port: int, sessions: int, options) -> dict:
+    command = [
+        sys.executable, str(HERE / "loadgen.py"),
+        "--port", str(port),
+        "--sessions", str(sessions),
+        "--concurrency", str(options.concurrency),
+        "--hangup-share", str(options.hangup_share),
+        "--max-seconds", str(options.max_seconds),
+        "--callers", json.dumps(case.callers),
+        "--expect", case.expect,
+    ]
+    if options.loadgen_cpu is not None:
+        command += ["--cpu", str(options.loadgen_cpu)]
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=options.max_seconds + 300)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed: {done.stderr.strip()[-800:]}")
+    return json.loads(done.stdout)
+
+
+def measure(case: Case, options) -> dict:
+    """Start the server, warm it up, run the timed sessions, stop it."""
+    port = free_port()
+    command = [part.replace("{port}", str(port)) for part in case.command]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+    try:
+        pinned = procstat.pin(proc.pid, options.server_cpu)
+        wait_for_port(port, proc)
+        run_loadgen(case, port, options.warmup, options)
+        cpu_before = procstat.cpu_seconds(proc.pid)
+        load = run_loadgen(case, port, options.sessions, options)
+        cpu = procstat.cpu_seconds(proc.pid) - cpu_before
+        memory = procstat.memory_kib(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    completed = load["completed"] or 1
+    return {
+        "name": case.name,
+        "baseline": case.baseline,
+        "peer": case.peer,
+        "pinned": pinned,
+        "server_cpu_us_per_session": cpu / completed * 1e6,
+        "server_cpu_share": cpu / load["elapsed_s"] if load["elapsed_s"] else 0.0,
+        "server_rss_kib": memory.get("rss", 0),
+        "server_peak_rss_kib": memory.get("hwm", 0),
+        **load,
+    }
+
+
+def ratios(results: list[dict]) -> dict:
+    """Ours against the baseline and the peers, from this one run."""
+    baseline = next((r for r in results if r["baseline"]), None)
+    peers = [r for r in results if r["peer"]]
+    ours = [r for r in results if r["name"].startswith("crmroute")]
+    out = {}
+    for mine in ours:
+        entry = {}
+        if baseline:
+            entry["sessions_per_s_vs_baseline"] = _ratio(mine["sessions_per_s"], baseline["sessions_per_s"])
+            entry["cpu_capacity_vs_baseline"] = _ratio(baseline["server_cpu_us_per_session"], mine["server_cpu_us_per_session"])
+            entry["p99_decision_vs_baseline"] = _ratio(mine["decision_ms"]["p99"], baseline["decision_ms"]["p99"])
+            entry["p99_session_vs_baseline"] = _ratio(mine["latency_ms"]["p99"], baseline["latency_ms"]["p99"])
+        for peer in peers:
+            entry[f"sessions_per_s_vs {peer['name']}"] = _ratio(mine["sessions_per_s"], peer["sessions_per_s"])
+            entry[f"cpu_capacity_vs {peer['name']}"] = _ratio(peer["server_cpu_us_per_session"], mine["server_cpu_us_per_session"])
+        out[mine["name"]] = entry
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else 0.0
+
+
+def run(options) -> dict:
+    """Measure every case ``options.repeat`` times, interleaved; keep each case's
+    least-disturbed run (the lowest server CPU per session) for the table."""
+    with tempfile.TemporaryDirectory(prefix="crmroute-bench-") as tmp:
+        available = cases(Path(tmp))
+        zoho = zoho_case(Path(tmp)) if not options.cases or any(w in "crmroute route, Zoho simulator" for w in options.cases) else None
+        if zoho is not None:
+            available.append(zoho[0])
+        chosen = [c for c in available if not options.cases or any(word in c.name for word in options.cases)]
+        runs: dict[str, list[dict]] = {c.name: [] for c in chosen}
+        try:
+            for round_number in range(options.repeat):
+                for case in chosen:
+                    print(f"  fastagi: {case.name} (run {round_number + 1}/{options.repeat}) ...", file=sys.stderr, flush=True)
+                    runs[case.name].append(measure(case, options))
+        finally:
+            if zoho is not None:
+                zoho[1].stop()
+    results = []
+    for name, measured in runs.items():
+        best = min(measured, key=lambda r: r["server_cpu_us_per_session"])
+        best["all_runs"] = [
+            {"sessions_per_s": r["sessions_per_s"], "server_cpu_us_per_session": r["server_cpu_us_per_session"], "p99_ms": r["latency_ms"]["p99"]}
+            for r in measured
+        ]
+        results.append(best)
+    return {"results": results, "ratios": ratios(results)}
+
+
+def table(report: dict) -> str:
+    from report import format_table
+
+    rows = []
+    for r in report["results"]:
+        verified = r["verification"]
+        rows.append([
+            r["name"] + (" *" if r["baseline"] else ""),
+            r["completed"],
+            r["sessions_per_s"],
+            r["latency_ms"]["p50"],
+            r["latency_ms"]["p95"],
+            r["latency_ms"]["p99"],
+            r["latency_ms"]["max"],
+            r["decision_ms"]["p99"],
+            r["server_cpu_us_per_session"],
+            r["server_rss_kib"] / 1024,
+            r["commands_per_session"],
+            f"{verified['ok']}/{verified['checked']}",
+            f"{r['loadgen_cpu_share']:.0%}",
+        ])
+    text = format_table(
+        "FastAGI: sessions through real TCP (* = baseline; latency in ms, CPU in µs per session)",
+        ["server", "sessions", "sess/s", "p50", "p95", "p99", "max", "decide p99", "CPU µs", "RSS MiB", "cmds", "verified", "loadgen CPU"],
+        rows,
+    )
+    lines = [text]
+    for name, entry in report["ratios"].items():
+        lines.append(f"{name}:")
+        for key, value in entry.items():
+            lines.append(f"  {key}: {value}")
+    problems = [p for r in report["results"] for p in r["verification"]["problems"]]
+    if problems:
+        lines.append("verification problems: " + "; ".join(problems[:5]))
+    return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""Plain-text tables for the terminal."""
+
+from __future__ import annotations
+
+
+def format_table(title: str, headers: list[str], rows: list[list[object]]) -> str:
+    """``title`` over a left-aligned first column and right-aligned figures."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(headers[i]), *(len(row[i]) for row in cells)) if cells else len(headers[i]) for i in range(len(headers))]
+
+    def line(values: list[str]) -> str:
+        first, rest = values[0].ljust(widths[0]), [v.rjust(w) for v, w in zip(values[1:], widths[1:])]
+        return "  ".join([first, *rest]).rstrip()
+
+    rule = "-" * max(len(line(row)) for row in [headers, *cells])
+    head = [line(headers), rule] if any(headers) else []
+    return "\n".join([title, rule, *head, *(line(row) for row in cells), rule])
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50/p95/p99/max of ``samples`` (seconds) in milliseconds, by nearest rank."""
+    if not samples:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+    ordered = sorted(samples)
+    last = len(ordered) - 1
+
+    def rank(share: float) -> float:
+        return ordered[min(last, int(share * len(ordered)))] * 1000
+
+    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "max": ordered[-1] * 1000}

@@ -1,0 +1,51 @@
+"""The benchmark entry point runs, and what it measures is the real job: every
+session of the load generator got the whole dialplan contract, with the route
+the directory gives, in one round trip, never pipelined. (No timing is asserted.)"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benchmarks read /proc")
+def test_fastagi_smoke_run(tmp_path):
+    output = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "fastagi", "--cases", "crmroute,Protocol",
+         "--sessions", "300", "--warmup", "30", "--hangup-share", "0.2", "--output", str(output)],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(output.read_text())
+    results = {r["name"]: r for r in report["fastagi"]["results"]}
+    ours = next(r for name, r in results.items() if name.startswith("crmroute"))
+    baseline = next(r for r in results.values() if r["baseline"])
+    for result in (ours, baseline):
+        assert result["completed"] == 300 and result["failed"] == 0 and result["timeouts"] == 0
+        assert result["verification"] == {"checked": 300, "ok": 300, "bad": 0, "problems": []}
+        assert result["pipelined"] == 0 and result["oversized_lines"] == 0
+        assert result["server_cpu_us_per_session"] > 0 and result["server_rss_kib"] > 0
+    # The owner's device state, then the whole contract in one EXEC MSet; a call
+    # hung up before the question is asked skips it.
+    assert 1.0 <= ours["commands_per_session"] <= 2.0
+    assert ours["hangups_sent"] == 60
+    assert "sessions_per_s_vs_baseline" in report["fastagi"]["ratios"][ours["name"]]
+    assert "FastAGI: sessions through real TCP" in done.stdout
+
+
+def test_the_load_generator_catches_a_wrong_route():
+    """Its verification can fail: a caller expected elsewhere is reported."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import loadgen
+
+    raw = b'EXEC MSet "CRM_ROUTE_STATUS=OWNER,CRM_TARGET=PJSIP/101"\n'
+    assert loadgen._check_session(raw, {"caller": "x", "expected": {"CRM_TARGET": "PJSIP/101"}}, "any") == ""
+    assert "CRM_TARGET" in loadgen._check_session(raw, {"caller": "x", "expected": {"CRM_TARGET": "PJSIP/102"}}, "any")
+    assert "not set" in loadgen._check_session(raw, {"caller": "x"}, "contract")
+    evaluated = b'SET VARIABLE AGIEXECFULL "yes"\nEXEC Set "X=${SHELL(id)}"\n'
+    assert "evaluated" in loadgen._check_session(evaluated, {"caller": "x"}, "any")
