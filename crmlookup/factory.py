@@ -8,8 +8,7 @@ from .local_directory import LocalDirectory
 from .local_directory.writer import LocalDirectoryWriter
 from .settings import CacheSettings, CrmSettings, DirectorySettings
 from .writer import CrmWriter
-from .zoho import ZohoBackend, ZohoSettings
-from .zoho.writer import ZohoWriter
+from .zoho.settings import ZohoSettings
 
 # The share of the routing deadline a call with an expired cache entry may
 # spend waiting for the CRM before it is answered from that entry.
@@ -39,6 +38,8 @@ def _open_inner(crm: CrmSettings, directory: DirectorySettings, zoho: ZohoSettin
     if crm.backend == "local":
         return LocalDirectory.open(directory.path)
     if crm.backend == "zoho":
+        from .zoho.backend import ZohoBackend  # httpx is loaded only for Zoho
+
         return ZohoBackend.open(zoho)
     raise ValueError(f"unknown CRM backend {crm.backend!r}")
 
@@ -48,6 +49,8 @@ def open_writer(backend: CrmBackend) -> CrmWriter:
     inner = backend.inner if isinstance(backend, CachedBackend) else backend
     if isinstance(inner, LocalDirectory):
         return LocalDirectoryWriter(inner)
-    if isinstance(inner, ZohoBackend):
+    if inner.name == "zoho":
+        from .zoho.writer import ZohoWriter
+
         return ZohoWriter(inner.api, inner.settings)
     raise ValueError(f"no writer for the {backend.name!r} backend")

@@ -134,7 +134,12 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._in_headers and not self.closed:
-            log_session_error(self, "peer closed the connection before the end of the header block")
+            if self._header_lines == 0 and not self._buffer:
+                # Connected and left without a byte: a port check (monitoring,
+                # a load balancer), not a broken call. Not worth a warning per probe.
+                logger.debug("peer=%s connected and closed without sending anything", self.peer)
+            else:
+                log_session_error(self, "peer closed the connection before the end of the header block")
         self.closed = True
         self._cancel_timers()
         self._fail_reply(AgiConnectionClosed("peer closed the connection"))

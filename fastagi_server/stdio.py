@@ -66,12 +66,23 @@ class QuietAGI(AGI):
 class StdioSession(AgiSession):
     """An AGI session on stdin/stdout, through pyst2's :class:`asterisk.agi.AGI`."""
 
-    def __init__(self, stdin: BinaryIO, stdout: TextIO, limits: SessionLimits, script: str, arguments: tuple[str, ...]):
+    def __init__(
+        self,
+        stdin: BinaryIO,
+        stdout: TextIO,
+        limits: SessionLimits,
+        script: str,
+        arguments: tuple[str, ...],
+        *,
+        early_hangup: EarlyHangup | None = None,
+    ):
         self._limits = limits
         self._reader = StdinReader(stdin, limits)
         self._devnull = open(os.devnull, "w")
         # Reads the header block; also installs pyst2's SIGHUP handler.
         self._agi = QuietAGI(stdin=self._reader, stdout=stdout, stderr=self._devnull)
+        if early_hangup is not None and early_hangup.seen:
+            self._agi._got_sighup = True  # it came before pyst2's handler was in place
         self.env = AgiEnvironment(dict(self._agi.env))
         self.script = script
         self.arguments = arguments
@@ -128,8 +139,25 @@ def _session_timed_out(signum: int, frame: object) -> None:
     raise AgiLimitExceeded("session time limit reached")
 
 
+class EarlyHangup:
+    """Records a SIGHUP that arrives before pyst2 installs its own handler.
+
+    Asterisk sends SIGHUP when the caller hangs up, which may be while this
+    process is still starting; the default action would kill it before it
+    could set a single variable.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+        signal.signal(signal.SIGHUP, self._record)
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.seen = True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``crmroute-agi``: one call, then exit. Returns the exit status."""
+    early_hangup = EarlyHangup()
     import asyncio
     import logging
 
@@ -154,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", errors="replace", line_buffering=True)
 
     async def run() -> None:
-        session = StdioSession(sys.stdin.buffer, stdout, limits, script, arguments)
+        session = StdioSession(sys.stdin.buffer, stdout, limits, script, arguments, early_hangup=early_hangup)
         try:
             if config is None:
                 await answer_fallback(session, f"configuration error: {config_problem}")

@@ -238,3 +238,17 @@ def test_allow_list_decisions_follow_a_reload(tmp_path, call_log):
     before, refused, after = run(scenario())
     assert before == "OWNER" and after == "OWNER"
     assert refused.commands == [] and refused.variables == {}
+
+
+def test_a_port_check_is_not_a_warning(call_log):
+    """Monitoring that only opens and closes the port leaves no warning."""
+
+    async def scenario():
+        async with agi_server(FAST_LIMITS) as server:
+            received, closed = await raw_session(server.port, b"", close_write=True, read_timeout=1)
+            following = await route_call(server.port)
+            return received, closed, following.variables["CRM_ROUTE_STATUS"]
+
+    received, closed, following = run(scenario())
+    assert received == b"" and closed and following == "OWNER"
+    assert not [line for line in session_lines(call_log) if line.startswith("session-ended")]

@@ -164,3 +164,29 @@ def test_argv(argv, expected):
     from fastagi_server.stdio import parse_argv
 
     assert parse_argv(argv) == expected
+
+
+def wait_until_sighup_is_caught(pid: int, timeout: float = 20.0) -> None:
+    """Poll the process's caught-signal mask (Linux /proc) until SIGHUP is in it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/status") as status:
+            caught = next(line for line in status if line.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) & (1 << (signal.SIGHUP - 1)):
+            return
+        time.sleep(0.005)
+    raise AssertionError("the process never installed a SIGHUP handler")
+
+
+def test_sighup_before_the_header_block_is_read():
+    """Asterisk may signal the hang-up before the header block is read: the
+    process must not die of it, and still sets the contract (the channel is
+    dead, so no device state is asked)."""
+    agi = StdioAsterisk(["route"])
+    wait_until_sighup_is_caught(agi.proc.pid)  # main() has started; no header block read yet
+    agi.proc.send_signal(signal.SIGHUP)
+    agi.send(stdio_headers())
+    result, code, stderr = agi.run_to_end()
+    assert code == 0, stderr
+    assert result.variables["CRM_ROUTE_STATUS"] == "OWNER"
+    assert not any(argv[:3] == ["GET", "FULL", "VARIABLE"] for argv in result.commands)
