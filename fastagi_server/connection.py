@@ -6,6 +6,12 @@ system calls). Framing is done in :meth:`FastAgiConnection.data_received` withou
 the header block is parsed as it arrives, then a task runs the handler,
 which awaits one reply per command. ``HANGUP`` lines Asterisk writes on its
 own are noted, never taken for a reply.
+
+A handler may stop waiting for a reply (the routing deadline cancels its
+wait); Asterisk answers that command all the same, so the connection still
+owes it a read: the next command is written only once that reply has come
+and been dropped. Every reply thus meets its own command, with no task or
+shield per command to guarantee it.
 """
 
 from __future__ import annotations
@@ -57,7 +63,11 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         self._scanned = 0  # how much of the buffered header block has been checked
         self._header_lines = 0
         self._in_headers = True
+        # The reply owed for the command last written; it stays owed (and this
+        # set) until its line arrives, even if its waiter gave up meanwhile.
         self._reply: asyncio.Future[str] | None = None
+        # Set while a command waits for an abandoned reply to arrive first.
+        self._owed: asyncio.Future[None] | None = None
         self._usage: list[str] | None = None  # lines of a 520 block being read
         # One timer per session, armed for the nearest deadline (see _check_deadlines).
         self._timer: asyncio.TimerHandle | None = None
@@ -150,6 +160,8 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
     async def _exchange(self, command: str) -> str:
         if self.closed or self._transport is None:
             raise AgiConnectionClosed("connection already closed")
+        if self._reply is not None:
+            await self._owed_reply()
         reply: asyncio.Future[str] = self._loop.create_future()
         self._reply = reply
         self._reply_command = command
@@ -158,6 +170,14 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
             self._arm(self._reply_deadline)
         self._transport.write(command.encode("utf-8") + b"\n")
         return await reply
+
+    async def _owed_reply(self) -> None:
+        """Wait for the reply to a command whose waiter gave up (Asterisk reads
+        one command at a time and answers each: writing the next one now would
+        pair its reply with the old command). Raises what ends the session meanwhile."""
+        owed: asyncio.Future[None] = self._loop.create_future()
+        self._owed = owed
+        await owed
 
     # -- internals --------------------------------------------------------
 
@@ -224,7 +244,13 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         reply, self._reply = self._reply, None
         if reply is not None and not reply.done():
             reply.set_result(line)
-        # Otherwise a line nobody asked for: Asterisk never sends one, so ignore it.
+            return
+        # The reply to a command whose waiter gave up: dropped, and the next
+        # command may go. (With no command out at all, a line nobody asked for:
+        # Asterisk never sends one, so it is ignored too.)
+        owed, self._owed = self._owed, None
+        if owed is not None and not owed.done():
+            owed.set_result(None)
 
     async def _run(self) -> None:
         try:
@@ -250,16 +276,19 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         if now >= self._session_deadline:
             self._limit_hit(f"session longer than {limits.session_timeout_ms} ms")
             return
-        reply = self._reply
-        waiting = reply is not None and not reply.done()
-        if waiting and now >= self._reply_deadline:
+        owed = self._reply is not None  # a reply is owed, whether or not anyone still waits for it
+        if owed and now >= self._reply_deadline:
             verb = " ".join(self._reply_command.split(" ", 2)[:2])
-            reply.set_exception(AgiLimitExceeded(f"no reply to {verb} within {limits.reply_timeout_ms} ms"))
-            waiting = False
+            reason = f"no reply to {verb} within {limits.reply_timeout_ms} ms"
+            if self._reply.done() and self._owed is None:
+                self._limit_hit(reason)  # abandoned and never answered: nothing more can be sent
+                return
+            self._fail_reply(AgiLimitExceeded(reason))
+            owed = False
         deadlines = [self._session_deadline]
         if self._in_headers:
             deadlines.append(self._header_deadline)
-        if waiting:
+        if owed:
             deadlines.append(self._reply_deadline)
         self._arm(min(deadlines))
 
@@ -286,9 +315,13 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         self.close()
 
     def _fail_reply(self, exc: Exception) -> None:
+        """No reply will come: whoever waits for one (or for an owed one) gets ``exc``."""
         reply, self._reply = self._reply, None
         if reply is not None and not reply.done():
             reply.set_exception(exc)
+        owed, self._owed = self._owed, None
+        if owed is not None and not owed.done():
+            owed.set_exception(exc)
 
     def _cancel_timers(self) -> None:
         if self._timer is not None:

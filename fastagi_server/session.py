@@ -31,7 +31,9 @@ class AgiSession(ABC):
     async def _exchange(self, command: str) -> str:
         """Send one command line and return its reply line.
 
-        A multi-line ``520`` usage reply comes back joined with newlines.
+        A multi-line ``520`` usage reply comes back joined with newlines. A
+        caller may stop waiting (be cancelled); the command's reply is then
+        still read, before the next command is sent.
         """
 
     async def command(self, command: str) -> AgiReply:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from dialplan import DeviceStateUnavailable, InboundCall, NoDeviceStates, StateQuery
@@ -29,36 +28,22 @@ class ChannelDeviceStates:
     """Device states asked over the call's own AGI session: one ``GET FULL VARIABLE`` each.
 
     The router may stop waiting for an answer when its deadline passes; the
-    question is still in flight then, and :meth:`settle` waits for its reply so
-    that the next command's reply is its own (one command, one reply).
+    session still reads that reply before it writes the next command (see
+    :mod:`..connection`), so the contract's reply is its own.
     """
 
     def __init__(self, session: AgiSession):
         self._session = session
-        self._in_flight: asyncio.Future[str | None] | None = None
 
     async def state_of(self, query: StateQuery) -> str:
         if self._session.hung_up:
             raise DeviceStateUnavailable("caller hung up")
-        self._in_flight = asyncio.ensure_future(self._session.get_full_variable(query.expression))
         try:
-            return await asyncio.shield(self._in_flight) or "UNKNOWN"
+            return await self._session.get_full_variable(query.expression) or "UNKNOWN"
         except (AgiConnectionClosed, AgiLimitExceeded):
             raise  # the session itself is over: nothing more can be set
         except AgiError as exc:  # 510/511/520 or an unreadable reply: route without states
             raise DeviceStateUnavailable(f"Asterisk refused {query}: {exc}") from None
-
-    async def settle(self) -> None:
-        """Wait for a question the deadline cut short. Raises if the session died meanwhile."""
-        pending, self._in_flight = self._in_flight, None
-        if pending is None:
-            return
-        try:
-            await pending
-        except (AgiConnectionClosed, AgiLimitExceeded):
-            raise
-        except AgiError:
-            pass  # already answered the router as "state unknown"
 
 
 async def route_call(session: AgiSession, app: App) -> dict[str, str]:
@@ -70,12 +55,9 @@ async def route_call(session: AgiSession, app: App) -> dict[str, str]:
     handler's ``outcome`` call reads them).
     """
     call = inbound_call(session)
-    if session.hung_up:  # asking would be pointless
-        decision = await app.router.decide(call, NoDeviceStates("caller hung up"))
-    else:
-        probe = ChannelDeviceStates(session)
-        decision = await app.router.decide(call, probe)
-        await probe.settle()
+    # Asking would be pointless once the caller hung up.
+    probe = NoDeviceStates("caller hung up") if session.hung_up else ChannelDeviceStates(session)
+    decision = await app.router.decide(call, probe)
     await session.set_variables(decision.channel_variables())
     return {
         "did": call.did,
