@@ -57,12 +57,27 @@ class CachedBackend:
         self._flights: dict[Key, asyncio.Task[LookupResult]] = {}
         self.lookups_started = 0
 
+    def fresh(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult | None:
+        """The answer of a fresh entry, at once; None when the backend must be asked.
+
+        :meth:`lookup` answers the same from a fresh entry. This form never
+        waits, so a caller with a deadline need not arm a timer for it.
+        """
+        entry = self._entries.get((number.e164, tuple(modules)))
+        if entry is None:
+            return None
+        now = self._clock()
+        if now < entry.fresh_until:
+            return self._served(entry, f"cache: fresh entry for {number.e164} (stored {now - entry.stored_at:.0f} s ago)")
+        return None
+
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
+        answer = self.fresh(number, modules)
+        if answer is not None:
+            return answer
         key: Key = (number.e164, tuple(modules))
         entry = self._entries.get(key)
         now = self._clock()
-        if entry is not None and now < entry.fresh_until:
-            return self._served(entry, f"cache: fresh entry for {number.e164} (stored {now - entry.stored_at:.0f} s ago)")
         flight, joined = self._flight(key, number, modules)
         how = f"cache: joined the {self.name} lookup already running for {number.e164}" if joined else f"cache: {'expired' if entry else 'no'} entry for {number.e164}; asking {self.name}"
         if entry is None:
