@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -20,6 +21,9 @@ class AgiReply:
     line: str = ""
 
 
+# Asterisk gives the same few replies call after call ("200 result=0", a
+# device's state): each is parsed once. Replies are frozen, so sharing is safe.
+@functools.lru_cache(maxsize=256)
 def parse_reply(line: str) -> AgiReply:
     """Parse one reply line, or raise the named error for 510, 511 and 520.
 
