@@ -102,6 +102,34 @@ def test_a_second_call_is_answered_from_the_cache(org):
     assert any(step.startswith("cache: fresh entry for +34928000000") for step in second.steps)
 
 
+def test_fresh_answers_only_from_a_fresh_entry_and_never_asks_the_backend():
+    """``fresh`` is what lets the router skip its deadline timer: it must never
+    wait, never start a lookup, and say the same as ``lookup`` would."""
+    now = [1000.0]
+    settings = CacheSettings(ttl_s=60, negative_ttl_s=60, stale_ttl_s=600)
+    cache = CachedBackend(LocalDirectory.open(None), settings, stale_wait_s=1.0, clock=lambda: now[0])
+    number, modules = normalise(CALLER, "ES"), ("Leads", "Deals", "Contacts", "Accounts")
+
+    async def scenario():
+        try:
+            before = cache.fresh(number, modules)
+            looked_up = await cache.lookup(number, modules)
+            now[0] += 30
+            fresh = cache.fresh(number, modules)
+            other_order = cache.fresh(number, ("Contacts",))
+            now[0] += 31  # expired (still stale-servable): the backend must be asked again
+            expired = cache.fresh(number, modules)
+            return before, looked_up, fresh, other_order, expired
+        finally:
+            await cache.aclose()
+
+    before, looked_up, fresh, other_order, expired = run(scenario())
+    assert before is None and other_order is None and expired is None
+    assert cache.lookups_started == 1
+    assert fresh.from_cache and fresh.matches == looked_up.matches and fresh.matches
+    assert fresh.steps == [f"cache: fresh entry for {number.e164} (stored 30 s ago)"]
+
+
 def test_429_backs_off_and_serves_the_stale_entry(org):
     async def scenario(app):
         first = await decide(app, CALLER)
