@@ -2,6 +2,7 @@
 
 import asyncio
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,10 +90,22 @@ def test_byte_by_byte():
     assert transport.written.startswith(b'GET FULL VARIABLE "${DEVICE_STATE(PJSIP/101)}"')
 
 
-def test_block_with_no_headers_at_all():
-    connection, transport = feed([b"\n"])
+@pytest.mark.parametrize("block", [b"\n", b"\r\n"])
+def test_block_with_no_headers_at_all(block):
+    connection, transport = feed([block])
     assert connection.env.headers == {}
     assert b"CRM_ROUTE_STATUS=ERROR" in transport.written  # no script named: the safe fallback
+
+
+def test_an_empty_line_ends_the_block_wherever_the_chunks_are_cut():
+    # The block's end straddles chunks: "\n" | "\n", and "\r\n" | "\r" | "\n".
+    connection, _ = feed([b"agi_network_script: route\nagi_callerid: 1\n", b"\n"])
+    assert connection.env.headers == {"agi_network_script": "route", "agi_callerid": "1"}
+    connection, _ = feed([b"agi_network_script: route\r\nagi_callerid: 1\r\n", b"\r", b"\n"])
+    assert connection.env.headers == {"agi_network_script": "route", "agi_callerid": "1"}
+    # A line that only starts with a newline does not end the block early.
+    connection, _ = feed([b"agi_network_script: route\n", b"agi_callerid: 1\n\n"])
+    assert connection.env.headers == {"agi_network_script": "route", "agi_callerid": "1"}
 
 
 def test_limits_hold_while_the_block_is_incomplete():
