@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .backend import CrmBackend
 from .cache import CachedBackend
 from .local_directory import LocalDirectory
-from .local_directory.writer import LocalDirectoryWriter
 from .settings import CacheSettings, CrmSettings, DirectorySettings
-from .writer import CrmWriter
 from .zoho.settings import ZohoSettings
+
+if TYPE_CHECKING:
+    from .writer import CrmWriter
 
 # The share of the routing deadline a call with an expired cache entry may
 # spend waiting for the CRM before it is answered from that entry.
@@ -46,8 +49,11 @@ def _open_inner(crm: CrmSettings, directory: DirectorySettings, zoho: ZohoSettin
 
 def open_writer(backend: CrmBackend) -> CrmWriter:
     """The writer for the CRM ``backend`` looks callers up in, sharing its connection and token."""
+    # Writers load only here: a lookup (a process AGI above all) never writes.
     inner = backend.inner if isinstance(backend, CachedBackend) else backend
     if isinstance(inner, LocalDirectory):
+        from .local_directory.writer import LocalDirectoryWriter
+
         return LocalDirectoryWriter(inner)
     if inner.name == "zoho":
         from .zoho.writer import ZohoWriter

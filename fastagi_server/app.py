@@ -9,15 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from crmlookup.backend import CrmBackend
 from crmlookup.factory import open_backend, open_writer
-from crmlookup.writer import CrmWriter
 from dialplan.history import CallHistory
-from dialplan.outbox import Outbox, OutboxCallHistory, SyncWorker
 from dialplan.router import Router, last_agent_keys, require_history
 
 from .config import Config
+
+if TYPE_CHECKING:
+    # The outbox and the writers load on first use: a process AGI that only
+    # routes a call never needs them (each costs milliseconds of import per call).
+    from crmlookup.writer import CrmWriter
+    from dialplan.outbox import Outbox, OutboxCallHistory, SyncWorker
 
 logger = logging.getLogger("crmroute.server")
 
@@ -45,6 +50,8 @@ class App:
         """
         outbox = None
         if history is None and last_agent_keys(config.routing):
+            from dialplan.outbox import Outbox, OutboxCallHistory
+
             outbox = Outbox.open(config.outbox.resolved_path)
             history = OutboxCallHistory(outbox)
         require_history(config.routing, history)  # before the backend is opened
@@ -56,6 +63,8 @@ class App:
     def outbox(self) -> Outbox:
         """The outbox file (opened now if need be); raises OutboxError."""
         if self._outbox is None:
+            from dialplan.outbox import Outbox
+
             self._outbox = Outbox.open(self.config.outbox.resolved_path)
         return self._outbox
 
@@ -68,6 +77,8 @@ class App:
     @property
     def sync_worker(self) -> SyncWorker:
         if self._worker is None:
+            from dialplan.outbox import SyncWorker
+
             self._worker = SyncWorker(
                 self.outbox,
                 self.writer,
@@ -80,6 +91,8 @@ class App:
 
     def call_history(self) -> OutboxCallHistory:
         """Past calls, for the routing policy's "last agent" rule."""
+        from dialplan.outbox import OutboxCallHistory
+
         return OutboxCallHistory(self.outbox)
 
     def start_sync_worker(self) -> None:

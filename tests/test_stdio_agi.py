@@ -190,3 +190,19 @@ def test_sighup_before_the_header_block_is_read():
     assert code == 0, stderr
     assert result.variables["CRM_ROUTE_STATUS"] == "OWNER"
     assert not any(argv[:3] == ["GET", "FULL", "VARIABLE"] for argv in result.commands)
+
+
+def test_route_loads_only_what_routing_needs():
+    """A process AGI pays for every module it imports on every call: the route
+    path must not load the outbox, the CRM writers or the Zoho client."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", *AGI_COMMAND[1:], "route"],
+        input=stdio_headers() + b"200 result=1 (NOT_INUSE)\n" + b"200 result=1\n",
+        capture_output=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    loaded = {line.rpartition("|")[2].strip() for line in proc.stderr.decode().splitlines() if line.startswith("import time:")}
+    assert "dialplan.router" in loaded  # the listing is real
+    unused = {"dialplan.outbox.store", "dialplan.outbox.worker", "crmlookup.writer", "crmlookup.local_directory.writer",
+              "crmlookup.zoho.backend", "httpx"}
+    assert loaded & unused == set()

@@ -1,9 +1,30 @@
-"""Call outcomes on their way to the CRM: the durable outbox and its sync worker."""
+"""Call outcomes on their way to the CRM: the durable outbox and its sync worker.
 
-from .history import OutboxCallHistory
+Only the settings load with the package (the configuration needs them on every
+start); the store and the worker load on first use, so a process that only
+routes a call does not pay for them.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .settings import OutboxSettings, OutcomeSettings, default_outbox_path
-from .store import Outbox, OutboxError, OutboxState
-from .worker import FlushSummary, SyncWorker
+
+if TYPE_CHECKING:
+    from .history import OutboxCallHistory
+    from .store import Outbox, OutboxError, OutboxState
+    from .worker import FlushSummary, SyncWorker
+
+_LAZY = {
+    "OutboxCallHistory": ".history",
+    "Outbox": ".store",
+    "OutboxError": ".store",
+    "OutboxState": ".store",
+    "FlushSummary": ".worker",
+    "SyncWorker": ".worker",
+}
 
 __all__ = [
     "FlushSummary",
@@ -16,3 +37,9 @@ __all__ = [
     "SyncWorker",
     "default_outbox_path",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from dialplan.outbox import OutboxError
 from dialplan.outcome import CHANNEL_READINGS, InvalidOutcome, outcome_from_channel, reading_expression
 
 from ..errors import AgiCommandError, AgiConnectionClosed, AgiLimitExceeded, AgiProtocolError
@@ -73,6 +72,9 @@ async def record_outcome(session: AgiSession, app: App) -> dict[str, str]:
     except InvalidOutcome as exc:
         logger.warning("outcome not recorded: %s (peer=%s)", exc, session.peer)
         return {"outcome": "IGNORED", "reason": str(exc)}
+    # Loaded with the first outcome: a process AGI that routes a call never needs the outbox.
+    from dialplan.outbox import OutboxError
+
     try:
         new = await app.outbox.record(outcome, ended_at)
     except OutboxError as exc:
