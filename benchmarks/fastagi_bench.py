@@ -116,6 +116,12 @@ def cases(workdir: Path) -> list[Case]:
     found.append(Case(f"crmroute route, demo directory ({cache})", serve + [str(config)], "contract", expected))
     # What the one log line per call costs: the same without it.
     found.append(Case("crmroute route, demo directory, log_level WARNING", serve + [str(quiet)], "contract", expected))
+    # What the device-state round trip costs: the same without it (where the call goes
+    # does not change, since the load generator reports every phone free).
+    unchecked_config = BENCH_CONFIG.replace("[routing]\n", "[routing]\ncheck_availability = false\n")
+    unchecked = crmroute_config_file(workdir, "crmroute-unchecked.toml", unchecked_config)
+    found.append(Case("crmroute route, demo directory, no device-state check", serve + [str(unchecked)], "contract",
+                      expected_routes(unchecked_config, DEMO_CALLERS)))
     return found
 
 
