@@ -130,3 +130,38 @@ def test_import_text_helper(tmp_path):
     conn = open_connection(tmp_path / "d.sqlite", create=True)
     summary = import_csv_text(conn, HEADER + "Leads,L-1,A,+34928000000;+34600000000,u1,A,a@x.es,101,\n", "ES")
     assert (summary.records, summary.phones, summary.users) == (1, 2, 1)
+
+
+def test_a_record_given_twice_keeps_its_last_row_and_every_phone(directory):
+    directory.import_csv(
+        io.StringIO(HEADER + "Contacts,C-1,Old name,+34928000000,,,,,\n" + "Contacts,C-1,New name,+34928000001,,,,,\n"), "ES"
+    )
+    assert lookup(directory, "+34928000000").best.name == "New name"
+    assert lookup(directory, "+34928000001").best.name == "New name"
+    assert directory.counts()["records"] == 1
+
+
+def test_a_bad_row_after_many_staged_batches_leaves_the_directory_as_it_was(directory, monkeypatch):
+    from crmlookup.local_directory import importer
+
+    directory.import_csv(io.StringIO(HEADER + "Contacts,C-0,Before,+34928000000,u0,Ana,a@x.es,101,\n"), "ES")
+    monkeypatch.setattr(importer, "STAGING_BATCH_ROWS", 3)  # several batches are written before the bad row
+    rows = "".join(f"Contacts,C-{i},Row {i},+3492810{i:04d},u1,Ben,b@x.es,102,\n" for i in range(1, 11))
+    with pytest.raises(DirectoryImportError) as refused:
+        directory.import_csv(io.StringIO(HEADER + rows + "Contacts,C-99,Bad,not-a-phone,,,,,\n"), "ES", replace=True)
+    assert [line for line, _ in refused.value.problems] == [12]
+    assert directory.counts() == {"users": 1, "records": 1, "phones": 1}
+    assert lookup(directory, "+34928000000").best.name == "Before"
+    # Nothing staged is left over for the next import.
+    summary = directory.import_csv(io.StringIO(HEADER + rows), "ES")
+    assert (summary.records, summary.phones, directory.counts()["records"]) == (10, 10, 11)
+
+
+def test_a_hopeless_file_stops_at_the_problem_limit(directory):
+    from crmlookup.local_directory.importer import MAX_PROBLEMS_REPORTED
+
+    rows = "".join(f"Widgets,W-{i},x,+34928000000,,,,,\n" for i in range(MAX_PROBLEMS_REPORTED * 3))
+    with pytest.raises(DirectoryImportError) as refused:
+        directory.import_csv(io.StringIO(HEADER + rows), "ES")
+    assert len(refused.value.problems) == MAX_PROBLEMS_REPORTED
+    assert refused.value.problems[0][0] == 2

@@ -1,4 +1,4 @@
-"""CSV import into the local directory: all rows or none.
+"""CSV import into the local directory: all rows or none, in flat memory.
 
 Two CSV shapes, told apart by their header:
 
@@ -16,7 +16,7 @@ import csv
 import io
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Iterable, TextIO
+from typing import Iterable, Iterator, TextIO
 
 from ..errors import DirectoryImportError
 from ..phone import InvalidNumber, normalise
@@ -71,49 +71,28 @@ def split_cell(cell: str) -> list[str]:
 
 
 def import_csv(conn: sqlite3.Connection, source: TextIO, region: str, *, replace: bool = False) -> ImportSummary:
-    """Validate every row of ``source``, then write them all in one transaction.
+    """Validate every row of ``source`` and write them all in one transaction.
+
+    Rows are staged in temporary tables as they are read, a batch at a time,
+    so memory stays flat whatever the size of the file; the directory itself
+    changes only once the whole file is known to be good.
 
     Raises :class:`DirectoryImportError` listing the bad rows; nothing is written then.
     With ``replace`` the directory is emptied first (in the same transaction).
     """
+    staging = _Staging(conn)
     try:
-        reader = csv.reader(source)
-        header = next(reader, None)
-        if header is None:
-            raise DirectoryImportError([(1, "the file is empty")])
-        columns = [name.strip().lower() for name in header]
-        if REQUIRED_RECORD_COLUMNS <= set(columns):
-            users, records = _parse_records(reader, columns)
-        elif REQUIRED_USER_COLUMNS <= set(columns) and "module" not in columns:
-            users, records = _parse_users(reader, columns), []
-        else:
-            raise DirectoryImportError([(1, "header must name the columns module,id,phones (records) or id,name,email,extensions (users)")])
-    except csv.Error as exc:
-        raise DirectoryImportError([(reader.line_num or 1, f"unreadable CSV: {exc}")]) from exc
-    except UnicodeDecodeError as exc:
-        raise DirectoryImportError([(1, f"not UTF-8 text: {exc.reason}")]) from exc
-
-    problems: list[tuple[int, str]] = []
-    users_by_id: dict[str, _User] = {}
-    for line, user in users:
-        if isinstance(user, str):
-            problems.append((line, user))
-        else:
-            users_by_id[user.id] = _merge_user(users_by_id.get(user.id), user)
-    parsed_records: list[_Record] = []
-    for line, record in records:
-        if isinstance(record, str):
-            problems.append((line, record))
-            continue
-        for raw in record.raw_phones:
-            try:
-                record.phones.append((normalise(raw, region).e164, raw))
-            except InvalidNumber as exc:
-                problems.append((line, f"phone {raw!r}: {exc}"))
-        parsed_records.append(record)
-    if problems:
-        raise DirectoryImportError(problems[:MAX_PROBLEMS_REPORTED])
-    return _write(conn, users_by_id.values(), parsed_records, replace)
+        staged = _stage(staging, source, region)
+        if staged.problems:
+            raise DirectoryImportError(staged.problems)
+        summary = staging.apply(staged.users.values(), replace)
+        conn.commit()
+        return summary
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        staging.drop()
 
 
 def import_csv_text(conn: sqlite3.Connection, text: str, region: str, *, replace: bool = False) -> ImportSummary:
@@ -133,15 +112,14 @@ def _check_text(value: str, what: str, limit: int) -> str | None:
     return None
 
 
-def _parse_users(reader: Iterable[list[str]], columns: list[str]) -> list[tuple[int, _User | str]]:
-    out: list[tuple[int, _User | str]] = []
+def _parse_users(reader: Iterable[list[str]], columns: list[str]) -> Iterator[tuple[int, _User | str]]:
+    """Each row of a users file: the user, or what is wrong with the row."""
     for row in reader:
         line = reader.line_num  # type: ignore[attr-defined]
         if not any(cell.strip() for cell in row):
             continue
         cells = _row_dict(columns, row)
-        out.append((line, _user_from(cells.get("id", ""), cells.get("name", ""), cells.get("email", ""), cells.get("extensions", ""))))
-    return out
+        yield line, _user_from(cells.get("id", ""), cells.get("name", ""), cells.get("email", ""), cells.get("extensions", ""))
 
 
 def _user_from(user_id: str, name: str, email: str, extensions: str) -> _User | str:
@@ -162,9 +140,9 @@ def _merge_user(old: _User | None, new: _User) -> _User:
     return _User(new.id, new.name or old.name, new.email or old.email, new.extensions or old.extensions)
 
 
-def _parse_records(reader: Iterable[list[str]], columns: list[str]) -> tuple[list[tuple[int, _User | str]], list[tuple[int, _Record | str]]]:
-    users: list[tuple[int, _User | str]] = []
-    records: list[tuple[int, _Record | str]] = []
+def _parse_records(reader: Iterable[list[str]], columns: list[str]) -> Iterator[tuple[int, _Record | _User | str]]:
+    """Each row of a records file: its owner (when the row names one) then the
+    record, or what is wrong with the row."""
     for row in reader:
         line = reader.line_num  # type: ignore[attr-defined]
         if not any(cell.strip() for cell in row):
@@ -172,35 +150,121 @@ def _parse_records(reader: Iterable[list[str]], columns: list[str]) -> tuple[lis
         cells = _row_dict(columns, row)
         module = _MODULE_BY_LOWER.get(cells.get("module", "").lower())
         if module is None:
-            records.append((line, f"module {cells.get('module', '')!r} is not one of {', '.join(MODULES)}"))
+            yield line, f"module {cells.get('module', '')!r} is not one of {', '.join(MODULES)}"
             continue
         record_id, name = cells.get("id", ""), cells.get("name", "")
         if not record_id:
-            records.append((line, "record id is empty"))
+            yield line, "record id is empty"
             continue
         problem = _check_text(record_id, "record id", MAX_ID_LENGTH) or _check_text(name, "name", MAX_TEXT_LENGTH)
         if problem:
-            records.append((line, problem))
+            yield line, problem
             continue
         status = cells.get("status", "").lower()
         is_open = _OPEN_WORDS.get(status, _CLOSED_WORDS.get(status))
         if is_open is None:
-            records.append((line, f"status {cells.get('status', '')!r} is not open or closed"))
+            yield line, f"status {cells.get('status', '')!r} is not open or closed"
             continue
         phones = split_cell(cells.get("phones", ""))
         if not phones:
-            records.append((line, "no phone number"))
+            yield line, "no phone number"
             continue
         owner_id = cells.get("owner_id", "") or None
         if owner_id:
-            users.append((line, _user_from(owner_id, cells.get("owner_name", ""), cells.get("owner_email", ""), cells.get("owner_extensions", ""))))
-        records.append((line, _Record(module, record_id, name, owner_id, is_open, phones)))
-    return users, records
+            yield line, _user_from(owner_id, cells.get("owner_name", ""), cells.get("owner_email", ""), cells.get("owner_extensions", ""))
+        yield line, _Record(module, record_id, name, owner_id, is_open, phones)
 
 
-def _write(conn: sqlite3.Connection, users: Iterable[_User], records: list[_Record], replace: bool) -> ImportSummary:
-    summary = ImportSummary()
-    with conn:  # one transaction: all rows or none
+# Rows are written to the staging tables this many at a time.
+STAGING_BATCH_ROWS = 5000
+
+
+@dataclass
+class _Staged:
+    """What a file held, once read: its users (merged by id) and its problems."""
+
+    users: dict[str, _User] = field(default_factory=dict)
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _stage(staging: "_Staging", source: TextIO, region: str) -> _Staged:
+    """Read ``source`` row by row: records go to the staging tables, users are merged in memory
+    (one entry per owner, few next to the records), bad rows are listed."""
+    staged = _Staged()
+    try:
+        reader = csv.reader(source)
+        header = next(reader, None)
+        if header is None:
+            raise DirectoryImportError([(1, "the file is empty")])
+        columns = [name.strip().lower() for name in header]
+        if REQUIRED_RECORD_COLUMNS <= set(columns):
+            rows = _parse_records(reader, columns)
+        elif REQUIRED_USER_COLUMNS <= set(columns) and "module" not in columns:
+            rows = _parse_users(reader, columns)
+        else:
+            raise DirectoryImportError([(1, "header must name the columns module,id,phones (records) or id,name,email,extensions (users)")])
+        for line, item in rows:
+            if isinstance(item, str):
+                staged.problems.append((line, item))
+            elif isinstance(item, _User):
+                staged.users[item.id] = _merge_user(staged.users.get(item.id), item)
+            else:
+                _stage_record(staging, staged, line, item, region)
+            if len(staged.problems) >= MAX_PROBLEMS_REPORTED:
+                break  # enough to fix the file in one go
+    except csv.Error as exc:
+        raise DirectoryImportError([*staged.problems, (reader.line_num or 1, f"unreadable CSV: {exc}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise DirectoryImportError([*staged.problems, (1, f"not UTF-8 text: {exc.reason}")]) from exc
+    staging.flush()
+    return staged
+
+
+def _stage_record(staging: "_Staging", staged: _Staged, line: int, record: _Record, region: str) -> None:
+    for raw in record.raw_phones:
+        try:
+            record.phones.append((normalise(raw, region).e164, raw))
+        except InvalidNumber as exc:
+            staged.problems.append((line, f"phone {raw!r}: {exc}"))
+    if not staged.problems:  # once the file is refused, nothing more needs writing
+        staging.add(record)
+
+
+class _Staging:
+    """Temporary tables holding the file's records until the whole file is read.
+
+    They live in SQLite's temporary database (on disk past its page cache),
+    are seen only by this connection, and are dropped after the import.
+    """
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS import_records (module TEXT, id TEXT, name TEXT, owner_id TEXT, is_open INTEGER)")
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS import_phones (e164 TEXT, module TEXT, record_id TEXT, raw TEXT)")
+        conn.execute("DELETE FROM temp.import_records")
+        conn.execute("DELETE FROM temp.import_phones")
+        self._records: list[tuple[str, str, str, str | None, int]] = []
+        self._phones: list[tuple[str, str, str, str]] = []
+        self.records = 0
+        self.phones = 0
+
+    def add(self, record: _Record) -> None:
+        self._records.append((record.module, record.id, record.name, record.owner_id, int(record.is_open)))
+        self._phones.extend((e164, record.module, record.id, raw) for e164, raw in record.phones)
+        if len(self._records) >= STAGING_BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        self._conn.executemany("INSERT INTO temp.import_records VALUES (?, ?, ?, ?, ?)", self._records)
+        self._conn.executemany("INSERT INTO temp.import_phones VALUES (?, ?, ?, ?)", self._phones)
+        self.records += len(self._records)
+        self.phones += len(self._phones)
+        self._records.clear()
+        self._phones.clear()
+
+    def apply(self, users: Iterable[_User], replace: bool) -> ImportSummary:
+        """Write the staged rows into the directory (the caller commits)."""
+        conn = self._conn
         if replace:
             conn.execute("DELETE FROM phones")
             conn.execute("DELETE FROM records")
@@ -214,15 +278,16 @@ def _write(conn: sqlite3.Connection, users: Iterable[_User], records: list[_Reco
             "extensions = CASE WHEN excluded.extensions != '' THEN excluded.extensions ELSE users.extensions END",
             user_rows,
         )
-        summary.users = len(user_rows)
-        conn.executemany(
-            "INSERT OR REPLACE INTO records (module, id, name, owner_id, is_open) VALUES (?, ?, ?, ?, ?)",
-            [(r.module, r.id, r.name, r.owner_id, int(r.is_open)) for r in records],
+        # In file order, so a record given twice keeps its last row.
+        conn.execute(
+            "INSERT OR REPLACE INTO records (module, id, name, owner_id, is_open) "
+            "SELECT module, id, name, owner_id, is_open FROM temp.import_records ORDER BY rowid"
         )
-        # A re-imported record's phones replace the old ones.
-        conn.executemany("DELETE FROM phones WHERE module = ? AND record_id = ?", [(r.module, r.id) for r in records])
-        phone_rows = [(e164, r.module, r.id, raw) for r in records for e164, raw in r.phones]
-        conn.executemany("INSERT OR IGNORE INTO phones (e164, module, record_id, raw) VALUES (?, ?, ?, ?)", phone_rows)
-        summary.records = len(records)
-        summary.phones = len(phone_rows)
-    return summary
+        # A re-imported record's phones replace the old ones (every row of the file adds its own).
+        conn.execute("DELETE FROM phones WHERE (module, record_id) IN (SELECT module, id FROM temp.import_records)")
+        conn.execute("INSERT OR IGNORE INTO phones (e164, module, record_id, raw) SELECT e164, module, record_id, raw FROM temp.import_phones")
+        return ImportSummary(users=len(user_rows), records=self.records, phones=self.phones)
+
+    def drop(self) -> None:
+        self._conn.execute("DROP TABLE IF EXISTS temp.import_records")
+        self._conn.execute("DROP TABLE IF EXISTS temp.import_phones")
