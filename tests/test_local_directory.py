@@ -165,3 +165,12 @@ def test_a_hopeless_file_stops_at_the_problem_limit(directory):
         directory.import_csv(io.StringIO(HEADER + rows), "ES")
     assert len(refused.value.problems) == MAX_PROBLEMS_REPORTED
     assert refused.value.problems[0][0] == 2
+
+
+def test_the_problem_limit_holds_when_one_row_has_several_bad_phones(directory):
+    from crmlookup.local_directory.importer import MAX_PROBLEMS_REPORTED
+
+    rows = "".join(f"Contacts,C-{i},x,bad-a;bad-b;bad-c,,,,,\n" for i in range(MAX_PROBLEMS_REPORTED))
+    with pytest.raises(DirectoryImportError) as refused:
+        directory.import_csv(io.StringIO(HEADER + rows), "ES")
+    assert len(refused.value.problems) == MAX_PROBLEMS_REPORTED

@@ -31,6 +31,8 @@ MAX_ID_LENGTH = 100
 MAX_TEXT_LENGTH = 300
 # Enough problems to fix a file in one go without printing a million lines.
 MAX_PROBLEMS_REPORTED = 50
+# Rows are written to the staging tables this many at a time.
+STAGING_BATCH_ROWS = 5000
 
 _MODULE_BY_LOWER = {name.lower(): name for name in MODULES}
 _OPEN_WORDS = {"": True, "open": True, "1": True, "true": True, "yes": True}
@@ -84,7 +86,7 @@ def import_csv(conn: sqlite3.Connection, source: TextIO, region: str, *, replace
     try:
         staged = _stage(staging, source, region)
         if staged.problems:
-            raise DirectoryImportError(staged.problems)
+            raise DirectoryImportError(staged.problems[:MAX_PROBLEMS_REPORTED])
         summary = staging.apply(staged.users.values(), replace)
         conn.commit()
         return summary
@@ -175,10 +177,6 @@ def _parse_records(reader: Iterable[list[str]], columns: list[str]) -> Iterator[
         yield line, _Record(module, record_id, name, owner_id, is_open, phones)
 
 
-# Rows are written to the staging tables this many at a time.
-STAGING_BATCH_ROWS = 5000
-
-
 @dataclass
 class _Staged:
     """What a file held, once read: its users (merged by id) and its problems."""
@@ -187,7 +185,7 @@ class _Staged:
     problems: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _stage(staging: "_Staging", source: TextIO, region: str) -> _Staged:
+def _stage(staging: _Staging, source: TextIO, region: str) -> _Staged:
     """Read ``source`` row by row: records go to the staging tables, users are merged in memory
     (one entry per owner, few next to the records), bad rows are listed."""
     staged = _Staged()
@@ -216,11 +214,10 @@ def _stage(staging: "_Staging", source: TextIO, region: str) -> _Staged:
         raise DirectoryImportError([*staged.problems, (reader.line_num or 1, f"unreadable CSV: {exc}")]) from exc
     except UnicodeDecodeError as exc:
         raise DirectoryImportError([*staged.problems, (1, f"not UTF-8 text: {exc.reason}")]) from exc
-    staging.flush()
     return staged
 
 
-def _stage_record(staging: "_Staging", staged: _Staged, line: int, record: _Record, region: str) -> None:
+def _stage_record(staging: _Staging, staged: _Staged, line: int, record: _Record, region: str) -> None:
     for raw in record.raw_phones:
         try:
             record.phones.append((normalise(raw, region).e164, raw))
@@ -264,6 +261,7 @@ class _Staging:
 
     def apply(self, users: Iterable[_User], replace: bool) -> ImportSummary:
         """Write the staged rows into the directory (the caller commits)."""
+        self.flush()
         conn = self._conn
         if replace:
             conn.execute("DELETE FROM phones")

@@ -41,5 +41,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later look-ups find it without coming here
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
