@@ -68,7 +68,7 @@ class CachedBackend:
             return None
         now = self._clock()
         if now < entry.fresh_until:
-            return self._served(entry, f"cache: fresh entry for {number.e164} (stored {now - entry.stored_at:.0f} s ago)")
+            return self._served(entry, f"cache: fresh entry for {number.e164} (stored {now - entry.stored_at:.0f} s ago)", "cache")
         return None
 
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
@@ -83,18 +83,18 @@ class CachedBackend:
         if entry is None:
             # shield: the caller's deadline cancels this wait, not the lookup.
             result = await asyncio.shield(flight)
-            return LookupResult(matches=list(result.matches), steps=[how, *result.steps])
+            return _joined(result, how)
         try:
             async with asyncio.timeout(self._stale_wait_s):
                 result = await asyncio.shield(flight)
         except TimeoutError:
-            return self._served(entry, f"{how}; no answer in {self._stale_wait_s * 1000:.0f} ms: serving the entry that expired {now - entry.fresh_until:.0f} s ago (refresh continues)")
+            return self._served(entry, f"{how}; no answer in {self._stale_wait_s * 1000:.0f} ms: serving the entry that expired {now - entry.fresh_until:.0f} s ago (refresh continues)", "stale")
         except CrmError as exc:
-            return self._served(entry, f"{how}; {self.name} failed ({exc}): serving the entry that expired {now - entry.fresh_until:.0f} s ago")
-        return LookupResult(matches=list(result.matches), steps=[how, *result.steps])
+            return self._served(entry, f"{how}; {self.name} failed ({exc}): serving the entry that expired {now - entry.fresh_until:.0f} s ago", "stale")
+        return _joined(result, how)
 
-    def _served(self, entry: _Entry, step: str) -> LookupResult:
-        return LookupResult(matches=list(entry.matches), steps=[step], from_cache=True)
+    def _served(self, entry: _Entry, step: str, source: str) -> LookupResult:
+        return LookupResult(matches=list(entry.matches), steps=[step], from_cache=True, source=source)
 
     def _flight(self, key: Key, number: PhoneNumber, modules: Sequence[str]) -> tuple[asyncio.Task[LookupResult], bool]:
         """The lookup running for ``key``, started if there is none; and whether it was already running."""
@@ -126,6 +126,16 @@ class CachedBackend:
             # Read here so a lookup nobody waited for any more is not reported as "never retrieved".
             logger.debug("lookup %s failed: %s", key[0], flight.exception())
 
+    def adopt(self, previous: "CachedBackend") -> None:
+        """Take the entries of the cache this one replaces (a reload), so the last known answers survive it.
+
+        Each entry keeps the times it was stored with; the CRM must be the same one.
+        """
+        now = self._clock()
+        for key, entry in list(previous._entries.items()):
+            if entry.stale_until > now:
+                self._entries[key] = entry
+
     async def aclose(self) -> None:
         """Stop lookups in flight, then close the backend."""
         flights = list(self._flights.values())
@@ -134,3 +144,10 @@ class CachedBackend:
         if flights:
             await asyncio.gather(*flights, return_exceptions=True)
         await self.inner.aclose()
+
+
+def _joined(result: LookupResult, how: str) -> LookupResult:
+    """A lookup's answer for one of the calls that waited for it (the steps say how it was reached)."""
+    return LookupResult(
+        matches=list(result.matches), steps=[how, *result.steps], known=result.known, source=result.source, note=result.note, age_s=result.age_s
+    )

@@ -6,7 +6,15 @@ falls back to a safe route, the CLI prints one line); the subclasses say why.
 
 
 class CrmError(Exception):
-    """A CRM could not answer a lookup."""
+    """A CRM could not answer a lookup.
+
+    ``code`` is the CRM's own error code when it gave one (Zoho's
+    ``OAUTH_SCOPE_MISMATCH``, ``INVALID_DATA`` ...), else empty.
+    """
+
+    def __init__(self, message: str = "", *, code: str = ""):
+        super().__init__(message)
+        self.code = code
 
 
 class CrmUnavailable(CrmError):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from .backend import CrmBackend
 from .cache import CachedBackend
 from .local_directory import LocalDirectory
+from .mirror.settings import MirrorSettings
 from .settings import CacheSettings, CrmSettings, DirectorySettings
 from .zoho.settings import ZohoSettings
 
@@ -25,16 +26,35 @@ def open_backend(
     cache: CacheSettings | None = None,
     *,
     deadline_ms: int = 1500,
+    mirror: MirrorSettings | None = None,
+    region: str = "",
+    keep_mirror: bool = False,
 ) -> CrmBackend:
     """The backend ``crm.backend`` names, behind the cache, ready for lookups.
 
     ``deadline_ms`` is the routing deadline: an expired entry must be served
-    before it. Raises :class:`~crmlookup.errors.CrmError` when the backend
-    cannot be opened (a missing directory file, missing Zoho credentials).
+    before it. For Zoho with ``mirror.enabled``, the mirror answers first
+    (``region`` is the one its phones are normalised in); ``keep_mirror``:
+    this process keeps it up to date (``crmroute serve``), others only read it.
+    Raises :class:`~crmlookup.errors.CrmError` when the backend cannot be
+    opened (a missing directory file, missing Zoho credentials, a mirror file
+    that cannot be written).
     """
     cache = cache or CacheSettings()
     stale_wait_ms = min(cache.stale_wait_ms, deadline_ms * STALE_WAIT_SHARE_OF_DEADLINE)
-    return CachedBackend(_open_inner(crm, directory, zoho or ZohoSettings()), cache, stale_wait_s=stale_wait_ms / 1000)
+    inner = _open_inner(crm, directory, zoho or ZohoSettings())
+    cached = CachedBackend(inner, cache, stale_wait_s=stale_wait_ms / 1000)
+    mirror = mirror or MirrorSettings()
+    if crm.backend != "zoho" or not mirror.enabled:
+        return cached
+    from .mirror.backend import MirroredBackend
+    from .zoho.backend import ZohoBackend
+
+    assert isinstance(inner, ZohoBackend)
+    mirrored = MirroredBackend.open(mirror, cached, region, feed=inner.feed if keep_mirror else None)
+    if keep_mirror:
+        inner.on_found = mirrored.remember
+    return mirrored
 
 
 def _open_inner(crm: CrmSettings, directory: DirectorySettings, zoho: ZohoSettings) -> CrmBackend:
@@ -50,7 +70,7 @@ def _open_inner(crm: CrmSettings, directory: DirectorySettings, zoho: ZohoSettin
 def open_writer(backend: CrmBackend) -> CrmWriter:
     """The writer for the CRM ``backend`` looks callers up in, sharing its connection and token."""
     # Writers load only here: a lookup (a process AGI above all) never writes.
-    inner = backend.inner if isinstance(backend, CachedBackend) else backend
+    inner = live_backend(backend)
     if isinstance(inner, LocalDirectory):
         from .local_directory.writer import LocalDirectoryWriter
 
@@ -60,3 +80,11 @@ def open_writer(backend: CrmBackend) -> CrmWriter:
 
         return ZohoWriter(inner.api, inner.settings)
     raise ValueError(f"no writer for the {backend.name!r} backend")
+
+
+def live_backend(backend: CrmBackend) -> CrmBackend:
+    """The CRM client itself, below the mirror and the cache."""
+    live = getattr(backend, "live", None)
+    if live is not None:
+        backend = live
+    return backend.inner if isinstance(backend, CachedBackend) else backend

@@ -41,6 +41,18 @@ class LookupResult:
     # requests made, whether the cache answered.
     steps: list[str] = field(default_factory=list)
     from_cache: bool = False
+    # Whether the source holds the number at all, on an open record or a closed
+    # one (None: it cannot tell). A mirror that knows a number answers for it;
+    # one that does not asks the CRM.
+    known: bool | None = None
+    # Where the answer came from, for the log line: "directory", "mirror",
+    # "live" (the CRM's API), "cache" or "stale" (an expired cache entry).
+    source: str = ""
+    # How old that source's copy is, in seconds (a mirror's last refresh), when it has one.
+    age_s: float | None = None
+    # A few words the route reason must carry (e.g. how old a mirror that
+    # could not be refreshed is); empty when there is nothing to say.
+    note: str = ""
 
     @property
     def best(self) -> Match | None:

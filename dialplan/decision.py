@@ -53,6 +53,10 @@ class RouteDecision:
     normalised_number: str = ""
     lookup_ms: int = 0
     from_cache: bool = False
+    # Where the CRM answer came from (directory, mirror, live, cache, stale) and,
+    # for a mirror, how old its copy was (seconds): for the log line and --explain.
+    source: str = ""
+    source_age_s: float | None = None
     # The explanation, step by step, for ``crmroute lookup --explain``.
     steps: list[str] = field(default_factory=list)
     # The policy that routed the call, and the rule whose candidate rings

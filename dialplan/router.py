@@ -107,6 +107,8 @@ class Router:
         decision = self._outcome(policy, found, ring, trace)
         decision.normalised_number = number.e164
         decision.from_cache = found.result.from_cache
+        decision.source = "cache" if found.result.from_cache else found.result.source
+        decision.source_age_s = found.result.age_s
         decision.device_states = dict(checker.states) if checker else {}
         return decision
 
@@ -121,6 +123,8 @@ class Router:
             found.last_extension = last_extension
         for step in found.result.steps:
             trace.step(step)
+        if found.result.note:
+            trace.note(found.result.note)
         if found.failure is not None:
             trace.step(found.failure_reason)
         elif policy.modules and not found.result.matches:

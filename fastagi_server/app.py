@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from crmlookup.backend import CrmBackend
-from crmlookup.factory import open_backend, open_writer
+from crmlookup.cache import CachedBackend
+from crmlookup.factory import live_backend, open_backend, open_writer
 from dialplan.history import CallHistory
 from dialplan.router import Router, last_agent_keys, require_history
 
@@ -21,6 +22,7 @@ from .config import Config
 if TYPE_CHECKING:
     # The outbox and the writers load on first use: a process AGI that only
     # routes a call never needs them (each costs milliseconds of import per call).
+    from crmlookup.mirror.backend import MirroredBackend
     from crmlookup.writer import CrmWriter
     from dialplan.outbox import Outbox, OutboxCallHistory, SyncWorker
 
@@ -32,19 +34,24 @@ class App:
     config: Config
     backend: CrmBackend
     router: Router
+    # The server: it keeps the CRM's mirror fresh and reads the CRM's metadata ahead.
+    serving: bool = False
     # Opened on first use: a lookup or a config check never touches the outbox file.
     _outbox: Outbox | None = field(default=None, repr=False)
     _writer: CrmWriter | None = field(default=None, repr=False)
     _worker: SyncWorker | None = field(default=None, repr=False)
     _worker_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _worker_stop: asyncio.Event | None = field(default=None, repr=False)
+    _warming: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_config(cls, config: Config, history: CallHistory | None = None) -> "App":
+    def from_config(cls, config: Config, history: CallHistory | None = None, *, serving: bool = False) -> "App":
         """Open the backend and build the router.
 
         ``history`` (recorded call outcomes) serves the LastAgent rule; when a
         policy uses that rule and none is given, the outbox's own is opened.
+        ``serving``: this is the server, which keeps the CRM's mirror up to
+        date (:meth:`start_mirror`); every other process only reads it.
         Raises CrmError if the backend cannot open, OutboxError if the outbox
         cannot, ValueError if the routing policy needs something missing.
         """
@@ -55,9 +62,12 @@ class App:
             outbox = Outbox.open(config.outbox.resolved_path)
             history = OutboxCallHistory(outbox)
         require_history(config.routing, history)  # before the backend is opened
-        backend = open_backend(config.crm, config.directory, config.zoho, config.cache, deadline_ms=config.routing.deadline_ms)
+        backend = open_backend(
+            config.crm, config.directory, config.zoho, config.cache,
+            deadline_ms=config.routing.deadline_ms, mirror=config.mirror, region=config.routing.default_region, keep_mirror=serving,
+        )
         router = Router(config.routing, backend, history=history)
-        return cls(config=config, backend=backend, router=router, _outbox=outbox)
+        return cls(config=config, backend=backend, router=router, serving=serving, _outbox=outbox)
 
     @property
     def outbox(self) -> Outbox:
@@ -95,6 +105,35 @@ class App:
 
         return OutboxCallHistory(self.outbox)
 
+    @property
+    def mirror(self) -> MirroredBackend | None:
+        """The CRM's mirror, when the backend has one."""
+        from crmlookup.mirror.backend import MirroredBackend
+
+        return self.backend if isinstance(self.backend, MirroredBackend) else None
+
+    def start_mirror(self) -> None:
+        """Keep the CRM's mirror fresh in the background and read the CRM's metadata ahead (``crmroute serve``)."""
+        if not self.serving:
+            return
+        mirror = self.mirror
+        if mirror is not None:
+            mirror.start()
+        live = live_backend(self.backend)
+        warm = getattr(live, "warm", None)
+        if warm is not None:
+            self._warming = asyncio.get_running_loop().create_task(warm(), name="read CRM metadata ahead")
+
+    def adopt(self, previous: "App") -> None:
+        """Take over what the app being replaced (a reload) learnt: the cache's last known answers; its mirror stops refreshing."""
+        old_mirror = previous.mirror
+        if old_mirror is not None:
+            old_mirror.stop_refreshing()
+        same_crm = (previous.config.crm, previous.config.directory, previous.config.zoho) == (self.config.crm, self.config.directory, self.config.zoho)
+        old_cache, new_cache = _cache_of(previous.backend), _cache_of(self.backend)
+        if same_crm and old_cache is not None and new_cache is not None:
+            new_cache.adopt(old_cache)
+
     def start_sync_worker(self) -> None:
         """Deliver the outbox to the CRM in the background until :meth:`aclose`."""
         if self._worker_task is None:
@@ -121,6 +160,9 @@ class App:
         self._worker_task = None
 
     async def aclose(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
+            await asyncio.gather(self._warming, return_exceptions=True)
         await self._stop_sync_worker()
         if self._writer is not None:
             await self._writer.aclose()
@@ -128,3 +170,11 @@ class App:
             await self._outbox.aclose()
         await self.backend.aclose()
 
+
+
+def _cache_of(backend: CrmBackend) -> CachedBackend | None:
+    """The lookup cache in ``backend`` (in front of the CRM, or below its mirror)."""
+    if isinstance(backend, CachedBackend):
+        return backend
+    live = getattr(backend, "live", None)
+    return live if isinstance(live, CachedBackend) else None

@@ -14,6 +14,7 @@ from . import __version__
 from .cli_options import CONFIG_OPTION
 from .commands import clean
 from .config import Config, load_config
+from .mirror_cli import mirror
 from .outbox_cli import outbox
 
 
@@ -218,6 +219,7 @@ def directory_import(csv_file: str, db_path: str | None, replace: bool, config_p
 
 
 cli.add_command(outbox)
+cli.add_command(mirror)
 
 
 def main() -> None:

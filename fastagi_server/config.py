@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from crmlookup.mirror.settings import MirrorSettings
 from crmlookup.settings import CacheSettings, CrmSettings, DirectorySettings
 from crmlookup.zoho.settings import ZohoSettings
 from dialplan.outbox.settings import OutboxSettings, OutcomeSettings
@@ -73,6 +74,7 @@ class Config:
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     zoho: ZohoSettings = field(default_factory=ZohoSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    mirror: MirrorSettings = field(default_factory=MirrorSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     outcomes: OutcomeSettings = field(default_factory=OutcomeSettings)
     # Where it was read from; empty for the built-in defaults. Not a TOML key.

@@ -10,6 +10,7 @@ from datetime import datetime
 
 import click
 
+from crmlookup.durations import age_text as age
 from dialplan.outbox import Outbox, OutboxState
 from dialplan.outbox.worker import PAUSE_KEY
 
@@ -19,18 +20,6 @@ from .config import Config, load_config
 STATES = [state.value for state in OutboxState]
 _RELATIVE = re.compile(r"(\d+)\s*([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def age(seconds: float) -> str:
-    """``45 s``, ``12 min``, ``3 h``, ``2 d``: how long, in the unit an admin reads at a glance."""
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.0f} h"
-    return f"{seconds / 86400:.0f} d"
 
 
 def parse_since(text: str, now: float) -> float:

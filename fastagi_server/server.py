@@ -87,6 +87,7 @@ class FastAgiServer:
         )
         if self._sync_worker:
             self.app.start_sync_worker()
+        self.app.start_mirror()
         logger.info(
             "listening on %s (backend=%s, peers allowed: %s)",
             ", ".join(self.addresses), self.app.backend.name, ", ".join(settings.allowed_peers),
@@ -127,7 +128,7 @@ class FastAgiServer:
         """Re-read the config and swap the app; on any error keep the old one."""
         try:
             config = load_config(path)
-            new_app = App.from_config(config)
+            new_app = App.from_config(config, serving=self.app.serving)
         except Exception as exc:  # a bad reload must never stop the server
             logger.error("reload failed, keeping the running configuration: %s", exc)
             return False
@@ -139,6 +140,8 @@ class FastAgiServer:
                 await new_app.aclose()
                 return False
         old_app, self.app = self.app, new_app
+        new_app.adopt(old_app)
+        new_app.start_mirror()
         self._allowed = new_app.config.server.allowed_networks
         self._admitted = {}
         if (config.server.host, config.server.port) != (old_app.config.server.host, old_app.config.server.port):
@@ -165,7 +168,7 @@ async def serve(
     on_ready: Callable[[FastAgiServer], None] | None = None,
 ) -> None:
     """Run the server until SIGTERM or SIGINT; SIGHUP reloads the config file."""
-    server = FastAgiServer(App.from_config(config), sync_worker=True)
+    server = FastAgiServer(App.from_config(config, serving=True), sync_worker=True)
     await server.start(host, port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

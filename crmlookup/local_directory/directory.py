@@ -12,7 +12,7 @@ from ..phone import PhoneNumber
 from ..sqlite_thread import ConnectionThread
 from ..records import LookupResult, Match, Owner
 from .importer import ImportSummary, import_csv
-from .schema import ensure_schema, is_directory
+from .schema import ensure_schema, has_links, is_directory
 
 T = TypeVar("T")
 
@@ -20,13 +20,27 @@ DEMO_CSV = "demo_directory.csv"
 # The demo numbers are written as a Spanish office would type them.
 DEMO_REGION = "ES"
 
-_LOOKUP_SQL = """
-SELECT r.module, r.id, r.name, r.is_open, r.owner_id, u.name, u.email, u.extensions
-FROM phones p
+_SELECT = "SELECT r.module, r.id, r.name, r.is_open, r.owner_id, u.name, u.email, u.extensions, {via} AS via "
+
+# The records that hold the number, then those reached through them (a deal
+# through its contact or account: see the ``links`` table).
+_LOOKUP_SQL = (
+    _SELECT.format(via="''")
+    + """FROM phones p
 JOIN records r ON r.module = p.module AND r.id = p.record_id
 LEFT JOIN users u ON u.id = r.owner_id
-WHERE p.e164 = ?
-"""
+WHERE p.e164 = ?"""
+)
+_LOOKUP_WITH_LINKS_SQL = (
+    _LOOKUP_SQL
+    + "\nUNION ALL\n"
+    + _SELECT.format(via="l.parent_module")
+    + """FROM phones p
+JOIN links l ON l.parent_module = p.module AND l.parent_id = p.record_id
+JOIN records r ON r.module = l.module AND r.id = l.record_id
+LEFT JOIN users u ON u.id = r.owner_id
+WHERE p.e164 = ?"""
+)
 
 # Distinct owners remembered at once (a sales team is far smaller).
 _MAX_OWNERS_KEPT = 10_000
@@ -74,12 +88,15 @@ class LocalDirectory:
     is only ever used from that thread or, in the synchronous CLI, the caller's.
     """
 
-    name = "local"
-
-    def __init__(self, conn: sqlite3.Connection, description: str):
+    def __init__(self, conn: sqlite3.Connection, description: str, *, name: str = "local", source: str = "directory"):
         self._conn = conn
         self.description = description
+        self.name = name
+        # How its answers are named in --explain and the call log ("directory"; a CRM's mirror says "mirror").
+        self.source_name = source
+        self.name_in_steps = "local directory" if source == "directory" else source
         self._thread = ConnectionThread(conn, "local-directory")
+        self._links = has_links(conn)
         # One Owner per distinct owner row: a cache holding many numbers of the
         # same few salespeople then holds each of them once, not once per number.
         self._owners: dict[tuple, Owner] = {}
@@ -94,19 +111,28 @@ class LocalDirectory:
     def lookup_sync(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
         """Blocking form of :meth:`lookup`."""
         try:
-            rows = self._conn.execute(_LOOKUP_SQL, (number.e164,)).fetchall()
+            if self._links:
+                rows = self._conn.execute(_LOOKUP_WITH_LINKS_SQL, (number.e164, number.e164)).fetchall()
+            else:
+                rows = self._conn.execute(_LOOKUP_SQL, (number.e164,)).fetchall()
         except sqlite3.Error as exc:
             raise DirectoryError(f"directory lookup failed: {exc}") from exc
         rank = {module: i for i, module in enumerate(modules)}
-        matches = []
-        for module, record_id, name, is_open, owner_id, owner_name, email, extensions in rows:
-            if module not in rank or (module in _MODULES_WITH_STATUS and not is_open):
+        # Like the CRM's own rule: a deal is reached through the caller's contact,
+        # or, when no contact holds the number, through the caller's account.
+        holders = {row[0] for row in rows if not row[8]}
+        skip_via = "Accounts" if "Contacts" in holders else None
+        matches: dict[tuple[str, str], Match] = {}
+        for module, record_id, name, is_open, owner_id, owner_name, email, extensions, via in rows:
+            if module not in rank or (module in _MODULES_WITH_STATUS and not is_open) or via == skip_via:
                 continue
+            if (module, record_id) in matches:
+                continue  # reached twice (through its contact and its account)
             owner = self._owner(owner_id, owner_name, email, extensions) if owner_id else None
-            matches.append(Match(sys.intern(module), record_id, name, owner, bool(is_open)))
-        matches.sort(key=lambda m: (rank[m.module], m.record_id))
-        step = f"local directory: {number.e164} -> {len(matches)} open record(s) of {len(rows)} matching"
-        return LookupResult(matches=matches, steps=[step])
+            matches[(module, record_id)] = Match(sys.intern(module), record_id, name, owner, bool(is_open))
+        ordered = sorted(matches.values(), key=lambda m: (rank[m.module], m.record_id))
+        step = f"{self.name_in_steps}: {number.e164} -> {len(ordered)} open record(s) of {len(rows)} matching"
+        return LookupResult(matches=ordered, steps=[step], known=bool(rows), source=self.source_name)
 
     def _owner(self, owner_id: str, name: str | None, email: str | None, extensions: str | None) -> Owner:
         row = (owner_id, name, email, extensions)

@@ -2,7 +2,7 @@
 
 import sqlite3
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -29,6 +29,16 @@ CREATE TABLE IF NOT EXISTS phones (
     PRIMARY KEY (e164, module, record_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS phones_by_record ON phones (module, record_id);
+-- A record reached through another one's phones: a Zoho deal has no phone of
+-- its own and matches a caller through its contact or its account.
+CREATE TABLE IF NOT EXISTS links (
+    module        TEXT NOT NULL,
+    record_id     TEXT NOT NULL,
+    parent_module TEXT NOT NULL,
+    parent_id     TEXT NOT NULL,
+    PRIMARY KEY (module, record_id, parent_module)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS links_by_parent ON links (parent_module, parent_id);
 """
 
 # Call history: what the sync worker writes back, as a CRM keeps activities on
@@ -64,7 +74,7 @@ CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner_id, status);
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the tables if they are missing (idempotent)."""
+    """Create the tables if they are missing (idempotent; a file of an older version gains the new ones)."""
     conn.executescript(SCHEMA)
     conn.executescript(HISTORY_SCHEMA)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -79,3 +89,8 @@ def is_directory(conn: sqlite3.Connection) -> bool:
     """True when the file holds our tables."""
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     return {"users", "records", "phones"} <= names
+
+
+def has_links(conn: sqlite3.Connection) -> bool:
+    """True when the file has the ``links`` table (a directory made before it existed has not)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'links'").fetchone() is not None

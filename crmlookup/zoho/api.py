@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Mapping
 
 import httpx
@@ -25,6 +29,16 @@ from .http import Reply, describe_error, encode_query, error_code, exchange, jso
 logger = logging.getLogger("crmroute.zoho")
 
 API_PREFIX = "/crm/v8"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A successful API answer: the JSON object (``None`` for 204 and 304) and Zoho's clock."""
+
+    body: dict[str, Any] | None
+    status: int
+    # The answer's ``Date`` header: what time it is at Zoho (None if absent or unreadable).
+    server_time: datetime | None
 
 
 class ZohoApi:
@@ -44,10 +58,19 @@ class ZohoApi:
         self._breaker = breaker
         self._slots = asyncio.Semaphore(max_concurrency)
         self._api_domain_override = api_domain_override
+        # Requests sent, by purpose ("lookup", "mirror", "write"...): each costs the org API credits.
+        self.sent: Counter[str] = Counter()
 
-    async def get(self, path: str, params: Mapping[str, str] | None = None, trace: list[str] | None = None) -> dict[str, Any] | None:
+    async def get(
+        self,
+        path: str,
+        params: Mapping[str, str] | None = None,
+        trace: list[str] | None = None,
+        *,
+        purpose: str = "lookup",
+    ) -> dict[str, Any] | None:
         """``GET /crm/v8{path}``: the JSON object, or ``None`` for 204 (nothing found)."""
-        return await self.request("GET", path, params=params, trace=trace)
+        return await self.request("GET", path, params=params, trace=trace, purpose=purpose)
 
     async def request(
         self,
@@ -58,23 +81,44 @@ class ZohoApi:
         json_body: Any = None,
         trace: list[str] | None = None,
         per_record: bool = False,
+        purpose: str = "write",
     ) -> dict[str, Any] | None:
         """One API call; raises a :class:`~crmlookup.errors.CrmError` subclass when it fails.
 
         ``per_record``: an insert whose every record was refused answers 400
         with one answer per record; that body is returned, not raised.
         """
-        reply, token = await self._send(method, path, params, json_body, trace)
+        answer = await self.fetch(method, path, params=params, json_body=json_body, trace=trace, per_record=per_record, purpose=purpose)
+        return answer.body
+
+    async def fetch(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        trace: list[str] | None = None,
+        per_record: bool = False,
+        purpose: str = "lookup",
+    ) -> Answer:
+        """:meth:`request` with extra request ``headers`` (``If-Modified-Since``), answering with Zoho's clock too."""
+        reply, token = await self._send(method, path, params, json_body, headers, trace, purpose)
         if reply.status == 401 and error_code(reply) == "INVALID_TOKEN":
             # Expired early or revoked: one refresh, one retry.
             self._tokens.invalidate(token)
-            reply, _token = await self._send(method, path, params, json_body, trace)
+            reply, _token = await self._send(method, path, params, json_body, headers, trace, purpose)
         if per_record and reply.status == 400:
             body = _records_answer(reply)
             if body is not None:
                 self._breaker.record_success()
-                return body
-        return self._interpret(reply)
+                return Answer(body, reply.status, _server_time(reply))
+        return Answer(self._interpret(reply), reply.status, _server_time(reply))
+
+    def retry_in(self) -> float:
+        """Seconds until the circuit breaker lets requests through again (0: it does now)."""
+        return max(0.0, self._breaker.retry_in())
 
     async def _send(
         self,
@@ -82,7 +126,9 @@ class ZohoApi:
         path: str,
         params: Mapping[str, str] | None,
         json_body: Any,
+        headers: Mapping[str, str] | None,
         trace: list[str] | None,
+        purpose: str,
     ) -> tuple[Reply, AccessToken]:
         self._check_breaker(trace)
         async with self._slots:
@@ -92,7 +138,8 @@ class ZohoApi:
             url = (self._api_domain_override or token.api_domain) + API_PREFIX + path
             if params:
                 url += "?" + encode_query(params)
-            request = self._client.build_request(method, url, json=json_body, headers={"Authorization": token.header})
+            request = self._client.build_request(method, url, json=json_body, headers={**(headers or {}), "Authorization": token.header})
+            self.sent[purpose] += 1
             try:
                 return await exchange(self._client, request, trace), token
             except (CrmTimeout, CrmUnavailable) as exc:
@@ -131,8 +178,8 @@ class ZohoApi:
             # and asking again on every call will not either (the breaker counts it).
             logger.error("Zoho refused the request: %s", problem)
             self._breaker.record_failure(problem)
-            raise CrmAuthError(problem)
-        raise CrmBadResponse(problem)
+            raise CrmAuthError(problem, code=error_code(reply))
+        raise CrmBadResponse(problem, code=error_code(reply))
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -145,6 +192,14 @@ def _records_answer(reply: Reply) -> dict[str, Any] | None:
     except CrmBadResponse:
         return None
     return body if isinstance(body.get("data"), list) else None
+
+
+def _server_time(reply: Reply) -> datetime | None:
+    value = reply.headers.get("date", "")
+    try:
+        return parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _retry_after(reply: Reply) -> float | None:

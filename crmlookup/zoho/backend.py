@@ -1,56 +1,65 @@
-"""The Zoho CRM backend: who owns this number?
+"""The Zoho CRM backend: who owns this number, asked live in one round trip.
 
-For each module of the lookup order, first hit wins:
+Every search a lookup needs is sent at once (within ``max_concurrency``),
+and the lookup order's first hit still wins:
 
-* ``Leads``: ``GET /crm/v8/Leads/search?phone=...`` searches every phone
-  field; converted leads are left out by the search itself, and leads whose
-  ``Lead_Status`` is one of ``closed_lead_statuses`` are skipped.
-* ``Deals``: deals have no phone field; they are reached through the
-  contacts that match (their ``Deals`` related list), or, when no contact
-  matches, through the matching accounts. A deal counts when its stage's
+* ``Leads``, ``Contacts``, ``Accounts``: ``GET /crm/v8/{module}/search``
+  with one ``criteria`` that asks every phone field of the module (custom
+  ones too, from the fields metadata) for every form of the number:
+  ``((Phone:in:+34928000000,928000000,...)or(Mobile:in:...))``. Converted
+  leads are left out by the search itself; leads whose ``Lead_Status`` is one
+  of ``closed_lead_statuses`` are skipped. Zoho answers 204 when nothing matches.
+* ``Deals`` have no phone field: they are reached through the caller's
+  contact or, when no contact matches, account. One COQL query (``POST
+  /crm/v8/coql``, scope ``ZohoCRM.coql.READ``) finds them by their contact's
+  and account's phones, in the same round trip; COQL compares text exactly,
+  so a matching contact whose stored phone is in none of the forms asked
+  (and so found no deal) has its ``Deals`` related list read as well. Without
+  the scope, the related lists are read for every matching contact (or
+  account): a second round trip. A deal counts when its stage's
   ``forecast_type`` in the pipeline settings is ``Open``.
-* ``Contacts``, ``Accounts``: the phone search.
 
-The number is searched in its compact forms (and, if configured, the forms
-people type), fewest requests first: the search stops at the first form that
-finds a usable record. Zoho answers 204 with no body when nothing matches.
+Records found go to :attr:`ZohoBackend.on_found` (the mirror keeps them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Coroutine, Sequence
 from urllib.parse import quote
 
 import httpx
 
 from ..circuit import CircuitBreaker
+from ..errors import CrmError
+from ..mirror.records import MirrorRecord
 from ..phone import PhoneNumber
 from ..records import LookupResult, Match, Owner
 from ..secrets import read_secret
 from .api import ZohoApi
 from .auth import TokenSource
+from .feed import BASE_FIELDS, NAME_FIELD, ZohoFeed
+from .fields import PhoneFields
 from .http import clip
 from .metadata import ActiveUsers, DealStages
-from .records import lookup_name, more_records, owner, record_id, records_of, text
+from .query import MAX_CRITERIA, coql_any_of, criteria_any_of
+from .records import lookup_id, lookup_name, more_records, owner, record_id, records_of, text
 from .settings import ENV_PREFIX, ZohoSettings
 from .token_file import TokenFile
 
 logger = logging.getLogger("crmroute.zoho")
 
-# Only what a decision needs is asked for.
-SEARCH_FIELDS = {
-    "Leads": "Full_Name,Lead_Status,Owner",
-    "Contacts": "Full_Name,Account_Name,Owner",
-    "Accounts": "Account_Name,Owner",
-}
-DEAL_FIELDS = "Deal_Name,Stage,Pipeline,Owner"
-NAME_FIELD = {"Leads": "Full_Name", "Contacts": "Full_Name", "Accounts": "Account_Name", "Deals": "Deal_Name"}
-# One page of the search: a phone number shared by more records than this is noted in the steps.
+# One page of a search: a phone number shared by more records than this is noted in the steps.
 PER_PAGE = "200"
 # Deals are looked for under this many matching contacts (or accounts) at most.
 MAX_DEAL_PARENTS = 5
+# COQL takes brackets in pairs; past this many conditions the query is left to the related lists.
+MAX_COQL_CONDITIONS = 20
+SEARCHED = ("Leads", "Contacts", "Accounts")
+# What a deal is reached through, in order: contacts first, accounts only when no contact matches.
+DEAL_PARENTS = (("Contacts", "Contact_Name"), ("Accounts", "Account_Name"))
 
 
 class ZohoBackend:
@@ -64,6 +73,11 @@ class ZohoBackend:
         self._closed_statuses = frozenset(status.casefold() for status in settings.closed_lead_statuses)
         self._stages = DealStages(api, settings.deal_layout_ids, settings.pipeline_ttl_s)
         self._users = ActiveUsers(api, settings.user_extension_field, settings.users_ttl_s) if settings.user_extension_field else None
+        self.phone_fields = PhoneFields(api, settings.pipeline_ttl_s)
+        # Called with the records each search found (the mirror stores them).
+        self.on_found: Callable[[list[MirrorRecord]], None] | None = None
+        self._feed = ZohoFeed(api, self._stages, self.phone_fields, closed_statuses=settings.closed_lead_statuses, extension_field=settings.user_extension_field)
+        self.coql_refused = ""  # why COQL is not used (a missing scope), once it was refused
 
     @classmethod
     def open(cls, settings: ZohoSettings, environ: dict[str, str] | None = None) -> "ZohoBackend":
@@ -107,16 +121,23 @@ class ZohoBackend:
     def settings(self) -> ZohoSettings:
         return self._settings
 
+    @property
+    def feed(self) -> ZohoFeed:
+        """This org as the mirror's change feed (the same client, token and metadata)."""
+        return self._feed
+
+    async def warm(self) -> None:
+        """Read the metadata a lookup needs (phone fields, deal stages, users) before the first call needs it."""
+        jobs: list[Coroutine[Any, Any, Any]] = [self.phone_fields.get(module, None) for module in SEARCHED]
+        jobs.append(self._stages.table(None))
+        if self._users is not None:
+            jobs.append(self._users.all(None))
+        for outcome in await asyncio.gather(*jobs, return_exceptions=True):
+            if isinstance(outcome, CrmError):
+                logger.info("zoho: metadata not read ahead (%s); the first lookups read it", outcome)
+
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
-        lookup = _Lookup(self, number)
-        for module in modules:
-            matches = await lookup.find(module)
-            if matches:
-                if self._users is not None:
-                    matches = [await self._with_user(match, lookup.trace) for match in matches]
-                return LookupResult(matches=matches, steps=lookup.trace)
-        lookup.trace.append(f"zoho: no open record in {', '.join(modules)}")
-        return LookupResult(matches=[], steps=lookup.trace)
+        return await _Lookup(self, number, modules).run()
 
     async def _with_user(self, match: Match, trace: list[str]) -> Match:
         """The owner with the extension(s) of the Users custom field (none if the user is inactive)."""
@@ -129,48 +150,85 @@ class ZohoBackend:
         enriched = Owner(match.owner.id, match.owner.name or user.name, match.owner.email or user.email, user.extensions)
         return dataclasses.replace(match, owner=enriched)
 
+    def _found(self, module: str, items: list[dict[str, Any]]) -> None:
+        if self.on_found is None or not items:
+            return
+        try:
+            records = [self._feed.record(module, item) for item in items]
+        except CrmError as exc:
+            logger.debug("zoho: found %s records not kept: %s", module, exc)
+            return
+        self.on_found(records)
+
     async def aclose(self) -> None:
         await self._api.aclose()
 
 
-class _Lookup:
-    """One lookup: the searches made so far (a module is searched once) and the trace."""
+Found = list[tuple[dict[str, Any], Match]]
 
-    def __init__(self, backend: ZohoBackend, number: PhoneNumber):
+
+class _Lookup:
+    """One lookup: every search at once, then the lookup order's first usable hit."""
+
+    def __init__(self, backend: ZohoBackend, number: PhoneNumber, modules: Sequence[str]):
         self.backend = backend
-        self.api = backend._api
+        self.api = backend.api
+        self.number = number
+        self.modules = list(modules)
         forms = number.variants()
-        if backend._settings.search_typed_formats:
+        if backend.settings.search_typed_formats:
             forms += number.typed_forms()
         self.forms = forms
-        self.trace: list[str] = [f"zoho: phone forms to search, in order: {', '.join(forms)}"]
-        self._found: dict[str, list[tuple[dict[str, Any], Match]]] = {}
+        self.trace: list[str] = [f"zoho: phone forms searched, all at once: {', '.join(forms)}"]
 
-    async def find(self, module: str) -> list[Match]:
-        if module == "Deals":
-            return await self._open_deals()
-        return [match for _record, match in await self._search(module)]
-
-    async def _search(self, module: str) -> list[tuple[dict[str, Any], Match]]:
-        """The usable records of ``module`` for the first phone form that finds any."""
-        if module in self._found:
-            return self._found[module]
-        usable: list[tuple[dict[str, Any], Match]] = []
-        for form in self.forms:
-            params = {"phone": form, "fields": SEARCH_FIELDS[module], "per_page": PER_PAGE}
-            body = await self.api.get(f"/{module}/search", params, self.trace)
-            records = records_of(body, f"{module} search")
-            if more_records(body):
-                self.trace.append(f"{module}: more than {PER_PAGE} records share {form}; reading the first page only")
-            for record in records:
-                match = self._match(module, record)
-                if module == "Leads" and not match.is_open:
+    async def run(self) -> LookupResult:
+        wanted = set(self.modules)
+        searches = [m for m in SEARCHED if m in wanted or ("Deals" in wanted and m != "Leads")]
+        tasks: dict[str, asyncio.Task[Found]] = {m: asyncio.ensure_future(self._search(m)) for m in searches}
+        if "Deals" in wanted:
+            tasks["Deals"] = asyncio.ensure_future(self._deals(tasks["Contacts"], tasks["Accounts"]))
+        try:
+            for module in self.modules:
+                if module not in tasks:
                     continue
-                usable.append((record, match))
-            if usable:
-                self.trace.append(f"{module}: {len(usable)} record(s) found as {form!r}")
-                break
-        self._found[module] = usable
+                usable = [match for _record, match in await tasks[module]]
+                if usable:
+                    matches = [await self.backend._with_user(match, self.trace) for match in usable] if self.backend._users else usable
+                    return LookupResult(matches=matches, steps=self.trace, source="live")
+            self.trace.append(f"zoho: no open record in {', '.join(self.modules)}")
+            return LookupResult(matches=[], steps=self.trace, source="live")
+        except asyncio.CancelledError:
+            for task in tasks.values():
+                task.cancel()
+            raise
+        finally:
+            for task in tasks.values():
+                task.add_done_callback(_settled)  # searches not waited for finish for the mirror; their errors are read
+
+    async def _search(self, module: str) -> Found:
+        """The records of ``module`` any of whose phone fields holds any form of the number."""
+        phone_fields = self.backend.phone_fields.current(module)
+        fields = ",".join(dict.fromkeys((*BASE_FIELDS[module], *phone_fields)))
+        chunks = [phone_fields[i:i + MAX_CRITERIA] for i in range(0, len(phone_fields), MAX_CRITERIA)]
+        bodies = await asyncio.gather(*(
+            self.api.get(f"/{module}/search", {"criteria": criteria_any_of(chunk, self.forms), "fields": fields, "per_page": PER_PAGE}, self.trace)
+            for chunk in chunks
+        ))
+        records: dict[str, dict[str, Any]] = {}
+        for body in bodies:
+            if more_records(body):
+                self.trace.append(f"{module}: more than {PER_PAGE} records share this number; reading the first page only")
+            for record in records_of(body, f"{module} search"):
+                records.setdefault(record_id(record, f"{module} record"), record)
+        self.backend._found(module, list(records.values()))
+        usable: Found = []
+        for record in records.values():
+            match = self._match(module, record)
+            if module == "Leads" and not match.is_open:
+                continue
+            usable.append((record, match))
+        if usable:
+            self.trace.append(f"{module}: {len(usable)} record(s) found")
         return usable
 
     def _match(self, module: str, record: dict[str, Any]) -> Match:
@@ -185,20 +243,75 @@ class _Lookup:
                 self.trace.append(f"Leads {rid} skipped: Lead_Status {clip(status, 60)!r} counts as closed")
         return Match(module, rid, name, owner(record, what), is_open)
 
-    async def _open_deals(self) -> list[Match]:
+    # -- deals ----------------------------------------------------------------
+
+    async def _deals(self, contacts: asyncio.Task[Found], accounts: asyncio.Task[Found]) -> Found:
         """Open deals of the matching contacts, else of the matching accounts."""
-        parents = [("Contacts", record) for record, _match in await self._search("Contacts")]
-        if not parents:
-            parents = [("Accounts", record) for record, _match in await self._search("Accounts")]
-        deals: list[Match] = []
-        for parent_module, parent in parents[:MAX_DEAL_PARENTS]:
+        by_coql = asyncio.ensure_future(self._coql_deals())
+        try:
+            parents = [("Contacts", record) for record, _match in await contacts]
+            if not parents:
+                parents = [("Accounts", record) for record, _match in await accounts]
+            parents = parents[:MAX_DEAL_PARENTS]
+            if not parents:
+                return []
+            listed = await self._deals_by_coql(by_coql)
+        finally:
+            by_coql.add_done_callback(_settled)
+        records: list[dict[str, Any]] = []
+        for parent_module, parent in parents:
             parent_id = record_id(parent, f"{parent_module} record")
-            path = f"/{parent_module}/{quote(parent_id, safe='')}/Deals"
-            body = await self.api.get(path, {"fields": DEAL_FIELDS, "per_page": PER_PAGE}, self.trace)
-            for record in records_of(body, f"{parent_module} {parent_id} deals"):
-                match = await self._deal(record)
-                if match is not None:
-                    deals.append(match)
+            lookup_field = dict(DEAL_PARENTS)[parent_module]
+            found = [deal for deal in listed or () if lookup_id(deal, lookup_field, "Deals record") == parent_id]
+            if found or (listed is not None and self._coql_covers(parent_module, parent)):
+                records += found
+            else:
+                records += await self._related_deals(parent_module, parent_id)
+        deals: Found = []
+        seen: set[str] = set()
+        for record in records:
+            match = await self._deal(record)
+            if match is not None and match.record_id not in seen:
+                seen.add(match.record_id)
+                deals.append((record, match))
+        return deals
+
+    async def _coql_deals(self) -> list[dict[str, Any]] | None:
+        """Deals whose contact or account holds a form of the number, by COQL; None when COQL cannot be used."""
+        if self.backend.coql_refused:
+            return None
+        columns = [f"{lookup}.{name}" for module, lookup in DEAL_PARENTS for name in self.backend.phone_fields.current(module)]
+        if len(columns) > MAX_COQL_CONDITIONS:
+            return None
+        query = f"select {', '.join(BASE_FIELDS['Deals'])} from Deals where {coql_any_of(columns, self.forms)} limit {PER_PAGE}"
+        body = await self.api.request("POST", "/coql", json_body={"select_query": query}, trace=self.trace, purpose="lookup")
+        deals = records_of(body, "Deals by COQL")
+        self.backend._found("Deals", deals)
+        return deals
+
+    async def _deals_by_coql(self, by_coql: asyncio.Future[list[dict[str, Any]] | None]) -> list[dict[str, Any]] | None:
+        try:
+            return await by_coql
+        except CrmError as exc:
+            if exc.code == "OAUTH_SCOPE_MISMATCH" and not self.backend.coql_refused:
+                self.backend.coql_refused = str(exc)
+                logger.warning(
+                    "zoho: COQL refused (%s): deals are found through each contact's related list, a second request; "
+                    "add the scope ZohoCRM.coql.READ to the refresh token (docs/zoho.md)", exc,
+                )
+            self.trace.append(f"Deals: COQL failed ({exc}); reading the related lists")
+            return None
+
+    def _coql_covers(self, parent_module: str, parent: dict[str, Any]) -> bool:
+        """Whether COQL's exact comparison would have seen this parent (a phone stored as one of the forms)."""
+        forms = set(self.forms)
+        return any(text(parent, name, "record") in forms for name in self.backend.phone_fields.current(parent_module))
+
+    async def _related_deals(self, parent_module: str, parent_id: str) -> list[dict[str, Any]]:
+        path = f"/{parent_module}/{quote(parent_id, safe='')}/Deals"
+        body = await self.api.get(path, {"fields": ",".join(BASE_FIELDS["Deals"]), "per_page": PER_PAGE}, self.trace)
+        deals = records_of(body, f"{parent_module} {parent_id} deals")
+        self.backend._found("Deals", deals)
         return deals
 
     async def _deal(self, record: dict[str, Any]) -> Match | None:
@@ -213,3 +326,8 @@ class _Lookup:
             self.trace.append(f"Deals {rid} skipped: stage {clip(stage, 60)!r} is {forecast}")
             return None
         return Match("Deals", rid, text(record, NAME_FIELD["Deals"], what), owner(record, what), True)
+
+
+def _settled(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("zoho: a search nobody waited for failed: %s", task.exception())

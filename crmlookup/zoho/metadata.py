@@ -84,6 +84,10 @@ class DealStages:
         self._layout_ids = layout_ids
         self._table = Kept(self._load, ttl_s, "deal stages", clock)
 
+    async def table(self, trace: list[str] | None, *, fresh: bool = False) -> StageTable:
+        """The whole stage table (read again first when ``fresh``)."""
+        return await self._table.get(trace, max_age=0 if fresh else None)
+
     async def forecast_type(self, stage: str, pipeline: str, trace: list[str] | None) -> str | None:
         """``Open``, ``Closed Won``... for ``stage``; ``None`` if no pipeline knows it, even after a refetch."""
         table = await self._table.get(trace)
@@ -167,13 +171,10 @@ class ActiveUsers:
             body = await self._api.get("/users", {"type": "ActiveUsers", "page": str(page), "per_page": "200"}, trace)
             if body is None:
                 break
-            listed = body.get("users")
-            if not isinstance(listed, list) or not all(isinstance(user, dict) for user in listed):
-                raise CrmBadResponse("users: 'users' is not a list of users")
+            listed = users_of(body)
             for user in listed:
                 user_id = record_id(user, "user")
-                extensions = tuple(part for part in _EXTENSION_SEPARATORS.split(text(user, self._field, f"user {user_id}")) if part)
-                users[user_id] = ActiveUser(user_id, text(user, "full_name", "user"), text(user, "email", "user"), extensions)
+                users[user_id] = ActiveUser(user_id, text(user, "full_name", "user"), text(user, "email", "user"), user_extensions(user, self._field))
             info = body.get("info")
             if not (isinstance(info, dict) and info.get("more_records") is True):
                 break
@@ -181,3 +182,18 @@ class ActiveUsers:
             with_extension = sum(1 for user in users.values() if user.extensions)
             trace.append(f"active users: {len(users)}, {with_extension} with {clip(self._field, 40)}")
         return users
+
+
+def users_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``users`` list of a users answer."""
+    listed = body.get("users")
+    if not isinstance(listed, list) or not all(isinstance(user, dict) for user in listed):
+        raise CrmBadResponse("users: 'users' is not a list of users")
+    return listed
+
+
+def user_extensions(user: dict[str, Any], field: str) -> tuple[str, ...]:
+    """The extension(s) in the user's ``field`` (none when ``field`` is empty)."""
+    if not field:
+        return ()
+    return tuple(part for part in _EXTENSION_SEPARATORS.split(text(user, field, f"user {user.get('id')}")) if part)

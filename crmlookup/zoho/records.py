@@ -9,6 +9,7 @@ id becomes part of a request path (``/Contacts/{id}/Deals``).
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import CrmBadResponse
@@ -74,3 +75,29 @@ def _id(value: Any, what: str) -> str:
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise CrmBadResponse(f"{what} is not an id: {clip(repr(value), 60)}")
     return value
+
+
+def lookup_id(record: dict[str, Any], field: str, what: str) -> str | None:
+    """The id in a lookup field (``{"name", "id"}``), or None when it is empty."""
+    value = record.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise CrmBadResponse(f"{what}: {field} is a {type(value).__name__}, expected a lookup")
+    return _id(value.get("id"), f"{what}: {field}.id") if value.get("id") is not None else None
+
+
+def modified_at(record: dict[str, Any], what: str) -> float:
+    """``Modified_Time`` (ISO 8601 with offset) as seconds since the epoch; 0 when absent."""
+    value = record.get("Modified_Time")
+    if value is None:
+        return 0.0
+    if not isinstance(value, str):
+        raise CrmBadResponse(f"{what}: Modified_Time is a {type(value).__name__}, expected a time")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CrmBadResponse(f"{what}: Modified_Time {clip(value, 40)!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()

@@ -27,16 +27,14 @@ from ..writer import CallEntry, Entry, LeadEntry, TaskEntry, WriteKind, WriteRes
 from .api import ZohoApi
 from .http import clip
 from .metadata import ActiveUsers
+from .query import MAX_CRITERIA, criteria_value
 from .records import record_id, records_of, text
 from .settings import ZohoSettings
 
-# Zoho's criteria search takes at most 10 conditions.
-MAX_CRITERIA = 10
 MAX_DURATION_MINUTES = 999
 # Zoho text fields hold 255 characters unless an admin made them shorter.
 MAX_SUBJECT_LENGTH = 255
 MAX_NAME_LENGTH = 80
-_CRITERIA_SPECIAL = re.compile(r"([\\(),])")
 
 
 def duration(seconds: int) -> str:
@@ -52,11 +50,6 @@ def zoho_datetime(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("a Zoho date-time needs a time zone")
     return moment.isoformat(timespec="seconds")
-
-
-def criteria_value(value: str) -> str:
-    """A value inside ``(field:equals:value)``: backslash, parentheses and commas escaped."""
-    return _CRITERIA_SPECIAL.sub(r"\\\1", value)
 
 
 class ZohoWriter:
@@ -91,7 +84,7 @@ class ZohoWriter:
             values = sorted({marker(entry) for entry in chunk})
             conditions = [f"({field}:equals:{criteria_value(value)})" for value in values]
             criteria = conditions[0] if len(conditions) == 1 else "(" + "or".join(conditions) + ")"
-            body = await self._api.get(f"/{kind.value}/search", {"criteria": criteria, "fields": field, "per_page": "200"})
+            body = await self._api.get(f"/{kind.value}/search", {"criteria": criteria, "fields": field, "per_page": "200"}, purpose="write")
             by_value: dict[str, str] = {}
             for record in records_of(body, f"{kind.value} search"):
                 by_value.setdefault(text(record, field, f"{kind.value} record").casefold(), record_id(record, f"{kind.value} record"))

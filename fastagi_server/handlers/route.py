@@ -65,5 +65,7 @@ async def route_call(session: AgiSession, app: App) -> dict[str, str]:
         "status": decision.status.value,
         "target": decision.target,
         "reason": decision.reason,
+        "source": decision.source,
+        "mirror_age": f"{decision.source_age_s:.0f}s" if decision.source_age_s is not None else "",
         "chain": " | ".join(decision.chain),
     }

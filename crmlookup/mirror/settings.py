@@ -1,0 +1,53 @@
+"""The ``[mirror]`` section: the local copy of the CRM's phone index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..paths import state_directory
+from ..settings import check_ranges
+
+MIRROR_FILE = "zoho-mirror.sqlite"
+
+
+@dataclass(frozen=True)
+class MirrorSettings:
+    """How the mirror of the CRM is kept. Used only with ``crm.backend = "zoho"``."""
+
+    # Calls are answered from the mirror once its first load is done; off: every
+    # lookup asks the CRM (behind the cache).
+    enabled: bool = True
+    # The SQLite file; empty: zoho-mirror.sqlite in the state directory. Only
+    # `crmroute serve` (and `crmroute mirror sync`) write it; every other
+    # command reads it.
+    path: str = ""
+    # How often the changes since the last refresh are asked for.
+    refresh_s: int = 60
+    # How often the whole CRM is listed again to repair anything a refresh missed.
+    reconcile_s: int = 86_400
+    # Changes are asked for from this long before the last refresh began, so a
+    # clock difference between Zoho and us loses nothing.
+    overlap_s: int = 120
+    # How long a call from a number the mirror does not know waits for the
+    # CRM's answer (a record created since the last refresh). 0: not at all;
+    # the answer still goes into the mirror, for the next call.
+    miss_wait_ms: int = 0
+    # Past this age (no successful refresh), the route reason says how old the mirror is.
+    stale_after_s: int = 600
+    # After failed refreshes the next attempt waits longer, up to this.
+    retry_max_s: int = 900
+
+    def __post_init__(self) -> None:
+        check_ranges(self, (
+            ("refresh_s", 5, 86_400),
+            ("reconcile_s", 600, 30 * 86_400),
+            ("overlap_s", 0, 86_400),
+            ("miss_wait_ms", 0, 60_000),
+            ("stale_after_s", 10, 30 * 86_400),
+            ("retry_max_s", 5, 86_400),
+        ))
+
+    @property
+    def resolved_path(self) -> Path:
+        return Path(self.path).expanduser() if self.path else state_directory() / MIRROR_FILE
