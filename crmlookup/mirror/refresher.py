@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from ..errors import CrmAuthError, CrmError
 from ..sqlite_thread import ConnectionThread
@@ -39,6 +39,8 @@ from .settings import MirrorSettings
 from .store import MirrorFileError, MirrorStore
 
 logger = logging.getLogger("crmroute.mirror")
+
+T = TypeVar("T")
 
 # Records the CRM is asked about, at most, when a reconcile did not see them.
 MAX_SWEEP_CHECKS = 1000
@@ -244,9 +246,9 @@ class MirrorRefresher:
         summary = PassSummary("first load")
         generation = int(await self._thread.run(self._store.get, keys.GENERATION) or 0) or 1
         await self._thread.run(self._store.put, {keys.GENERATION: str(generation)})
-        cursors = await asyncio.gather(*(
+        cursors = await _all(
             self._list(module, rule, summary, generation=generation, key=f"load:{module}") for module in self._feed.modules
-        ))
+        )
         await self._users(None, summary)
         values: dict[str, str | None] = {keys.LOAD_COMPLETE: "1", keys.LAST_RECONCILE_AT: str(self._clock())}
         for module, cursor in zip(self._feed.modules, cursors):
@@ -260,9 +262,7 @@ class MirrorRefresher:
         summary = PassSummary("reconcile")
         generation = int(await self._thread.run(self._store.get, keys.GENERATION) or 0) + 1
         await self._thread.run(self._store.put, {keys.GENERATION: str(generation)})
-        cursors = await asyncio.gather(*(
-            self._list(module, rule, summary, generation=generation) for module in self._feed.modules
-        ))
+        cursors = await _all(self._list(module, rule, summary, generation=generation) for module in self._feed.modules)
         for module in self._feed.modules:
             summary.deleted[module] += await self._sweep(module, generation)
         await self._users(None, summary)
@@ -273,7 +273,7 @@ class MirrorRefresher:
 
     async def _refresh(self, rule: OpenRule, state: dict[str, str]) -> PassSummary:
         summary = PassSummary("refresh")
-        await asyncio.gather(*(self._refresh_module(module, rule, state, summary) for module in self._feed.modules))
+        await _all(self._refresh_module(module, rule, state, summary) for module in self._feed.modules)
         since = _float(state.get("watermark:users"))
         await self._users(since - self._settings.overlap_s if since is not None else None, summary)
         return summary
@@ -356,6 +356,16 @@ def scope_for(message: str) -> str:
     if "/users" in message:
         return "ZohoCRM.users.READ"
     return "ZohoCRM.modules.READ"
+
+
+async def _all(jobs: Iterable[Awaitable[T]]) -> list[T]:
+    """Every job, side by side, each to its end (one module failing does not stop the others'
+    progress); then the first failure, if any, is raised."""
+    outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes  # type: ignore[return-value]
 
 
 def _float(value: str | None) -> float | None:

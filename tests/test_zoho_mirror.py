@@ -1,0 +1,396 @@
+"""The mirror of Zoho CRM, over real HTTP against the simulator: load, refresh, reconcile, fall back.
+
+Passes are run one at a time (``refresher.sync()``), as the background loop
+runs them every ``refresh_s``, so each test says exactly which refresh a
+change reaches the route in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from asterisk_peer import route_call
+from conftest import agi_server, make_config, run
+from dialplan import InboundCall
+from fastagi_server.app import App
+
+CALLER = "+34928000000"
+
+
+def mirror_config(simulator, tmp_path, *, mirror=None, routing=None, zoho=None):
+    return make_config({
+        "crm": {"backend": "zoho"},
+        "routing": {"default_region": "ES", **(routing or {})},
+        "zoho": simulator.zoho_config(user_extension_field="Extension", **(zoho or {})),
+        "mirror": {"path": str(tmp_path / "mirror.sqlite"), **(mirror or {})},
+    })
+
+
+class Router:
+    """A serving app (it keeps the mirror) driven pass by pass."""
+
+    def __init__(self, config):
+        self.app = App.from_config(config, serving=True)
+        self.mirror = self.app.mirror
+        assert self.mirror is not None and self.mirror.refresher is not None
+
+    async def __aenter__(self):
+        await self.mirror.refresher.open()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.app.aclose()
+
+    async def sync(self, *, full=False):
+        return await self.mirror.refresher.sync(full=full)
+
+    async def decide(self, caller=CALLER, did=""):
+        return await self.app.router.decide(InboundCall(caller=caller, did=did))
+
+
+@pytest.fixture
+def team(zoho):
+    return {
+        name: zoho.add_user(f"{name.title()} Rep", f"{name}@example.com", Extension=ext)
+        for name, ext in (("ana", "101"), ("ben", "102"), ("carla", "103"), ("dolores", "104"))
+    }
+
+
+def api_calls(simulator, kind):
+    """Requests of one kind since the log was reset: searches, COQL or listings."""
+    requests = simulator.api_requests()
+    if kind == "lookup":
+        return [r for r in requests if r.path.endswith("/search") or r.path.endswith("/coql")]
+    return requests
+
+
+# -- the first load ----------------------------------------------------------------
+
+def test_a_first_load_of_thousands_of_records_answers_every_caller_with_no_request(zoho, team, tmp_path):
+    numbers = {}
+    for i in range(2500):
+        number = f"+3492810{i:04d}"
+        zoho.add_record("Contacts", team["carla"], Full_Name=f"Contact {i}", Last_Name="C", Phone=number)
+        numbers[number] = ("Contacts", "103")
+    for i in range(700):
+        number = f"+3492820{i:04d}"
+        zoho.add_record("Leads", team["ana"], Full_Name=f"Lead {i}", Last_Name="L", Mobile=number, Lead_Status="Contacted")
+        numbers[number] = ("Leads", "101")
+    for i in range(300):
+        number = f"+3492830{i:04d}"
+        account = zoho.add_record("Accounts", team["dolores"], Account_Name=f"Account {i}", Phone=number)
+        zoho.add_record("Deals", team["ben"], Deal_Name=f"Deal {i}", Stage="Qualification", Account_Name={"id": account["id"]})
+        numbers[number] = ("Deals", "102")
+
+    async def scenario():
+        async with Router(mirror_config(zoho, tmp_path)) as router:
+            summary = await router.sync()
+            zoho.reset_log()
+            decisions = {number: await router.decide(number) for number in list(numbers)[::50]}
+            return summary, decisions
+
+    summary, decisions = run(scenario())
+
+    assert summary.kind == "first load"
+    assert summary.written == {"Contacts": 2500, "Leads": 700, "Accounts": 300, "Deals": 300}
+    pages = [r for r in zoho.requests("/crm/v8/Contacts") if r.path == "/crm/v8/Contacts"]
+    assert len(pages) == 13, "200 records a page"
+    for number, decision in decisions.items():
+        assert (decision.match.module, decision.extensions) == (numbers[number][0], [numbers[number][1]]), number
+        assert decision.source == "mirror"
+    assert zoho.api_requests() == [], "no call asked Zoho"
+
+
+def test_an_interrupted_first_load_resumes_where_it_stopped(zoho, team, tmp_path):
+    for i in range(1000):
+        zoho.add_record("Contacts", team["carla"], Full_Name=f"C {i}", Last_Name="C", Phone=f"+3492810{i:04d}")
+    fault = zoho.add_fault(r"^/crm/v8/Contacts$", 500, times=1)
+    fault.skip = 3  # the fourth page fails (see the simulator's Fault)
+
+    async def scenario():
+        config = mirror_config(zoho, tmp_path)
+        async with Router(config) as router:
+            with pytest.raises(Exception):
+                await router.sync()
+            before = await router.decide("+34928100001")
+        zoho.reset_log()
+        async with Router(config) as router:  # a restart
+            assert not router.mirror.status.ready
+            await router.sync()
+            after = await router.decide("+34928100999")
+        return before, after
+
+    before, after = run(scenario())
+
+    assert before.source == "live", "a partial load never answers"
+    assert any("first load is not done" in step for step in before.steps)
+    contact_pages = [r for r in zoho.requests("/crm/v8/Contacts") if r.path == "/crm/v8/Contacts"]
+    assert "page_token" in contact_pages[0].query, "the restart goes on with the stored page token"
+    assert len(contact_pages) == 2
+    assert after.source == "mirror" and after.extensions == ["103"]
+
+
+def test_an_expired_page_token_goes_on_from_the_last_record_read(zoho, team, tmp_path):
+    for i in range(600):
+        zoho.add_record("Contacts", team["carla"], Full_Name=f"C {i}", Last_Name="C", Phone=f"+3492810{i:04d}")
+    zoho.add_fault(r"^/crm/v8/Contacts$", 500, times=1).skip = 1
+
+    async def scenario():
+        config = mirror_config(zoho, tmp_path)
+        async with Router(config) as router:
+            with pytest.raises(Exception):
+                await router.sync()
+            zoho.expire_page_tokens()
+            await router.sync()
+            return await router.decide("+34928100599")
+
+    decision = run(scenario())
+
+    assert decision.source == "mirror" and decision.extensions == ["103"]
+
+
+# -- changes reach the route within one refresh --------------------------------------
+
+def test_every_kind_of_change_routes_right_after_one_refresh(zoho, team, tmp_path):
+    moved = zoho.add_record("Contacts", team["carla"], Full_Name="Moved", Last_Name="M", Phone="+34928000001")
+    won = zoho.add_record("Contacts", team["carla"], Full_Name="Buyer", Last_Name="B", Phone="+34928000002")
+    won_deal = zoho.add_record("Deals", team["ben"], Deal_Name="Renewal", Stage="Qualification", Contact_Name={"id": won["id"]})
+    gone = zoho.add_record("Accounts", team["dolores"], Account_Name="Gone", Phone="+34928000003")
+    renumbered = zoho.add_record("Contacts", team["carla"], Full_Name="New phone", Last_Name="N", Phone="+34928000004")
+    lead = zoho.add_record("Leads", team["ana"], Full_Name="Prospect", Last_Name="P", Phone="+34928000005", Lead_Status="Contacted")
+    zoho.add_record("Contacts", team["dolores"], Full_Name="Prospect", Last_Name="P", Phone="+34928000005")
+    leaver_record = zoho.add_record("Contacts", team["ben"], Full_Name="Of a leaver", Last_Name="L", Phone="+34928000006")
+
+    async def scenario():
+        async with Router(mirror_config(zoho, tmp_path)) as router:
+            await router.sync()
+            before = {n: await router.decide(f"+3492800000{n}") for n in range(1, 7)}
+            zoho.update_record("Contacts", moved["id"], Owner={"name": "Ana Rep", "id": team["ana"]["id"], "email": "ana@example.com"})
+            zoho.update_record("Deals", won_deal["id"], Stage="Closed Won")
+            zoho.delete_record("Accounts", gone["id"])
+            zoho.update_record("Contacts", renumbered["id"], Phone="+34928000009")
+            zoho.convert_lead(lead["id"])
+            zoho.update_user(team["ben"]["id"], status="disabled")
+            summary = await router.sync()
+            after = {n: await router.decide(f"+3492800000{n}") for n in (1, 2, 3, 4, 5, 6, 9)}
+            return before, summary, after
+
+    before, summary, after = run(scenario())
+
+    assert summary.kind == "refresh"
+    assert before[1].extensions == ["103"] and after[1].extensions == ["101"], "new owner"
+    assert before[2].match.module == "Deals" and after[2].match.module == "Contacts", "deal won"
+    assert before[3].status.value == "UNMAPPED" or before[3].match.module == "Accounts"
+    assert after[3].status.value == "NOMATCH", "deleted record"
+    assert after[4].status.value == "NOMATCH" and after[9].match.record_id == renumbered["id"], "new phone"
+    assert before[5].match.module == "Leads" and after[5].match.module == "Contacts", "lead converted"
+    assert before[6].extensions == ["102"] and after[6].status.value == "UNMAPPED", "user deactivated"
+    assert all(d.source == "mirror" for d in after.values() if d.status.value != "NOMATCH")
+
+
+def test_a_number_in_a_custom_phone_field_routes(zoho, team, tmp_path):
+    zoho.add_phone_field("Contacts", "WhatsApp_Number")
+    zoho.add_record("Contacts", team["carla"], Full_Name="Custom", Last_Name="C", WhatsApp_Number="+34 928 00 00 07")
+
+    async def scenario():
+        async with Router(mirror_config(zoho, tmp_path)) as router:
+            await router.sync()
+            return await router.decide("+34928000007")
+
+    decision = run(scenario())
+
+    assert (decision.match.module, decision.extensions, decision.source) == ("Contacts", ["103"], "mirror")
+
+
+def test_a_reconcile_removes_what_the_crm_no_longer_has_and_keeps_what_it_has(zoho, team, tmp_path):
+    kept = zoho.add_record("Contacts", team["carla"], Full_Name="Kept", Last_Name="K", Phone="+34928000001")
+    purged = zoho.add_record("Contacts", team["carla"], Full_Name="Purged", Last_Name="P", Phone="+34928000002")
+
+    async def scenario():
+        async with Router(mirror_config(zoho, tmp_path)) as router:
+            await router.sync()
+            # Deleted without a trace in the deleted list (past its 60 days, or hidden by a permission change).
+            zoho.delete_record("Contacts", purged["id"], permanent=True)
+            zoho.clear_deleted()
+            refreshed = await router.decide("+34928000002")
+            summary = await router.sync(full=True)
+            return refreshed, summary, await router.decide("+34928000001"), await router.decide("+34928000002")
+
+    refreshed, summary, kept_after, purged_after = run(scenario())
+
+    assert refreshed.match.record_id == purged["id"], "a refresh cannot know"
+    assert summary.kind == "reconcile" and summary.deleted["Contacts"] == 1
+    assert kept_after.match.record_id == kept["id"]
+    assert purged_after.status.value == "NOMATCH"
+
+
+# -- the live path when the mirror does not know a number -----------------------------
+
+def test_a_number_the_mirror_does_not_know_is_asked_in_the_background_and_kept(zoho, team, tmp_path):
+    async def scenario():
+        async with Router(mirror_config(zoho, tmp_path)) as router:
+            await router.sync()
+            zoho.add_record("Leads", team["ana"], Full_Name="Brand new", Last_Name="N", Phone="+34928000008", Lead_Status="New")
+            zoho.reset_log()
+            first = await router.decide("+34928000008")
+            for _ in range(200):  # the background lookup lands within a round trip
+                if await _known(router, "+34928000008"):
+                    break
+                await asyncio.sleep(0.01)
+            searches = len(api_calls(zoho, "lookup"))
+            second = await router.decide("+34928000008")
+            return first, searches, second
+
+    first, searches, second = run(scenario())
+
+    assert first.status.value == "NOMATCH" and first.source == "mirror"
+    assert any("asked in the background" in step for step in first.steps)
+    assert searches == 3, "one search per module, at once"
+    assert (second.match.module, second.extensions, second.source) == ("Leads", ["101"], "mirror")
+
+
+async def _known(router, caller):
+    from crmlookup.phone import normalise
+
+    result = await router.mirror._index.lookup(normalise(caller, "ES"), ("Leads",))
+    return result.known
+
+
+def test_with_miss_wait_the_call_waits_for_zoho_within_the_wait(zoho, team, tmp_path):
+    async def scenario():
+        async with Router(mirror_config(zoho, tmp_path, mirror={"miss_wait_ms": 5000})) as router:
+            await router.sync()
+            zoho.add_record("Contacts", team["carla"], Full_Name="New", Last_Name="N", Phone="+34928000008")
+            return await router.decide("+34928000008")
+
+    decision = run(scenario())
+
+    assert (decision.match.module, decision.extensions, decision.source) == ("Contacts", ["103"], "live")
+
+
+# -- Zoho down, credentials refused ----------------------------------------------------
+
+def test_zoho_down_after_a_load_calls_still_route_with_the_mirrors_age_in_the_reason(zoho, team, tmp_path):
+    zoho.add_record("Contacts", team["carla"], Full_Name="Pedro", Last_Name="Gil", Phone=CALLER)
+
+    async def scenario():
+        async with Router(mirror_config(zoho, tmp_path, mirror={"stale_after_s": 10})) as router:
+            await router.sync()
+            zoho.stop()
+            with pytest.raises(Exception):
+                await router.sync()
+            router.mirror.status.refreshed_at -= 2 * 3600  # two hours without a good refresh
+            return await router.decide()
+
+    decision = run(scenario())
+
+    assert (decision.status.value, decision.extensions) == ("OWNER", ["103"])
+    assert "mirror 2 h old" in decision.reason
+    assert any("refreshing fails" in step for step in decision.steps)
+
+
+def test_a_token_without_a_scope_the_mirror_needs_leaves_routing_live_with_one_warning(zoho, team, tmp_path, caplog):
+    zoho.granted_scopes = "ZohoCRM.modules.ALL ZohoCRM.users.READ ZohoSearch.securesearch.READ ZohoCRM.coql.READ"
+    zoho.add_record("Contacts", team["carla"], Full_Name="Pedro", Last_Name="Gil", Phone=CALLER)
+    caplog.set_level(logging.WARNING, logger="crmroute.mirror")
+
+    async def scenario():
+        async with Router(mirror_config(zoho, tmp_path, mirror={"refresh_s": 5, "retry_max_s": 5})) as router:
+            stop = asyncio.Event()
+            loop = asyncio.ensure_future(router.mirror.refresher.run(stop))
+            for _ in range(500):
+                if router.mirror.status.last_error:
+                    break
+                await asyncio.sleep(0.01)
+            router.mirror.refresher.wake()
+            await asyncio.sleep(0.2)
+            stop.set()
+            await loop
+            return await router.decide()
+
+    decision = run(scenario())
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "ZohoCRM.settings" in warnings[0]
+    assert (decision.source, decision.extensions) == ("live", ["103"])
+
+
+# -- the live path itself: one round trip ----------------------------------------------
+
+def test_without_the_mirror_every_search_goes_at_once(zoho, team, tmp_path):
+    contact = zoho.add_record("Contacts", team["carla"], Full_Name="Lucía", Last_Name="R", Phone="928 00 00 00")
+    zoho.add_record("Deals", team["ben"], Deal_Name="Ampliación", Stage="Qualification", Contact_Name={"id": contact["id"]})
+    zoho.latency_s = 0.3
+
+    async def scenario():
+        app = App.from_config(mirror_config(zoho, tmp_path, mirror={"enabled": False}))
+        try:
+            await app.router.backend.inner.warm()
+            zoho.reset_log()
+            return await app.router.decide(InboundCall(caller=CALLER))
+        finally:
+            await app.aclose()
+
+    decision = run(scenario())
+
+    assert (decision.match.module, decision.extensions) == ("Deals", ["102"])
+    assert decision.lookup_ms < 600, "one round trip (300 ms), not two"
+    paths = sorted(r.path for r in zoho.api_requests())
+    assert paths == ["/crm/v8/Accounts/search", "/crm/v8/Contacts/search", "/crm/v8/Leads/search", "/crm/v8/coql"]
+
+
+def test_without_the_coql_scope_deals_come_from_the_related_lists(zoho, team, tmp_path, caplog):
+    zoho.granted_scopes = "ZohoCRM.modules.ALL ZohoCRM.settings.ALL ZohoCRM.users.READ ZohoSearch.securesearch.READ"
+    contact = zoho.add_record("Contacts", team["carla"], Full_Name="Lucía", Last_Name="R", Phone=CALLER)
+    zoho.add_record("Deals", team["ben"], Deal_Name="Ampliación", Stage="Qualification", Contact_Name={"id": contact["id"]})
+    caplog.set_level(logging.WARNING, logger="crmroute.zoho")
+
+    async def scenario():
+        app = App.from_config(mirror_config(zoho, tmp_path, mirror={"enabled": False}))
+        try:
+            return [await app.router.decide(InboundCall(caller=CALLER)) for _ in range(2)]
+        finally:
+            await app.aclose()
+
+    first, second = run(scenario())
+
+    assert first.match.module == second.match.module == "Deals"
+    assert any(r.path == f"/crm/v8/Contacts/{contact['id']}/Deals" for r in zoho.api_requests())
+    assert len([r for r in caplog.records if "ZohoCRM.coql.READ" in r.getMessage()]) == 1
+
+
+# -- operating it -----------------------------------------------------------------------
+
+def test_a_reload_keeps_the_mirror_answering(zoho, team, tmp_path):
+    zoho.add_record("Contacts", team["carla"], Full_Name="Pedro", Last_Name="Gil", Phone=CALLER)
+    config_file = tmp_path / "crmroute.toml"
+    config_file.write_text(
+        '[crm]\nbackend = "zoho"\n[routing]\ndefault_region = "ES"\n'
+        f'[mirror]\npath = "{tmp_path / "mirror.sqlite"}"\nrefresh_s = 3600\n'
+        "[zoho]\n" + "".join(f'{k} = "{v}"\n' for k, v in zoho.zoho_config(user_extension_field="Extension").items())
+    )
+    from fastagi_server.config import load_config
+    from fastagi_server.server import FastAgiServer
+
+    async def scenario():
+        server = FastAgiServer(App.from_config(load_config(config_file), serving=True))
+        await server.start("127.0.0.1", 0)
+        try:
+            for _ in range(500):
+                if server.app.mirror.status.ready:
+                    break
+                await asyncio.sleep(0.01)
+            zoho.stop()  # Zoho down: only the mirror can answer now
+            assert await server.reload(str(config_file))
+            assert server.app.mirror.status.ready, "the reloaded app finds the mirror ready"
+            return await route_call(server.port, caller=CALLER)
+        finally:
+            await server.shutdown(grace_ms=1000)
+
+    result = run(scenario())
+
+    assert result.variables["CRM_TARGET"] == "PJSIP/103"
