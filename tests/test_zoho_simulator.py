@@ -47,8 +47,11 @@ def test_inserted_calls_are_stored_with_ids_and_countable(zoho, api, people):
     ids = [r["details"]["id"] for r in results]
     assert all(set(r["details"]) >= {"id", "Created_Time", "Created_By", "Modified_Time", "Modified_By"} for r in results)
     listed = api.get("/Calls", params={"fields": "Subject,Call_Type", "per_page": "200"}).json()
-    assert [r["id"] for r in listed["data"]] == ids
-    assert listed["info"] == {"per_page": 200, "count": 2, "page": 1, "more_records": False}
+    assert [r["id"] for r in listed["data"]] == ids[::-1], "Get Records sorts by id, newest first, by default"
+    assert listed["info"] == {
+        "per_page": 200, "count": 2, "page": 1, "more_records": False, "sort_by": "id", "sort_order": "desc",
+        "next_page_token": None, "previous_page_token": None, "page_token_expiry": None,
+    }
     missed = api.get("/Calls/search", params={"criteria": "(Call_Type:equals:Missed)"}).json()["data"]
     assert [r["id"] for r in missed] == [ids[1]]
     related = api.get(f"/Contacts/{people['contact']['id']}/Calls", params={"fields": "Subject"})
