@@ -68,13 +68,24 @@ def zoho():
         yield simulator
 
 
-def zoho_config(simulator, *, routing: dict[str, Any] | None = None, zoho: dict[str, Any] | None = None, cache: dict[str, Any] | None = None) -> Config:
-    """A Config whose backend is the simulator (region ES unless ``routing`` says otherwise)."""
+def zoho_config(
+    simulator,
+    *,
+    routing: dict[str, Any] | None = None,
+    zoho: dict[str, Any] | None = None,
+    cache: dict[str, Any] | None = None,
+    mirror: dict[str, Any] | None = None,
+) -> Config:
+    """A Config whose backend is the simulator (region ES unless ``routing`` says otherwise).
+
+    The mirror is off unless ``mirror`` is given: these tests are about the live lookup.
+    """
     return make_config({
         "crm": {"backend": "zoho"},
         "routing": {"default_region": "ES", **(routing or {})},
         "zoho": simulator.zoho_config(**(zoho or {})),
         "cache": cache or {},
+        "mirror": mirror if mirror is not None else {"enabled": False},
     })
 
 

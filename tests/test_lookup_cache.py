@@ -62,8 +62,8 @@ def test_100_concurrent_calls_from_one_number_cost_the_requests_of_one(org):
 
     assert single.variables["CRM_TARGET"] == "PJSIP/101"
     assert [r.variables["CRM_TARGET"] for r in results] == ["PJSIP/101"] * 100
-    assert [(r.method, r.path, r.raw_query) for r in org.log] == one_call_requests
-    assert len(one_call_requests) == 4  # token, 2 lead searches ("+34..." then "928..."), users
+    assert sorted((r.method, r.path, r.raw_query) for r in org.log) == sorted(one_call_requests)
+    assert len(one_call_requests) == 6  # token; Leads, Contacts, Accounts searches and the deals' COQL, at once; users
 
 
 def test_single_flight_is_per_number(org):
@@ -76,8 +76,7 @@ def test_single_flight_is_per_number(org):
     started = run(_closing(app, scenario))
 
     assert started == 10
-    searches_per_unknown_number = 3 * len(normalise(CALLER, "ES").variants())
-    assert len([r for r in org.api_requests() if r.path.endswith("/search")]) == 10 * searches_per_unknown_number
+    assert len([r for r in org.api_requests() if r.path.endswith("/search")]) == 10 * 3, "one search per module and number"
 
 
 async def _closing(app, scenario):
@@ -144,7 +143,7 @@ def test_429_backs_off_and_serves_the_stale_entry(org):
 
     assert first.target == rate_limited.target == backing_off.target == "PJSIP/101"
     assert (first.from_cache, rate_limited.from_cache, backing_off.from_cache) == (False, True, True)
-    assert after_429 == before + 1, "one request met the 429"
+    assert before < after_429 <= before + 4, "one lookup's requests (sent at once) met the 429"
     assert len(org.api_requests()) == after_429, "while backing off, Zoho is not called at all"
     assert any("TOO_MANY_REQUESTS" in step for step in rate_limited.steps)
     assert any("not calling Zoho" in step for step in backing_off.steps)
@@ -159,7 +158,7 @@ def test_429_with_nothing_cached_is_error_and_the_next_call_does_not_hammer(org)
     decisions = run(_closing(app_for(org), scenario))
 
     assert [d.status.value for d in decisions] == ["ERROR"] * 5
-    assert len(org.api_requests()) == 1
+    assert len(org.api_requests()) <= 4, "the first lookup's round trip at most, then nothing while backing off"
 
 
 def test_crm_down_serves_the_stale_entry_or_error_within_the_deadline(org):
@@ -370,10 +369,14 @@ def test_a_run_of_server_errors_opens_the_breaker(org):
     org.add_fault(r"^/crm/", 503)
 
     async def scenario(app):
-        return [await decide(app, f"+3492800000{i}") for i in range(8)]
+        decisions = [await decide(app, f"+3492800000{i}") for i in range(4)]
+        sent = len(org.api_requests())
+        decisions += [await decide(app, f"+3492800001{i}") for i in range(4)]
+        return decisions, sent
 
-    decisions = run(_closing(app_for(org, zoho={"breaker_failures": 3}), scenario))
+    decisions, sent = run(_closing(app_for(org, zoho={"breaker_failures": 3}), scenario))
 
     assert [d.status.value for d in decisions] == ["ERROR"] * 8
-    assert len(org.api_requests()) == 3
-    assert "3 failures in a row" in decisions[-1].reason
+    assert 3 <= sent <= 3 + 3, "the failures it takes, and at most the rest of one lookup's round trip"
+    assert len(org.api_requests()) == sent, "once open, no request leaves"
+    assert "failures in a row" in decisions[-1].reason

@@ -215,7 +215,8 @@ def test_secrets_never_show_in_reprs_explain_json_or_logs(org, tmp_path, caplog)
 
     assert explain.exit_code == 0, explain.output
     assert "POST /oauth/v2/token -> 200" in explain.output
-    assert "GET /crm/v8/Leads/search?phone=%2B3492800" in explain.output
+    assert "GET /crm/v8/Leads/search?criteria=" in explain.output and "%2B3492800" in explain.output
+    assert "mirror: not used (no mirror file at" in explain.output
     assert "cache: no entry" in explain.output
     assert json.loads(as_json.output)["variables"]["CRM_ROUTE_STATUS"] == "OWNER"
     assert checked.exit_code == 0 and "backend zoho" in checked.output

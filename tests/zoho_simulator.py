@@ -158,6 +158,8 @@ DATETIME_FIELDS = {("Calls", "Call_Start_Time")}
 DATE_FIELDS = {("Tasks", "Due_Date")}
 MAX_INSERT = 100
 MAX_PER_PAGE = 200
+# Get Records by ``ids``: at most this many in one request.
+MAX_IDS_PARAM = 100
 MAX_BODY = 1024 * 1024
 MAX_FIELDS_PARAM = 50
 DISCRETE_MAX_PAGE = 10
@@ -492,6 +494,8 @@ class Fault:
     without answering. ``times``: how many requests it hits (None: all).
     ``after``: the request is served first (an insert stores its records) and
     only its answer is lost: the fault replaces it (the uncertain write).
+    ``skip``: so many matching requests are served normally before it hits
+    (the fourth page of a listing fails: ``skip=3``).
     """
 
     path: str
@@ -502,7 +506,9 @@ class Fault:
     times: int | None = None
     close: bool = False
     after: bool = False
+    skip: int = 0
     hits: int = 0
+    skipped: int = 0
 
 
 @dataclass
@@ -1416,6 +1422,12 @@ class ZohoSimulator:
         with self._lock:
             return [dict(entry) for entry in self._deleted[module].values()]
 
+    def clear_deleted(self) -> None:
+        """Forget every deleted record, as Zoho does after 60 days (recycle bin) or 120 (permanent)."""
+        with self._lock:
+            for entries in self._deleted.values():
+                entries.clear()
+
     def fields(self, module: str) -> list[dict[str, Any]]:
         """The field metadata of a module, as ``GET /settings/fields`` gives it."""
         with self._lock:
@@ -1683,6 +1695,9 @@ class ZohoSimulator:
                     continue
                 if fault.times is not None and fault.hits >= fault.times:
                     continue
+                if fault.skipped < fault.skip:
+                    fault.skipped += 1
+                    continue
                 fault.hits += 1
                 return fault
         return None
@@ -1853,6 +1868,8 @@ class ZohoSimulator:
     # -- Get Records --------------------------------------------------------
 
     def _list(self, module: str, query: dict[str, str], headers: dict[str, str]) -> _Reply:
+        if "ids" in query:
+            return self._list_ids(module, query)
         if "page_token" in query:
             if "page" in query:
                 return _bad("AMBIGUITY_DURING_PROCESSING", "You cannot use both page and page_token", params=["page", "page_token"])
@@ -1865,6 +1882,19 @@ class ZohoSimulator:
                 limit=DISCRETE_MAX_RECORDS,
             )
         return self._list_page(spec, self._listing(spec), (page - 1) * spec.per_page, from_token=False)
+
+    def _list_ids(self, module: str, query: dict[str, str]) -> _Reply:
+        """``ids=1,2,3``: those records that exist (at most 100 ids), in the order asked."""
+        if not query.get("fields"):
+            raise _missing("fields")
+        ids = [part.strip() for part in query["ids"].split(",") if part.strip()]
+        if not ids or len(ids) > MAX_IDS_PARAM:
+            return _bad("INVALID_DATA", "invalid data", param="ids", limit=MAX_IDS_PARAM)
+        found = [self._records[module][record_id] for record_id in ids if record_id in self._records[module]]
+        if not found:
+            return _Reply(204)
+        data = [_project(record, query["fields"]) for record in found]
+        return _Reply(200, {"data": data, "info": {"per_page": len(data), "count": len(data), "page": 1, "more_records": False}})
 
     def _list_spec(self, module: str, query: dict[str, str], headers: dict[str, str]) -> _ListSpec:
         fields = query.get("fields")

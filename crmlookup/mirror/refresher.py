@@ -189,7 +189,6 @@ class MirrorRefresher:
                 wait.cancel()
 
     def _report(self, failures: int, exc: Exception, delay: float, *, scope: bool = False) -> None:
-        self.status.last_error = str(exc)
         if failures > 1:
             logger.debug("mirror: attempt %d failed: %s", failures, exc)
             return
@@ -226,13 +225,14 @@ class MirrorRefresher:
             else:
                 summary = await self._refresh(rule, state)
         except Exception as exc:
+            self.status.last_error = str(exc)
             await self._thread.run(self._store.put, {keys.LAST_ERROR: f"{type(exc).__name__}: {exc}"[:500]})
             raise
         finally:
             spent = Counter(self._feed.requests_sent())
             spent.subtract(sent_before)
             await self._thread.run(self._store.add_credits, {purpose: n for purpose, n in spent.items() if n > 0})
-        summary.credits = spent["mirror"]
+        summary.credits = spent["mirror"] + spent["metadata"]
         summary.seconds = self._clock() - started
         finished = self._clock()
         await self._thread.run(self._store.put, {keys.LAST_REFRESH_AT: str(finished), keys.LAST_ERROR: None})

@@ -197,7 +197,9 @@ class _Lookup:
                     return LookupResult(matches=matches, steps=self.trace, source="live")
             self.trace.append(f"zoho: no open record in {', '.join(self.modules)}")
             return LookupResult(matches=[], steps=self.trace, source="live")
-        except asyncio.CancelledError:
+        except BaseException:
+            # Cut short, or a search the order needs failed: the CRM is struggling
+            # or the caller gave up; what has not been sent yet is not sent.
             for task in tasks.values():
                 task.cancel()
             raise

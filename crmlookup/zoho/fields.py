@@ -44,7 +44,7 @@ class PhoneFields:
 
     def _loader(self, module: str):
         async def load(trace: list[str] | None) -> tuple[str, ...]:
-            body = await self._api.get("/settings/fields", {"module": module}, trace, purpose="mirror")
+            body = await self._api.get("/settings/fields", {"module": module}, trace, purpose="metadata")
             listed = (body or {}).get("fields")
             if not isinstance(listed, list) or not all(isinstance(item, dict) for item in listed):
                 raise CrmBadResponse(f"{module} fields: 'fields' is not a list of fields")

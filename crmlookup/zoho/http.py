@@ -34,7 +34,7 @@ class Reply:
     status: int
     body: bytes
     headers: httpx.Headers
-    label: str  # "GET /crm/v8/Leads/search?phone=%2B34..." for steps and errors
+    label: str  # "GET /crm/v8/Leads/search" for errors: what was asked, not the whole query
 
 
 def encode_query(params: Mapping[str, str]) -> str:
@@ -59,7 +59,10 @@ async def exchange(client: httpx.AsyncClient, request: httpx.Request, trace: lis
     :class:`CrmTimeout` or :class:`CrmUnavailable` for transport failures and
     :class:`CrmBadResponse` for an oversized body.
     """
-    label = f"{request.method} {request.url.raw_path.decode('ascii', 'replace')}"
+    # Steps show the whole request (what was searched); errors name the endpoint,
+    # so the reason a call carries is the problem, not a long query string.
+    shown = f"{request.method} {request.url.raw_path.decode('ascii', 'replace')}"
+    label = f"{request.method} {request.url.path}"
     started = time.perf_counter()
     try:
         response = await client.send(request, stream=True)
@@ -68,15 +71,15 @@ async def exchange(client: httpx.AsyncClient, request: httpx.Request, trace: lis
         finally:
             await response.aclose()
     except httpx.TimeoutException as exc:
-        _note(trace, label, f"timed out ({type(exc).__name__})", started)
+        _note(trace, shown, f"timed out ({type(exc).__name__})", started)
         raise CrmTimeout(f"{label}: no answer in time") from None
     except httpx.HTTPError as exc:
-        _note(trace, label, f"failed ({clip(exc) or type(exc).__name__})", started)
+        _note(trace, shown, f"failed ({clip(exc) or type(exc).__name__})", started)
         raise CrmUnavailable(f"{label}: {clip(exc) or type(exc).__name__}") from None
     except CrmBadResponse:
-        _note(trace, label, "body too large", started)
+        _note(trace, shown, "body too large", started)
         raise
-    _note(trace, label, str(response.status_code), started)
+    _note(trace, shown, str(response.status_code), started)
     return Reply(response.status_code, body, response.headers, label)
 
 

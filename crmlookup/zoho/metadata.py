@@ -102,7 +102,7 @@ class DealStages:
         by_pipeline: dict[str, dict[str, str]] = {}
         merged: dict[str, str] = {}
         for layout_id in layout_ids:
-            body = await self._api.get("/settings/pipeline", {"layout_id": layout_id}, trace)
+            body = await self._api.get("/settings/pipeline", {"layout_id": layout_id}, trace, purpose="metadata")
             pipelines = (body or {}).get("pipeline", [])
             if not isinstance(pipelines, list):
                 raise CrmBadResponse("pipeline settings: 'pipeline' is not a list")
@@ -119,7 +119,7 @@ class DealStages:
         return StageTable(by_pipeline, merged)
 
     async def _deal_layouts(self, trace: list[str] | None) -> tuple[str, ...]:
-        body = await self._api.get("/settings/layouts", {"module": "Deals"}, trace)
+        body = await self._api.get("/settings/layouts", {"module": "Deals"}, trace, purpose="metadata")
         layouts = (body or {}).get("layouts", [])
         if not isinstance(layouts, list) or not all(isinstance(layout, dict) for layout in layouts):
             raise CrmBadResponse("Deals layouts: 'layouts' is not a list")
@@ -168,7 +168,7 @@ class ActiveUsers:
     async def _load(self, trace: list[str] | None) -> dict[str, ActiveUser]:
         users: dict[str, ActiveUser] = {}
         for page in range(1, MAX_USER_PAGES + 1):
-            body = await self._api.get("/users", {"type": "ActiveUsers", "page": str(page), "per_page": "200"}, trace)
+            body = await self._api.get("/users", {"type": "ActiveUsers", "page": str(page), "per_page": "200"}, trace, purpose="metadata")
             if body is None:
                 break
             listed = users_of(body)
