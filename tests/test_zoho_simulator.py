@@ -5,6 +5,7 @@ Driven with a plain HTTP client, the way the call-outcome sync will use it.
 
 import concurrent.futures
 import json
+import ssl
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -15,15 +16,33 @@ import pytest
 
 from zoho_simulator import MAX_INSERT, ZohoSimulator, generate_org
 
+# One TLS context for every client: httpx builds one per client otherwise (~80 ms
+# each, twice a test), though every request here is plain HTTP on loopback.
+TLS = ssl.create_default_context()
+
+
+def http_client(**kwargs):
+    return httpx.Client(verify=TLS, **kwargs)
+
+
+def post(url, **kwargs):
+    with http_client() as client:
+        return client.post(url, **kwargs)
+
+
+def get(url, **kwargs):
+    with http_client() as client:
+        return client.get(url, **kwargs)
+
 
 @pytest.fixture
 def api(zoho):
     """An HTTP client holding a valid token for the simulator."""
-    token = httpx.post(f"{zoho.url}/oauth/v2/token", data={
+    token = post(f"{zoho.url}/oauth/v2/token", data={
         "grant_type": "refresh_token", "client_id": zoho.client_id, "client_secret": zoho.client_secret, "refresh_token": zoho.refresh_token,
     }).json()
     assert token["api_domain"] == zoho.url and token["token_type"] == "Bearer" and token["expires_in"] == 3600
-    with httpx.Client(base_url=f"{zoho.url}/crm/v8", headers={"Authorization": f"Zoho-oauthtoken {token['access_token']}"}) as client:
+    with http_client(base_url=f"{zoho.url}/crm/v8", headers={"Authorization": f"Zoho-oauthtoken {token['access_token']}"}) as client:
         yield client
 
 
@@ -113,8 +132,8 @@ def test_unreadable_insert_bodies(api, body, code):
 
 
 def test_error_envelopes_for_tokens_modules_and_parameters(zoho, api, people):
-    no_header = httpx.get(f"{zoho.url}/crm/v8/Leads/search", params={"phone": "1"})
-    bad_token = httpx.get(f"{zoho.url}/crm/v8/Leads/search", params={"phone": "1"}, headers={"Authorization": "Zoho-oauthtoken nope"})
+    no_header = get(f"{zoho.url}/crm/v8/Leads/search", params={"phone": "1"})
+    bad_token = get(f"{zoho.url}/crm/v8/Leads/search", params={"phone": "1"}, headers={"Authorization": "Zoho-oauthtoken nope"})
     bad_module = api.get("/Spaceships/search", params={"phone": "1"})
     no_param = api.get("/Leads/search")
     no_fields = api.get(f"/Contacts/{people['contact']['id']}/Deals")
@@ -202,14 +221,14 @@ def clock(zoho):
 
 
 def token_for(zoho):
-    answer = httpx.post(f"{zoho.url}/oauth/v2/token", data={
+    answer = post(f"{zoho.url}/oauth/v2/token", data={
         "grant_type": "refresh_token", "client_id": zoho.client_id, "client_secret": zoho.client_secret, "refresh_token": zoho.refresh_token,
     })
     return answer.json()["access_token"]
 
 
 def client_for(zoho):
-    return httpx.Client(base_url=f"{zoho.url}/crm/v8", headers={"Authorization": f"Zoho-oauthtoken {token_for(zoho)}"})
+    return http_client(base_url=f"{zoho.url}/crm/v8", headers={"Authorization": f"Zoho-oauthtoken {token_for(zoho)}"})
 
 
 def coql(api, text):
@@ -876,10 +895,10 @@ def test_each_endpoint_needs_its_documented_scope(zoho, scopes, method, path, al
 def test_tokens_keep_the_scopes_they_were_minted_with(zoho):
     early = client_for(zoho)
     zoho.granted_scopes = "ZohoCRM.modules.ALL"
-    late_token = httpx.post(f"{zoho.url}/oauth/v2/token", data={
+    late_token = post(f"{zoho.url}/oauth/v2/token", data={
         "grant_type": "refresh_token", "client_id": zoho.client_id, "client_secret": zoho.client_secret, "refresh_token": zoho.refresh_token,
     }).json()
-    late = httpx.Client(base_url=f"{zoho.url}/crm/v8", headers={"Authorization": f"Zoho-oauthtoken {late_token['access_token']}"})
+    late = http_client(base_url=f"{zoho.url}/crm/v8", headers={"Authorization": f"Zoho-oauthtoken {late_token['access_token']}"})
 
     with early, late:
         assert early.get("/users").status_code == 204
@@ -890,7 +909,7 @@ def test_tokens_keep_the_scopes_they_were_minted_with(zoho):
 
 
 def test_the_default_grant_is_the_documented_set(zoho, api):
-    answer = httpx.post(f"{zoho.url}/oauth/v2/token", data={
+    answer = post(f"{zoho.url}/oauth/v2/token", data={
         "grant_type": "refresh_token", "client_id": zoho.client_id, "client_secret": zoho.client_secret, "refresh_token": zoho.refresh_token,
     }).json()
 
@@ -906,7 +925,7 @@ def test_the_default_grant_is_the_documented_set(zoho, api):
 
 def test_credits_count_api_requests_and_coql_by_its_limit(zoho, api):
     zoho.add_record("Leads", Last_Name="A", Phone="1")
-    bad = httpx.Client(base_url=f"{zoho.url}/crm/v8", headers={"Authorization": "Zoho-oauthtoken nope"})
+    bad = http_client(base_url=f"{zoho.url}/crm/v8", headers={"Authorization": "Zoho-oauthtoken nope"})
 
     api.get("/Leads/search", params={"phone": "1"})                      # 1
     api.get("/Leads/search", params={"phone": "2"})                      # 1 (204 counts)
@@ -984,11 +1003,11 @@ def test_standalone_mode_serves_a_generated_org():
     try:
         lines = [process.stdout.readline() for _ in range(2)]
         url = lines[1].split(" on ")[1].split(". ")[0]
-        token = httpx.post(f"{url}/oauth/v2/token", data={
+        token = post(f"{url}/oauth/v2/token", data={
             "grant_type": "refresh_token", "client_id": "1000.SIMCLIENTID", "client_secret": "sim-client-secret-0123456789",
             "refresh_token": "1000.sim-refresh-token.abcdef",
         }).json()["access_token"]
-        answer = httpx.get(f"{url}/crm/v8/Leads/search", params={"phone": "+34600000081"}, headers={"Authorization": f"Zoho-oauthtoken {token}"})
+        answer = get(f"{url}/crm/v8/Leads/search", params={"phone": "+34600000081"}, headers={"Authorization": f"Zoho-oauthtoken {token}"})
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -980,9 +980,12 @@ def _is_null(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
 
-def _rank(value: Any, field_def: FieldDef | None) -> float | str | None:
+def _data_type(field_def: FieldDef | None) -> str:
+    return field_def.data_type if field_def is not None else "text"
+
+
+def _rank(value: Any, data_type: str) -> float | str | None:
     """A value as ranges and ordering compare it: times and numbers as numbers, text folded."""
-    data_type = field_def.data_type if field_def is not None else "text"
     if isinstance(value, dict):
         value = value.get("id")
     if data_type in _TIME_TYPES:
@@ -1046,7 +1049,7 @@ class _Matcher:
             return self._text(value).startswith(wanted)
         if op == "like":
             return wanted.fullmatch(self._text(value)) is not None
-        rank = _rank(value, field_def)
+        rank = _rank(value, _data_type(field_def))
         if rank is None or None in wanted:
             return False
         if op == "between":
@@ -1065,7 +1068,7 @@ class _Matcher:
             elif op == "like":
                 wanted = _like_pattern(condition.values[0])
             else:
-                wanted = tuple(_rank(value, field_def) for value in condition.values)
+                wanted = tuple(_rank(value, _data_type(field_def)) for value in condition.values)
             prepared = self._prepared[condition] = (field_def, wanted)
         return prepared
 
@@ -2077,7 +2080,7 @@ class ZohoSimulator:
         if wrong:
             raise QueryError("INVALID_QUERY", "invalid query formed", reason=f"the operator {condition.op} is not supported for {data_type} fields", column_name=".".join(condition.path))
         typed = data_type in _NUMBER_TYPES + _TIME_TYPES and op not in ("is_null", "not_null")
-        if typed and any(_rank(value, FieldDef(module, "", "", data_type)) is None for value in condition.values):
+        if typed and any(_rank(value, data_type) is None for value in condition.values):
             raise QueryError("INVALID_QUERY", "invalid query formed", reason=f"the value is not a valid {data_type}", column_name=".".join(condition.path))
 
     def _run_query(self, query: Query) -> _Reply:
@@ -2100,7 +2103,7 @@ class ZohoSimulator:
 
     def _order_key(self, module: str, record: dict[str, Any], path: tuple[str, ...], field_def: FieldDef) -> tuple[int, Any, str]:
         value = self._resolve(module, record, path)[0]
-        rank = None if _is_null(value) else _id_key(value)[1] if path[-1] == "id" else _rank(value, field_def)
+        rank = None if _is_null(value) else _id_key(value)[1] if path[-1] == "id" else _rank(value, field_def.data_type)
         if rank is None:
             return (0, 0, "")
         return (1, rank, "") if not isinstance(rank, str) else (2, 0, rank)
