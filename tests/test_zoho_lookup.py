@@ -164,12 +164,23 @@ def test_deals_are_reached_through_the_account_when_no_contact_matches(zoho, tea
 
 
 def test_a_contact_stored_in_a_format_coql_misses_has_its_related_deals_read(zoho, team):
+    """COQL compares text exactly (in our reading): a phone stored in none of the forms asked finds no deal there."""
     contact = add_contact_with_deal(zoho, team["contact"], team["deal"], "(928) 00-00-00")
+    zoho.add_fault(r"/coql$", 204)  # what an exact comparison answers for "(928) 00-00-00"
 
     d = decision(zoho, zoho={"user_extension_field": "Extension"})
 
     assert d.match.module == "Deals"
     assert any(r.path == f"/crm/v8/Contacts/{contact['id']}/Deals" for r in zoho.api_requests())
+
+
+def test_a_contact_stored_as_one_of_the_forms_needs_no_second_request_even_without_deals(zoho, team):
+    zoho.add_record("Contacts", team["contact"], Full_Name="No deals", Last_Name="N", Phone="928000000")
+
+    d = decision(zoho, zoho={"user_extension_field": "Extension"})
+
+    assert d.match.module == "Contacts"
+    assert not any(r.path.endswith("/Deals") for r in zoho.api_requests()), "COQL's answer covers it"
 
 
 # -- number formats ---------------------------------------------------------
