@@ -8,6 +8,7 @@ change reaches the route in.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -395,3 +396,161 @@ def test_a_reload_keeps_the_mirror_answering(zoho, team, tmp_path):
     result = run(scenario())
 
     assert result.variables["CRM_TARGET"] == "PJSIP/103"
+
+
+# -- the command line -------------------------------------------------------------------
+
+def _config_file(zoho, tmp_path, **mirror):
+    lines = ['[crm]\nbackend = "zoho"\n[routing]\ndefault_region = "ES"\n', f'[mirror]\npath = "{tmp_path / "mirror.sqlite"}"\n']
+    lines += [f"{key} = {value}\n" for key, value in mirror.items()]
+    lines.append("[zoho]\n" + "".join(f'{k} = "{v}"\n' for k, v in zoho.zoho_config(user_extension_field="Extension").items()))
+    path = tmp_path / "crmroute.toml"
+    path.write_text("".join(lines))
+    return str(path)
+
+
+def test_mirror_sync_status_and_lookup_read_the_servers_file(zoho, team, tmp_path):
+    from click.testing import CliRunner
+
+    from fastagi_server.cli import cli
+
+    zoho.add_record("Contacts", team["carla"], Full_Name="Pedro", Last_Name="Gil", Phone=CALLER)
+    zoho.add_record("Leads", team["ana"], Full_Name="Marta", Last_Name="Ruiz", Phone="+34928000002", Lead_Status="Junk Lead")
+    config = _config_file(zoho, tmp_path)
+    runner = CliRunner()
+
+    before = runner.invoke(cli, ["mirror", "status", "--config", config])
+    synced = runner.invoke(cli, ["mirror", "sync", "--config", config])
+    zoho.reset_log()
+    status = runner.invoke(cli, ["mirror", "status", "--config", config])
+    as_json = runner.invoke(cli, ["mirror", "status", "--json", "--config", config])
+    explained = runner.invoke(cli, ["lookup", CALLER, "--explain", "--config", config])
+
+    assert before.exit_code == 1 and "no mirror file" in before.output
+    assert synced.exit_code == 0 and "first load: wrote" in synced.output, synced.output
+    assert status.exit_code == 0, status.output
+    assert "ready: calls are answered from it" in status.output
+    assert "Contacts           1         1         1" in status.output
+    assert "Leads              1         0         1" in status.output
+    assert "users        4 (4 active)" in status.output
+    assert "estimate:" in status.output and "mirror" in status.output
+    figures = json.loads(as_json.output)
+    assert figures["ready"] is True and figures["credits_today"]["mirror"] > 0
+    assert explained.exit_code == 0, explained.output
+    assert "answered from the mirror" in explained.output
+    assert "PJSIP/103" in explained.output
+    assert zoho.api_requests() == [], "lookup and status read the file, they load nothing"
+
+
+def test_mirror_commands_say_when_there_is_no_mirror(tmp_path):
+    from click.testing import CliRunner
+
+    from fastagi_server.cli import cli
+
+    local = tmp_path / "local.toml"
+    local.write_text('[crm]\nbackend = "local"\n')
+    off = tmp_path / "off.toml"
+    off.write_text('[crm]\nbackend = "zoho"\n[mirror]\nenabled = false\n')
+
+    assert "has no mirror" in CliRunner().invoke(cli, ["mirror", "status", "--config", str(local)]).output
+    assert "mirror is off" in CliRunner().invoke(cli, ["mirror", "sync", "--config", str(off)]).output
+
+
+def test_the_call_log_line_says_the_answer_came_from_the_mirror_and_how_old_it_is(zoho, team, tmp_path, caplog):
+    zoho.add_record("Contacts", team["carla"], Full_Name="Pedro", Last_Name="Gil", Phone=CALLER)
+    caplog.set_level(logging.INFO, logger="crmroute.call")
+
+    async def scenario():
+        app = App.from_config(mirror_config(zoho, tmp_path), serving=True)
+        await app.mirror.refresher.open()
+        await app.mirror.refresher.sync()
+        async with agi_server(app=app) as server:
+            return await route_call(server.port, caller=CALLER)
+
+    result = run(scenario())
+
+    assert result.variables["CRM_TARGET"] == "PJSIP/103"
+    line = next(r.getMessage() for r in caplog.records if r.name == "crmroute.call")
+    assert "source=mirror" in line and "mirror_age=" in line
+
+
+# -- hostile and broken answers -----------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"{not json", "not JSON"),
+        (b'{"data": {"id": "1"}}', "'data' is not a list"),
+        (b'{"data": [{"id": "../../etc", "Full_Name": "x"}]}', "is not an id"),
+        (b'{"data": [{"id": "1", "Modified_Time": "yesterday"}]}', "not an ISO 8601 time"),
+        (b'{"data": [{"id": "1"}], "info": {"more_records": true}}', "no next_page_token"),
+    ],
+)
+def test_a_broken_listing_fails_the_pass_and_the_mirror_keeps_what_it_had(zoho, team, tmp_path, body, reason):
+    zoho.add_record("Contacts", team["carla"], Full_Name="Pedro", Last_Name="Gil", Phone=CALLER)
+
+    async def scenario():
+        async with Router(mirror_config(zoho, tmp_path)) as router:
+            await router.sync()
+            zoho.add_fault(r"^/crm/v8/Contacts$", 200, body=body)
+            with pytest.raises(Exception) as failure:
+                await router.sync()
+            return failure.value, await router.decide()
+
+    failure, decision = run(scenario())
+
+    assert reason in str(failure)
+    assert (decision.source, decision.extensions) == ("mirror", ["103"])
+
+
+def test_crm_text_from_the_mirror_never_reaches_a_dial_string(zoho, tmp_path):
+    rogue = zoho.add_user('Eve "x"\nSET VARIABLE X 1', "eve@example.com\r\n", Extension="101&Local/666@evil, 102")
+    zoho.add_record("Contacts", rogue, Full_Name='Robert"); \u2028DROP\n"&PJSIP/999', Last_Name="R", Phone=CALLER)
+
+    async def scenario():
+        app = App.from_config(mirror_config(zoho, tmp_path, routing={"extension_pattern": "[0-9]{3}"}), serving=True)
+        await app.mirror.refresher.open()
+        await app.mirror.refresher.sync()
+        async with agi_server(app=app) as server:
+            return await route_call(server.port, caller=CALLER)
+
+    result = run(scenario())
+
+    assert result.variables["CRM_TARGET"] == "PJSIP/102"
+    assert all("\n" not in value and "\r" not in value for value in result.variables.values())
+
+
+def test_failed_refreshes_back_off_and_a_rate_limit_is_waited_out(zoho, team, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="crmroute.mirror")
+    sleeps = []
+    now = [1000.0]
+
+    async def scenario():
+        config = mirror_config(zoho, tmp_path, mirror={"refresh_s": 10, "retry_max_s": 25}, zoho={"backoff_initial_ms": 30_000})
+        async with Router(config) as router:
+            await router.sync()
+            refresher = router.mirror.refresher
+            router.app.backend.live.inner.api._breaker._clock = lambda: now[0]  # the breaker's time is the test's
+            zoho.add_fault(r"^/crm/v8/Leads$", 500)
+            stop = asyncio.Event()
+
+            async def sleep(_stop, delay):
+                sleeps.append(delay)
+                now[0] += delay
+                if len(sleeps) == 3:
+                    zoho.clear_faults()
+                    zoho.add_fault(r"^/crm/v8/Leads$", 429, times=1)
+                if len(sleeps) == 6:
+                    stop.set()
+
+            refresher._sleep = sleep
+            await refresher.run(stop)
+
+    run(scenario())
+
+    assert sleeps[:3] == [10, 20, 25], "doubling from refresh_s up to retry_max_s"
+    assert sleeps[3] == 30, "a 429's back-off is waited out, even past retry_max_s"
+    assert sleeps[4:] == [10, 10], "back to refresh_s once it works"
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("refresh failed" in m for m in messages) == 1, messages
+    assert sum("works again" in m for m in messages) == 1
