@@ -49,3 +49,24 @@ def test_the_load_generator_catches_a_wrong_route():
     assert "not set" in loadgen._check_session(raw, {"caller": "x"}, "contract")
     evaluated = b'SET VARIABLE AGIEXECFULL "yes"\nEXEC Set "X=${SHELL(id)}"\n'
     assert "evaluated" in loadgen._check_session(evaluated, {"caller": "x"}, "any")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the benchmarks read /proc")
+def test_mirror_smoke_run(tmp_path):
+    """A small org: the mirror loads it all, answers every kind of caller right without asking Zoho,
+    and without it the live lookup routes the same callers in one round trip."""
+    output = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--only", "mirror", "--mirror-records", "500", "--mirror-callers", "25",
+         "--mirror-latency-ms", "20", "--mirror-call-rate", "500", "--memory-phones", "2000", "--output", str(output)],
+        capture_output=True, text=True, timeout=110,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(output.read_text())["mirror"]
+    mirrored, live = report["with_mirror"], report["without_mirror"]
+    assert mirrored["first_load_records"] == 500 and mirrored["misrouted"] == 0
+    assert set(mirrored["requests_waited_for"].values()) == {0}
+    assert mirrored["background_lookup_requests"] == 4 * 5, "each unknown number: one request per module"
+    assert live["misrouted"] == 0 and live["statuses"] == {"OWNER": 20, "NOMATCH": 5}
+    assert report["memory"]["phones"] == 2000
+    assert "Zoho mirror:" in done.stdout

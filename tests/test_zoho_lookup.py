@@ -4,6 +4,8 @@ Most scenarios go through the whole path: an Asterisk-like peer over TCP,
 the FastAGI server, the router, the cache and the Zoho client.
 """
 
+import json
+
 import pytest
 
 from asterisk_peer import route_call
@@ -163,18 +165,21 @@ def test_deals_are_reached_through_the_account_when_no_contact_matches(zoho, tea
     assert not any(r.path == f"/crm/v8/Accounts/{account['id']}/Deals" for r in zoho.api_requests())
 
 
-def test_a_contact_stored_in_a_format_coql_misses_has_its_related_deals_read(zoho, team):
-    """COQL compares text exactly (in our reading): a phone stored in none of the forms asked finds no deal there."""
-    contact = add_contact_with_deal(zoho, team["contact"], team["deal"], "(928) 00-00-00")
-    zoho.add_fault(r"/coql$", 204)  # what an exact comparison answers for "(928) 00-00-00"
+def test_coql_is_asked_for_the_forms_people_type_and_its_answer_is_one_round_trip(zoho, team):
+    add_contact_with_deal(zoho, team["contact"], team["deal"], "928 00 00 00")
 
     d = decision(zoho, zoho={"user_extension_field": "Extension"})
 
     assert d.match.module == "Deals"
-    assert any(r.path == f"/crm/v8/Contacts/{contact['id']}/Deals" for r in zoho.api_requests())
+    query = json.loads(zoho.requests("/crm/v8/coql")[0].body)["select_query"]
+    assert "'928 00 00 00'" in query and "'+34 928 000 000'" in query and "'+34928000000'" in query
+    assert query.startswith("select Deal_Name, Owner, Stage, Pipeline, Contact_Name, Account_Name, Modified_Time from Deals where ")
+    assert not any(r.path.endswith("/Deals") for r in zoho.api_requests()), "no related-list request"
+    lookups = [r.path for r in zoho.api_requests() if not r.path.startswith(("/crm/v8/settings/", "/crm/v8/users"))]
+    assert len(lookups) == 4, lookups  # three searches and COQL; the rest is metadata, read once
 
 
-def test_a_contact_stored_as_one_of_the_forms_needs_no_second_request_even_without_deals(zoho, team):
+def test_a_contact_without_deals_needs_no_second_request(zoho, team):
     zoho.add_record("Contacts", team["contact"], Full_Name="No deals", Last_Name="N", Phone="928000000")
 
     d = decision(zoho, zoho={"user_extension_field": "Extension"})

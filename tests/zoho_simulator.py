@@ -538,6 +538,7 @@ class LoggedRequest:
     raw_query: str
     status: int
     ms: float
+    body: bytes = b""  # what a POST sent (a COQL query, records)
 
     @property
     def query(self) -> dict[str, list[str]]:
@@ -2292,7 +2293,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self.sim.handle(method, parts.path, parts.query, headers, body) if admitted else _Reply(429)
         except ConnectionAbortedError:
             self.close_connection = True
-            self._record(method, parts, 0, started)
+            self._record(method, parts, 0, started, body)
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -2301,16 +2302,16 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             if counted:
                 self.sim.leave()
-        self._write(reply, method, parts, started)
+        self._write(reply, method, parts, started, body)
 
-    def _write(self, reply: _Reply, method: str, parts: Any, started: float) -> None:
+    def _write(self, reply: _Reply, method: str, parts: Any, started: float, sent: bytes = b"") -> None:
         payload = b""
         if isinstance(reply.body, bytes):
             payload = reply.body
         elif reply.body is not None:
             payload = json.dumps(reply.body).encode("utf-8")
         bodiless = reply.status in (204, 304)
-        self._record(method, parts, reply.status, started)
+        self._record(method, parts, reply.status, started, sent)
         try:
             self.send_response(reply.status)
             for key, value in reply.headers.items():
@@ -2324,9 +2325,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-    def _record(self, method: str, parts: Any, status: int, started: float) -> None:
+    def _record(self, method: str, parts: Any, status: int, started: float, body: bytes = b"") -> None:
         with self.sim._lock:
-            self.sim.log.append(LoggedRequest(method, parts.path, parts.query, status, (time.perf_counter() - started) * 1000))
+            self.sim.log.append(LoggedRequest(method, parts.path, parts.query, status, (time.perf_counter() - started) * 1000, body))
 
 
 def load_demo_data(sim: ZohoSimulator) -> None:

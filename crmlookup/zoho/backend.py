@@ -12,12 +12,14 @@ and the lookup order's first hit still wins:
 * ``Deals`` have no phone field: they are reached through the caller's
   contact or, when no contact matches, account. One COQL query (``POST
   /crm/v8/coql``, scope ``ZohoCRM.coql.READ``) finds them by their contact's
-  and account's phones, in the same round trip; COQL compares text exactly,
-  so a matching contact whose stored phone is in none of the forms asked
-  (and so found no deal) has its ``Deals`` related list read as well. Without
-  the scope, the related lists are read for every matching contact (or
-  account): a second round trip. A deal counts when its stage's
-  ``forecast_type`` in the pipeline settings is ``Open``.
+  and account's phones, in the same round trip. COQL may compare the text
+  exactly, so it is asked for the forms people type as well
+  (``928 00 00 00``, ``+34 928 000 000``...); a phone typed some other way
+  finds its contact but not the contact's deal here (the mirror, which
+  normalises every phone, does). Without the scope, or when COQL fails, the
+  ``Deals`` related list of each matching contact (or account) is read: a
+  second round trip. A deal counts when its stage's ``forecast_type`` in the
+  pipeline settings is ``Open``.
 
 Records found go to :attr:`ZohoBackend.on_found` (the mirror keeps them).
 """
@@ -179,6 +181,8 @@ class _Lookup:
         if backend.settings.search_typed_formats:
             forms += number.typed_forms()
         self.forms = forms
+        # COQL may compare text exactly: the forms people type are asked too (a few more values, no more requests).
+        self.coql_forms = list(dict.fromkeys([*forms, *number.typed_forms()]))
         self.trace: list[str] = [f"zoho: phone forms searched, all at once: {', '.join(forms)}"]
 
     async def run(self) -> LookupResult:
@@ -263,12 +267,11 @@ class _Lookup:
         records: list[dict[str, Any]] = []
         for parent_module, parent in parents:
             parent_id = record_id(parent, f"{parent_module} record")
-            lookup_field = dict(DEAL_PARENTS)[parent_module]
-            found = [deal for deal in listed or () if lookup_id(deal, lookup_field, "Deals record") == parent_id]
-            if found or (listed is not None and self._coql_covers(parent_module, parent)):
-                records += found
-            else:
+            if listed is None:
                 records += await self._related_deals(parent_module, parent_id)
+            else:
+                lookup_field = dict(DEAL_PARENTS)[parent_module]
+                records += [deal for deal in listed if lookup_id(deal, lookup_field, "Deals record") == parent_id]
         deals: Found = []
         seen: set[str] = set()
         for record in records:
@@ -285,7 +288,7 @@ class _Lookup:
         columns = [f"{lookup}.{name}" for module, lookup in DEAL_PARENTS for name in self.backend.phone_fields.current(module)]
         if len(columns) > MAX_COQL_CONDITIONS:
             return None
-        query = f"select {', '.join(BASE_FIELDS['Deals'])} from Deals where {coql_any_of(columns, self.forms)} limit {PER_PAGE}"
+        query = f"select {', '.join(BASE_FIELDS['Deals'])} from Deals where {coql_any_of(columns, self.coql_forms)} limit {PER_PAGE}"
         body = await self.api.request("POST", "/coql", json_body={"select_query": query}, trace=self.trace, purpose="lookup")
         deals = records_of(body, "Deals by COQL")
         self.backend._found("Deals", deals)
@@ -303,11 +306,6 @@ class _Lookup:
                 )
             self.trace.append(f"Deals: COQL failed ({exc}); reading the related lists")
             return None
-
-    def _coql_covers(self, parent_module: str, parent: dict[str, Any]) -> bool:
-        """Whether COQL's exact comparison would have seen this parent (a phone stored as one of the forms)."""
-        forms = set(self.forms)
-        return any(text(parent, name, "record") in forms for name in self.backend.phone_fields.current(parent_module))
 
     async def _related_deals(self, parent_module: str, parent_id: str) -> list[dict[str, Any]]:
         path = f"/{parent_module}/{quote(parent_id, safe='')}/Deals"
