@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .cli_options import CONFIG_OPTION
+from .cli_options import CONFIG_OPTION, command_config
 from .commands import clean
-from .config import Config, load_config
+from .config import Config, demo_mode_notice, load_config
 from .outbox_cli import outbox
 
 
@@ -59,6 +59,11 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
     # The HTTP libraries log every request at INFO (callers' numbers in the URLs); our own lines say what matters.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    notice = demo_mode_notice(config)
+    if notice:
+        logging.getLogger("crmroute.server").warning("%s", notice)
+    else:
+        logging.getLogger("crmroute.server").info("configuration %s", config.source or "built-in defaults")
     asyncio.run(run_server(config, host=host, port=port))
 
 
@@ -75,15 +80,36 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
     help="Pretend Asterisk reports this device state (e.g. 101=INUSE); repeatable. Otherwise states are unknown offline.",
 )
 @click.option("--at", "at", metavar="TIME", help="Decide as if it were TIME (ISO 8601, e.g. 2025-03-07T20:30+01:00; no offset: this machine's zone).")
+@click.option(
+    "--exit-status",
+    "exit_status",
+    is_flag=True,
+    help="Exit with a code per status: 0 OWNER/SHARED, 3 UNMAPPED, 4 NOMATCH, 5 TIMEOUT, 6 ERROR (2: not a phone number).",
+)
 @CONFIG_OPTION
-def lookup(number: str, did: str, as_json: bool, explain: bool, states: tuple[str, ...], at: str | None, config_path: str | None) -> None:
-    """Show where a call from NUMBER would go, and why."""
+@click.pass_context
+def lookup(
+    ctx: click.Context,
+    number: str,
+    did: str,
+    as_json: bool,
+    explain: bool,
+    states: tuple[str, ...],
+    at: str | None,
+    exit_status: bool,
+    config_path: str | None,
+) -> None:
+    """Show where a call from NUMBER would go, and why.
+
+    Exits 0 with a decision, 1 when the CRM could not answer (TIMEOUT, ERROR),
+    2 when NUMBER is not a phone number; --exit-status gives every status its code.
+    """
     from dialplan import FixedDeviceStates, InboundCall, NoDeviceStates
     from dialplan.router import Router
 
     from .app import App
 
-    config = load_config(config_path)
+    config = command_config(config_path)
     given = _parse_states(states)
     probe = FixedDeviceStates(given) if given else NoDeviceStates(OFFLINE)
     when = _parse_time(at) if at else None
@@ -97,6 +123,11 @@ def lookup(number: str, did: str, as_json: bool, explain: bool, states: tuple[st
             await app.aclose()
 
     decision = asyncio.run(decide())
+    _show_decision(decision, config, given, as_json=as_json, explain=explain)
+    ctx.exit(lookup_exit_code(decision, number, exit_status))
+
+
+def _show_decision(decision, config: Config, given: dict[str, str], *, as_json: bool, explain: bool) -> None:
     variables = decision.channel_variables()
     if as_json:
         payload = {
@@ -124,6 +155,25 @@ def lookup(number: str, did: str, as_json: bool, explain: bool, states: tuple[st
     width = max(len(name) for name in variables)
     for name, value in variables.items():
         click.echo(f"{name.ljust(width)}  {printable(value)}")
+
+
+# ``crmroute lookup --exit-status``: the exit code of each CRM_ROUTE_STATUS.
+EXIT_STATUS_CODES = {"OWNER": 0, "SHARED": 0, "UNMAPPED": 3, "NOMATCH": 4, "TIMEOUT": 5, "ERROR": 6}
+# Without it: a decision is 0, a CRM that could not answer 1.
+CRM_FAILED = frozenset({"TIMEOUT", "ERROR"})
+EXIT_NOT_A_NUMBER = 2
+
+
+def lookup_exit_code(decision, number: str, per_status: bool) -> int:
+    """The exit code of ``crmroute lookup``: a wrong "ok" would hide a CRM that failed."""
+    from crmlookup.phone import is_withheld
+
+    if not decision.normalised_number and decision.status.value == "NOMATCH" and not is_withheld(number):
+        return EXIT_NOT_A_NUMBER
+    status = decision.status.value
+    if per_status:
+        return EXIT_STATUS_CODES[status]
+    return 1 if status in CRM_FAILED else 0
 
 
 def printable(text: str) -> str:
@@ -166,20 +216,44 @@ def _backend_description(config: Config) -> str:
 
 
 @cli.command("check-config")
-@click.argument("file", type=click.Path(dir_okay=False))
-def check_config(file: str) -> None:
-    """Validate FILE and open the backend it names; exit 1 on the first problem."""
-    from .app import App
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@CONFIG_OPTION
+def check_config(file: str | None, config_path: str | None) -> None:
+    """Validate the configuration (FILE, else --config, $CRMROUTE_CONFIG, /etc/crmroute/crmroute.toml).
 
-    config = load_config(file)
-    app = App.from_config(config)
-    asyncio.run(app.aclose())
+    Lists every problem (exit 1), opens the backend it names, and warns about
+    configured owners no CRM user has; creates nothing.
+    """
+    from dataclasses import replace
+
+    from .config import config_from_dict, config_path as chosen_path, config_problems, read_toml
+    from .config_check import inspect
+
+    path = chosen_path(file or config_path)
+    where = str(path) if path else "built-in defaults"
+    data = read_toml(path)
+    problems = config_problems(data)
+    if not problems:
+        config = replace(config_from_dict(data), source=str(path or ""))
+        report = asyncio.run(inspect(config))
+        problems = report.problems
+        for warning in report.warnings:
+            click.echo(f"{where}: warning: {warning}", err=True)
+    if len(problems) == 1:
+        raise click.ClickException(f"{where}: {problems[0]}")
+    for problem in problems:
+        click.echo(f"{where}: {problem}", err=True)
+    if problems:
+        raise click.ClickException(f"{where}: {len(problems)} problems")
+    notice = demo_mode_notice(config)
+    if notice:
+        click.echo(f"{where}: warning: {notice}", err=True)
     click.echo(
-        f"{file}: ok (backend {config.crm.backend}: {_backend_description(config)}; "
+        f"{where}: ok (backend {config.crm.backend}: {_backend_description(config)}; "
         f"listen {config.server.host}:{config.server.port}; deadline {config.routing.deadline_ms} ms; "
         f"{len(config.routing.owner_extensions)} owner(s) mapped; "
         f"{len(config.routing.policies)} DID policy(ies), {len(config.routing.teams)} team(s); "
-        f"outbox {config.outbox.resolved_path})"
+        f"outbox {report.outbox})"
     )
 
 
