@@ -265,30 +265,67 @@ def directory() -> None:
 @directory.command("import")
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--path", "db_path", type=click.Path(dir_okay=False), help="Directory file (default: directory.path from the config).")
-@click.option("--replace", is_flag=True, help="Empty the directory first.")
+@click.option("--replace", is_flag=True, help="Empty the directory first (the leads crmroute created from calls stay).")
+@click.option("--skip-invalid", is_flag=True, help="Import the good rows and list the bad ones (default: a bad row refuses the file).")
+@click.option("--dry-run", is_flag=True, help="Check the file and say what would be imported; write nothing.")
 @CONFIG_OPTION
-def directory_import(csv_file: str, db_path: str | None, replace: bool, config_path: str | None) -> None:
+def directory_import(csv_file: str, db_path: str | None, replace: bool, skip_invalid: bool, dry_run: bool, config_path: str | None) -> None:
     """Load CSV_FILE (records or users) into the directory: every row or none."""
     from crmlookup.errors import DirectoryImportError
     from crmlookup.local_directory import LocalDirectory
     from crmlookup.local_directory.directory import open_connection
+    from dialplan import DialTargets
 
-    config = load_config(config_path)
+    config = command_config(config_path)
     target = db_path or config.directory.path
     if not target:
         raise click.UsageError("no directory file: pass --path FILE or set directory.path in the config")
+    # Extensions are checked as the router checks them: one it would never dial is a bad row.
+    dialable = DialTargets(config.routing.dial_template, config.routing.extension_pattern).is_valid
     conn = open_connection(target, create=True)
     store = LocalDirectory(conn, target)
     try:
-        with open(csv_file, encoding="utf-8", newline="") as source:
-            summary = store.import_csv(source, config.routing.default_region, replace=replace)
+        summary = store.import_file(
+            csv_file, config.routing.default_region, replace=replace, skip_invalid=skip_invalid, dry_run=dry_run, valid_extension=dialable
+        )
     except DirectoryImportError as exc:
         for line, reason in exc.problems:
             click.echo(f"{csv_file}:{line}: {reason}", err=True)
-        raise click.ClickException(f"nothing imported: {len(exc.problems)} bad row(s)") from None
+        raise click.ClickException(_refusal(exc)) from None
     finally:
         store.close()
-    click.echo(f"imported {summary.records} record(s), {summary.phones} phone(s), {summary.users} user(s) into {Path(target)}")
+    for line, reason in summary.skipped:
+        click.echo(f"{csv_file}:{line}: {reason}", err=True)
+    verb = "would import" if dry_run else "imported"
+    click.echo(f"{verb} {summary.records} record(s), {summary.phones} phone(s), {summary.users} user(s) into {Path(target)}")
+    for note in _import_notes(summary):
+        click.echo(note)
+
+
+def _refusal(exc) -> str:
+    """Why nothing was imported, in one line."""
+    if exc.stopped_at:
+        return (
+            f"nothing imported: reading stopped at line {exc.stopped_at}, after {exc.total} bad rows "
+            "(the rest of the file is unchecked); fix these, or import the good rows with --skip-invalid"
+        )
+    return f"nothing imported: {exc.total} bad row(s) (import the good rows with --skip-invalid)"
+
+
+def _import_notes(summary) -> list[str]:
+    notes = []
+    if summary.skipped_count:
+        shown = f" (the first {len(summary.skipped)} listed)" if summary.skipped_count > len(summary.skipped) else ""
+        notes.append(f"left out {summary.skipped_count} bad row(s){shown}")
+    if summary.without_phone:
+        lines = ", ".join(str(line) for line in summary.without_phone_lines)
+        more = ", ..." if summary.without_phone > len(summary.without_phone_lines) else ""
+        notes.append(f"skipped {summary.without_phone} record(s) without a phone number (line {lines}{more}): no call can reach them")
+    if summary.kept_leads:
+        notes.append(f"kept {summary.kept_leads} lead(s) crmroute created from calls")
+    if summary.dry_run:
+        notes.append("dry run: nothing written")
+    return notes
 
 
 cli.add_command(outbox)

@@ -148,9 +148,18 @@ Contacts,C-2,Plain,+34928777002,u-ok,"Ok \\",ok@example.com,"666,tT;102",open
 
 @pytest.fixture
 def hostile_directory(tmp_path):
+    """A directory holding extensions with dial-string syntax. The import refuses
+    them; a file written by another tool can still hold them, so they go in by SQL."""
+    from crmlookup.errors import DirectoryImportError
+
     path = tmp_path / "hostile.sqlite"
     conn = open_connection(path, create=True)
-    import_csv_text(conn, HOSTILE_CSV, "ES")
+    with pytest.raises(DirectoryImportError, match="is not an extension"):
+        import_csv_text(conn, HOSTILE_CSV, "ES")
+    import_csv_text(conn, HOSTILE_CSV.replace('"101&PJSIP/666,tT"', "101").replace('"666,tT;102"', "102"), "ES")
+    conn.execute("UPDATE users SET extensions = ? WHERE id = 'u-evil'", ("101&PJSIP/666,tT",))
+    conn.execute("UPDATE users SET extensions = ? WHERE id = 'u-ok'", ("666,tT 102",))
+    conn.commit()
     conn.close()
     return path
 

@@ -11,7 +11,7 @@ from ..errors import DirectoryError
 from ..phone import PhoneNumber
 from ..sqlite_thread import ConnectionThread
 from ..records import LookupResult, Match, Owner
-from .importer import ImportSummary, import_csv
+from .importer import ImportSummary, import_csv, utf8_lines
 from .schema import ensure_schema, is_directory
 
 T = TypeVar("T")
@@ -129,9 +129,14 @@ class LocalDirectory:
         """The SQLite connection; use it only inside :meth:`run` (or from synchronous code)."""
         return self._conn
 
-    def import_csv(self, source, region: str, *, replace: bool = False) -> ImportSummary:
-        """Load a CSV export (see :mod:`.importer`); all rows or none."""
-        return import_csv(self._conn, source, region, replace=replace)
+    def import_csv(self, source, region: str, **options: Any) -> ImportSummary:
+        """Load a CSV export given as lines of text (see :func:`.importer.import_csv` for the options)."""
+        return import_csv(self._conn, source, region, **options)
+
+    def import_file(self, path: str | Path, region: str, **options: Any) -> ImportSummary:
+        """Load a CSV file; a byte that is not UTF-8 is reported on its own line."""
+        with open(path, "rb") as raw:
+            return import_csv(self._conn, utf8_lines(raw), region, **options)
 
     def counts(self) -> dict[str, int]:
         """Rows per table, for the CLI."""
