@@ -7,15 +7,20 @@ wait, and, when a refetch fails, the previous copy goes on serving.
 from __future__ import annotations
 
 import asyncio
-import re
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic, TypeVar
 
 from ..errors import CrmBadResponse, CrmError
+from ..extensions import NotAnExtensionList, split_extensions
 from .api import ZohoApi
 from .http import clip
 from .records import record_id, text
+
+__all__ = ["ActiveUser", "ActiveUsers", "DealStages", "Kept", "NotAnExtensionList", "parse_extensions"]
+
+logger = logging.getLogger("crmroute.zoho")
 
 T = TypeVar("T")
 
@@ -24,7 +29,18 @@ MIN_REFETCH_S = 60.0
 # Users are read 200 a page; an org has far fewer pages than this.
 MAX_USER_PAGES = 50
 
-_EXTENSION_SEPARATORS = re.compile(r"[\s,;/]+")
+# Several extensions in the Users field are separated by whitespace, commas or semicolons.
+USER_FIELD_SEPARATORS = r"\s,;"
+
+
+def parse_extensions(text: str) -> tuple[str, ...]:
+    """The extensions a Users extension field holds: ``101``, ``101, 102``, ``101;102 103``.
+
+    Raises :class:`NotAnExtensionList` for a value that is not a clean list of
+    extensions (``PJSIP/105``, ``Local/999@default``): split on ``/`` or ``@``
+    it would ring extensions nobody meant.
+    """
+    return split_extensions(text, USER_FIELD_SEPARATORS)
 
 
 class Kept(Generic[T]):
@@ -152,6 +168,8 @@ class ActiveUsers:
         self._api = api
         self._field = extension_field
         self._users = Kept(self._load, ttl_s, "active users", clock)
+        # The field value each user was warned about: one warning per bad value, not one per reload.
+        self._warned: dict[str, str] = {}
 
     async def get(self, user_id: str, trace: list[str] | None) -> ActiveUser | None:
         """The active user ``user_id``; ``None`` when inactive or unknown."""
@@ -172,8 +190,9 @@ class ActiveUsers:
                 raise CrmBadResponse("users: 'users' is not a list of users")
             for user in listed:
                 user_id = record_id(user, "user")
-                extensions = tuple(part for part in _EXTENSION_SEPARATORS.split(text(user, self._field, f"user {user_id}")) if part)
-                users[user_id] = ActiveUser(user_id, text(user, "full_name", "user"), text(user, "email", "user"), extensions)
+                name = text(user, "full_name", "user")
+                extensions = self._extensions(user_id, name, text(user, self._field, f"user {user_id}") if self._field else "", trace)
+                users[user_id] = ActiveUser(user_id, name, text(user, "email", "user"), extensions)
             info = body.get("info")
             if not (isinstance(info, dict) and info.get("more_records") is True):
                 break
@@ -181,3 +200,18 @@ class ActiveUsers:
             with_extension = sum(1 for user in users.values() if user.extensions)
             trace.append(f"active users: {len(users)}, {with_extension} with {clip(self._field, 40)}")
         return users
+
+    def _extensions(self, user_id: str, name: str, value: str, trace: list[str] | None) -> tuple[str, ...]:
+        """The user's extensions; none for a value that is not a clean list (warned once per value)."""
+        try:
+            return parse_extensions(value)
+        except NotAnExtensionList as exc:
+            if self._warned.get(user_id) != value:
+                self._warned[user_id] = value
+                logger.warning(
+                    "Zoho user %s (%s): %s %s, so no extension of theirs is used; write extensions only, e.g. 101 or 101, 102",
+                    user_id, clip(name, 60), clip(self._field, 40), exc,
+                )
+            if trace is not None:
+                trace.append(f"user {user_id}: {clip(self._field, 40)} refused: {exc}")
+            return ()
