@@ -53,6 +53,8 @@ class RouteDecision:
     normalised_number: str = ""
     lookup_ms: int = 0
     from_cache: bool = False
+    # Where the CRM's answer came from, for the log line: "cache", "live" (the backend was asked), or empty (nothing asked).
+    source: str = ""
     # The explanation, step by step, for ``crmroute lookup --explain``.
     steps: list[str] = field(default_factory=list)
     # The policy that routed the call, and the rule whose candidate rings

@@ -107,6 +107,7 @@ class Router:
         decision = self._outcome(policy, found, ring, trace)
         decision.normalised_number = number.e164
         decision.from_cache = found.result.from_cache
+        decision.source = "cache" if found.result.from_cache else ("live" if policy.modules else "")
         decision.device_states = dict(checker.states) if checker else {}
         return decision
 
