@@ -209,7 +209,11 @@ def _parse_time(text: str):
 
 def _backend_description(config: Config) -> str:
     if config.crm.backend == "local":
-        return config.directory.path or "packaged demo directory"
+        if config.directory.path:
+            return config.directory.path
+        from crmlookup.local_directory.directory import demo_directory_path
+
+        return f"packaged demo directory, kept in {demo_directory_path()}"
     if config.crm.backend == "zoho":
         return f"data centre {config.zoho.data_centre}, {config.zoho.accounts_server}"
     return config.crm.backend

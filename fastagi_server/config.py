@@ -131,7 +131,7 @@ def demo_mode_notice(config: Config) -> str:
     if not config.source:
         return (
             f"DEMO MODE: no configuration file found ({searched_places()}): calls are routed from the "
-            f"packaged demo directory, numbers read in region {config.routing.default_region}"
+            f"packaged demo directory (a copy in the state directory), numbers read in region {config.routing.default_region}"
         )
     return f"DEMO MODE: {config.source} sets no directory.path: calls are routed from the packaged demo directory"
 

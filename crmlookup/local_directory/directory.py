@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -10,13 +12,17 @@ from typing import Any, Callable, Sequence, TypeVar
 from ..errors import DirectoryError
 from ..phone import PhoneNumber
 from ..sqlite_thread import ConnectionThread
+from ..state import private_directory, state_directory
 from ..records import LookupResult, Match, Owner
 from .importer import ImportSummary, import_csv, utf8_lines
 from .schema import ensure_schema, is_directory
 
 T = TypeVar("T")
 
+logger = logging.getLogger("crmroute.directory")
+
 DEMO_CSV = "demo_directory.csv"
+DEMO_FILE = "demo-directory.sqlite"
 # The demo numbers are written as a Spanish office would type them.
 DEMO_REGION = "ES"
 
@@ -57,13 +63,42 @@ def open_connection(path: str | Path, *, create: bool = False) -> sqlite3.Connec
 
 def open_demo_connection() -> sqlite3.Connection:
     """An in-memory directory filled with the packaged demo data."""
+    conn = sqlite3.connect(":memory:", check_same_thread=False)
+    _fill_with_demo_data(conn)
+    return conn
+
+
+def _fill_with_demo_data(conn: sqlite3.Connection) -> None:
     from importlib import resources  # only the demo needs it; a process per call should not pay for it
 
-    conn = sqlite3.connect(":memory:", check_same_thread=False)
     ensure_schema(conn)
     with resources.files(__package__).joinpath(DEMO_CSV).open(encoding="utf-8", newline="") as demo:
         import_csv(conn, demo, DEMO_REGION)
-    return conn
+
+
+def demo_directory_path() -> Path:
+    """The demo directory's file: in crmroute's state directory, next to the outbox."""
+    return state_directory() / DEMO_FILE
+
+
+def open_demo_file(path: Path) -> sqlite3.Connection:
+    """The demo directory kept in ``path``, made from the packaged data the first time.
+
+    Kept in a file, not in memory, so what the call outcomes leave there (new
+    leads, call history) survives a restart, as the outbox that delivered them
+    says it does. Made whole in a temporary file and moved into place, so two
+    processes starting at once never see half of it.
+    """
+    if not path.exists():
+        private_directory(path.parent)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        conn = sqlite3.connect(temporary)
+        try:
+            _fill_with_demo_data(conn)
+        finally:
+            conn.close()
+        os.replace(temporary, path)
+    return open_connection(path)
 
 
 class LocalDirectory:
@@ -86,10 +121,16 @@ class LocalDirectory:
 
     @classmethod
     def open(cls, path: str | Path | None) -> "LocalDirectory":
-        """The directory at ``path``, or the packaged demo directory when ``path`` is empty."""
-        if not path:
-            return cls(open_demo_connection(), "demo directory (packaged)")
-        return cls(open_connection(path), str(path))
+        """The directory at ``path``, or the packaged demo directory (kept in the state
+        directory, see :func:`open_demo_file`) when ``path`` is empty."""
+        if path:
+            return cls(open_connection(path), str(path))
+        demo = demo_directory_path()
+        try:
+            return cls(open_demo_file(demo), f"demo directory ({demo})")
+        except (OSError, sqlite3.Error, DirectoryError) as exc:
+            logger.warning("cannot keep the demo directory in %s (%s): using one in memory; what calls leave in it is lost on restart", demo, exc)
+            return cls(open_demo_connection(), "demo directory (in memory)")
 
     def lookup_sync(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
         """Blocking form of :meth:`lookup`."""

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crmlookup.settings import check_ranges
+from crmlookup.state import state_directory
 
 OUTBOX_FILE = "outbox.sqlite"
 
 
 def default_outbox_path() -> Path:
-    """Where the outbox lives when ``outbox.path`` is empty.
-
-    The service's state directory when systemd gives one (``StateDirectory=``
-    sets ``$STATE_DIRECTORY``), else the user's state directory
-    (``$XDG_STATE_HOME/crmroute``, by default ``~/.local/state/crmroute``).
-    """
-    state_directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if state_directory:
-        return Path(state_directory) / OUTBOX_FILE
-    xdg = os.environ.get("XDG_STATE_HOME", "")
-    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
-    return base / "crmroute" / OUTBOX_FILE
+    """Where the outbox lives when ``outbox.path`` is empty: in crmroute's state directory
+    (``$STATE_DIRECTORY`` under systemd, else ``~/.local/state/crmroute``)."""
+    return state_directory() / OUTBOX_FILE
 
 
 @dataclass(frozen=True)
