@@ -40,6 +40,7 @@ class _Entry:
     stored_at: float
     fresh_until: float
     stale_until: float
+    passed_over: tuple[str, ...] = ()
 
 
 class CachedBackend:
@@ -83,7 +84,7 @@ class CachedBackend:
         if entry is None:
             # shield: the caller's deadline cancels this wait, not the lookup.
             result = await asyncio.shield(flight)
-            return LookupResult(matches=list(result.matches), steps=[how, *result.steps])
+            return LookupResult(matches=list(result.matches), steps=[how, *result.steps], passed_over=list(result.passed_over))
         try:
             async with asyncio.timeout(self._stale_wait_s):
                 result = await asyncio.shield(flight)
@@ -91,10 +92,10 @@ class CachedBackend:
             return self._served(entry, f"{how}; no answer in {self._stale_wait_s * 1000:.0f} ms: serving the entry that expired {now - entry.fresh_until:.0f} s ago (refresh continues)")
         except CrmError as exc:
             return self._served(entry, f"{how}; {self.name} failed ({exc}): serving the entry that expired {now - entry.fresh_until:.0f} s ago")
-        return LookupResult(matches=list(result.matches), steps=[how, *result.steps])
+        return LookupResult(matches=list(result.matches), steps=[how, *result.steps], passed_over=list(result.passed_over))
 
     def _served(self, entry: _Entry, step: str) -> LookupResult:
-        return LookupResult(matches=list(entry.matches), steps=[step], from_cache=True)
+        return LookupResult(matches=list(entry.matches), steps=[step], from_cache=True, passed_over=list(entry.passed_over))
 
     def _flight(self, key: Key, number: PhoneNumber, modules: Sequence[str]) -> tuple[asyncio.Task[LookupResult], bool]:
         """The lookup running for ``key``, started if there is none; and whether it was already running."""
@@ -116,7 +117,7 @@ class CachedBackend:
             raise CrmTimeout(f"{self.name} lookup still running after {limit_ms} ms; abandoned") from None
         ttl = self._settings.ttl_s if result.matches else self._settings.negative_ttl_s
         now = self._clock()
-        self._entries[key] = _Entry(tuple(result.matches), now, now + ttl, now + ttl + self._settings.stale_ttl_s)
+        self._entries[key] = _Entry(tuple(result.matches), now, now + ttl, now + ttl + self._settings.stale_ttl_s, tuple(result.passed_over))
         return result
 
     def _landed(self, key: Key, flight: asyncio.Task[LookupResult]) -> None:

@@ -41,6 +41,9 @@ class LookupResult:
     # requests made, whether the cache answered.
     steps: list[str] = field(default_factory=list)
     from_cache: bool = False
+    # Records that matched the number but do not count, in a few words each
+    # ("Leads L-1 is closed"): the caller is in the CRM, just not routable by them.
+    passed_over: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> Match | None:

@@ -176,7 +176,7 @@ class Router:
                 trace.note(found.failure_reason)
                 return self._decision(found.failure, policy, trace, match=best)
             if best is None:
-                trace.note("caller not in the CRM")
+                trace.note(_not_found(found.result))
                 return self._decision(RouteStatus.NOMATCH, policy, trace)
             trace.note("no one to ring")
             return self._decision(RouteStatus.UNMAPPED, policy, trace, match=best)
@@ -219,6 +219,19 @@ def _users(policy: Policy, ring: Ring) -> frozenset[str]:
     """Everyone who rings: the people the config maps to the extensions, and the candidate."""
     users = policy.staff.users_on(ring.extensions)
     return users | {ring.candidate.person} if ring.candidate.person else users
+
+
+# Records named in the reason of a caller known only by records that do not count.
+_PASSED_OVER_NAMED = 3
+
+
+def _not_found(result: LookupResult) -> str:
+    """Why no record decides: not in the CRM at all, or in it only by records that do not count."""
+    if not result.passed_over:
+        return "caller not in the CRM"
+    named = result.passed_over[:_PASSED_OVER_NAMED]
+    more = f" and {len(result.passed_over) - len(named)} more" if len(result.passed_over) > len(named) else ""
+    return f"no open record of the caller: {'; '.join(named)}{more}"
 
 
 def _owner_text(match: Match) -> str:

@@ -113,6 +113,19 @@ def test_converted_and_junk_leads_and_closed_deals_are_skipped(zoho, team):
     assert "Converted" not in explained, "converted leads never come back from the search"
 
 
+def test_a_caller_with_only_a_closed_lead_is_not_called_unknown(zoho, team):
+    zoho.add_record("Leads", team["lead"], Full_Name="Junk", Last_Name="J", Phone=CALLER, Lead_Status="Junk Lead")
+    contact = zoho.add_record("Contacts", None, Full_Name="Lucía", Last_Name="Romero", Phone="+34928000077")
+    zoho.add_record("Deals", team["deal"], Deal_Name="Won", Stage="Closed Won", Contact_Name={"id": contact["id"]})
+
+    junk = decision(zoho, routing={"lookup_order": ["Leads", "Deals"]})
+    won = decision(zoho, caller="+34928000077", routing={"lookup_order": ["Deals"]})
+
+    assert junk.status.value == "NOMATCH" and won.status.value == "NOMATCH"
+    assert junk.reason.startswith("no open record of the caller: Leads ") and "is closed (Lead_Status 'Junk Lead')" in junk.reason
+    assert won.reason.startswith("no open record of the caller: Deals ") and "is closed (stage 'Closed Won')" in won.reason
+
+
 def test_deal_openness_comes_from_the_pipeline_not_the_stage_name(zoho, team):
     zoho.add_layout("Ventas", [("Ventas", [("Cerrando", "Open"), ("Ganado", "Closed Won"), ("Perdido", "Closed Lost")])])
     contact = zoho.add_record("Contacts", team["contact"], Full_Name="Lucía", Last_Name="Romero", Phone=CALLER)

@@ -140,14 +140,22 @@ class LocalDirectory:
             raise DirectoryError(f"directory lookup failed: {exc}") from exc
         rank = {module: i for i, module in enumerate(modules)}
         matches = []
+        passed_over = []
         for module, record_id, name, is_open, owner_id, owner_name, email, extensions in rows:
-            if module not in rank or (module in _MODULES_WITH_STATUS and not is_open):
+            if module not in rank:
+                passed_over.append(f"{module} {record_id} ({module} is not in the lookup order)")
+                continue
+            if module in _MODULES_WITH_STATUS and not is_open:
+                passed_over.append(f"{module} {record_id} is closed")
                 continue
             owner = self._owner(owner_id, owner_name, email, extensions) if owner_id else None
             matches.append(Match(sys.intern(module), record_id, name, owner, bool(is_open)))
         matches.sort(key=lambda m: (rank[m.module], m.record_id))
+        passed_over.sort()
         step = f"local directory: {number.e164} -> {len(matches)} open record(s) of {len(rows)} matching"
-        return LookupResult(matches=matches, steps=[step])
+        if passed_over:
+            step += f"; not counted: {', '.join(passed_over)}"
+        return LookupResult(matches=matches, steps=[step], passed_over=passed_over)
 
     def _owner(self, owner_id: str, name: str | None, email: str | None, extensions: str | None) -> Owner:
         row = (owner_id, name, email, extensions)

@@ -116,7 +116,7 @@ class ZohoBackend:
                     matches = [await self._with_user(match, lookup.trace) for match in matches]
                 return LookupResult(matches=matches, steps=lookup.trace)
         lookup.trace.append(f"zoho: no open record in {', '.join(modules)}")
-        return LookupResult(matches=[], steps=lookup.trace)
+        return LookupResult(matches=[], steps=lookup.trace, passed_over=list(dict.fromkeys(lookup.passed_over)))
 
     async def _with_user(self, match: Match, trace: list[str]) -> Match:
         """The owner with the extension(s) of the Users custom field (none if the user is inactive)."""
@@ -145,6 +145,8 @@ class _Lookup:
         self.forms = forms
         self.trace: list[str] = [f"zoho: phone forms to search, in order: {', '.join(forms)}"]
         self._found: dict[str, list[tuple[dict[str, Any], Match]]] = {}
+        # Records that matched but do not count (a closed lead, a won or lost deal).
+        self.passed_over: list[str] = []
 
     async def find(self, module: str) -> list[Match]:
         if module == "Deals":
@@ -183,6 +185,7 @@ class _Lookup:
             if status.casefold() in self.backend._closed_statuses:
                 is_open = False
                 self.trace.append(f"Leads {rid} skipped: Lead_Status {clip(status, 60)!r} counts as closed")
+                self.passed_over.append(f"Leads {rid} is closed (Lead_Status {clip(status, 40)!r})")
         return Match(module, rid, name, owner(record, what), is_open)
 
     async def _open_deals(self) -> list[Match]:
@@ -211,5 +214,6 @@ class _Lookup:
             self.trace.append(f"Deals {rid}: stage {clip(stage, 60)!r} is in no pipeline's settings; counted as open")
         elif forecast != "open":
             self.trace.append(f"Deals {rid} skipped: stage {clip(stage, 60)!r} is {forecast}")
+            self.passed_over.append(f"Deals {rid} is closed (stage {clip(stage, 40)!r})")
             return None
         return Match("Deals", rid, text(record, NAME_FIELD["Deals"], what), owner(record, what), True)
