@@ -19,6 +19,8 @@ class Owner:
     # Extensions the CRM itself knows for this user (the local directory's
     # users table, a Zoho custom field). The routing policy may override them.
     extensions: tuple[str, ...] = ()
+    # False when the CRM says the user is deactivated: they never ring, whatever maps them.
+    active: bool = True
 
 
 @dataclass(frozen=True, slots=True)

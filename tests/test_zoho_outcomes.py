@@ -148,7 +148,7 @@ def test_a_refused_record_goes_dead_with_zohos_words_and_the_rest_go_through(org
     sim = org["sim"]
     cfg = config(sim, tmp_path, outbox={"max_attempts": 2})
     good = channel(org=org)
-    bad = channel(org=org, CRM_OWNER_ID="4000000000000000999")  # not a user of the org
+    bad = channel(org=org, CRM_RECORD_ID="4000000000000000999")  # a lead deleted since the call
     record_over_tcp(cfg, [("1700000000.1", KNOWN, good), ("1700000000.2", KNOWN, bad), ("1700000000.3", KNOWN, good)])
     flush(cfg)
     flush(cfg)
@@ -156,7 +156,7 @@ def test_a_refused_record_goes_dead_with_zohos_words_and_the_rest_go_through(org
     rows = {r.call_id: r for r in box.list_rows()}
     box.close()
     assert rows["1700000000.2"].state == "dead"
-    assert rows["1700000000.2"].last_error == "Calls: INVALID_DATA: invalid data (Owner)"
+    assert rows["1700000000.2"].last_error == "Calls: INVALID_DATA: invalid data (What_Id)"
     assert rows["1700000000.1"].state == rows["1700000000.3"].state == "done"
     assert sorted(keys_of(sim, "Calls")) == ["1700000000.1", "1700000000.3"]
 
@@ -242,3 +242,60 @@ def test_zoho_formats():
     assert duration(0) == "00:00" and duration(43) == "00:43" and duration(3725) == "62:05"
     assert duration(10**9) == "999:59"
     assert criteria_value("a(b),c\\d:e") == "a\\(b\\)\\,c\\\\d:e"
+
+
+# -- deactivated owners ------------------------------------------------------------------
+
+
+def test_a_missed_call_of_a_deactivated_owners_contact_is_logged_with_the_fallback_owner(org, tmp_path):
+    """Zoho refuses a deactivated user as a record's Owner: the call and the task go to
+    outcomes.senior_manager_id instead, not to a dead outcome after five refusals."""
+    sim = org["sim"]
+    gone = sim.add_user("Gone Rep", "gone@example.com", status="disabled", Extension="199")
+    contact = sim.add_record("Contacts", gone, Full_Name="Lola Paz", Last_Name="Paz", Phone="+34928000044")
+    cfg = config(sim, tmp_path, outcomes={"senior_manager_id": org["boss"]["id"]}, outbox={"max_attempts": 1})
+    routed = {"CRM_ROUTE_STATUS": "UNMAPPED", "CRM_OWNER_ID": gone["id"], "CRM_MODULE": "Contacts", "CRM_RECORD_ID": contact["id"], "CRM_CALLER_NAME": "Lola Paz"}
+    record_over_tcp(cfg, [("1700000000.44", "+34928000044", channel("+34928000044", **routed))])
+    summary = flush(cfg)
+    assert (summary.delivered, summary.dead) == (1, 0)
+    [call] = sim.records("Calls")
+    [task] = sim.records("Tasks")
+    assert call["Owner"]["id"] == org["boss"]["id"] and task["Owner"]["id"] == org["boss"]["id"]
+    assert call["Who_Id"] == {"id": contact["id"]}
+    assert f"Record owner {gone['id']} is not an active CRM user" in call["Description"]
+
+
+def test_without_a_fallback_the_crm_default_owner_takes_the_records_of_a_deactivated_owner(org, tmp_path):
+    sim = org["sim"]
+    gone = sim.add_user("Gone Rep", "gone@example.com", status="disabled")
+    contact = sim.add_record("Contacts", gone, Full_Name="Lola Paz", Last_Name="Paz", Phone="+34928000045")
+    cfg = config(sim, tmp_path, outbox={"max_attempts": 1})
+    # route could not finish: the worker looks the caller up itself and finds the deactivated owner.
+    record_over_tcp(cfg, [("1700000000.45", "+34928000045", channel("+34928000045"))])
+    assert flush(cfg).delivered == 1
+    [call] = sim.records("Calls")
+    assert call["Owner"]["id"] != gone["id"] and call["Who_Id"] == {"id": contact["id"]}
+
+
+def test_a_deactivated_owner_never_rings_even_when_owner_extensions_maps_them(org, tmp_path):
+    from conftest import decide
+
+    sim = org["sim"]
+    gone = sim.add_user("Gone Rep", "gone@example.com", status="disabled", Extension="199")
+    sim.add_record("Contacts", gone, Full_Name="Lola Paz", Last_Name="Paz", Phone="+34928000046")
+    cfg = make_config({
+        "crm": {"backend": "zoho"},
+        "routing": {"default_region": "ES", "owner_extensions": {"gone@example.com": ["199"], "sam@example.com": ["100"]}, "senior_manager": "sam@example.com"},
+        "zoho": sim.zoho_config(user_extension_field="Extension"),
+    })
+
+    async def scenario():
+        app = App.from_config(cfg)
+        try:
+            return await decide(app, "+34928000046")
+        finally:
+            await app.aclose()
+
+    decision = run(scenario())
+    assert (decision.status.value, decision.target) == ("UNMAPPED", "PJSIP/100")  # the senior manager, not 199
+    assert "is not an active CRM user" in decision.reason

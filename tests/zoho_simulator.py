@@ -617,7 +617,9 @@ class ZohoSimulator:
             if not isinstance(value, str) or not _DURATION.fullmatch(value):
                 return {"expected_data_type": "text"}
         elif name == "Owner":
-            if not isinstance(value, dict) or str(value.get("id")) not in self._users:
+            # A deactivated user cannot own a record: Zoho answers INVALID_DATA on Owner.
+            user = self._users.get(str(value.get("id"))) if isinstance(value, dict) else None
+            if user is None or user.get("status") != "active":
                 return {"expected_data_type": "lookup"}
         elif name == "What_Id":
             target = record.get("$se_module")

@@ -124,8 +124,8 @@ class ZohoBackend:
             return match
         user = await self._users.get(match.owner.id, trace)
         if user is None:
-            trace.append(f"owner {match.owner.id} is not an active user: no extension from Zoho")
-            return match
+            trace.append(f"owner {match.owner.id} is not an active user: no extension from Zoho, and not rung")
+            return dataclasses.replace(match, owner=dataclasses.replace(match.owner, active=False))
         enriched = Owner(match.owner.id, match.owner.name or user.name, match.owner.email or user.email, user.extensions)
         return dataclasses.replace(match, owner=enriched)
 

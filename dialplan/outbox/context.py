@@ -8,7 +8,7 @@ the outcome so every later attempt writes the same thing. A call that
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from crmlookup.backend import CrmBackend
@@ -39,6 +39,9 @@ class CrmContext:
     planned_at: float = 0.0
     # The owner of the lead planned for an unknown caller (so later calls from them find it).
     lead_owner_id: str = ""
+    # The record's owner when the CRM says they are no longer an active user
+    # ("Name (id)"): owner_id is then the fallback owner, or empty.
+    inactive_owner: str = ""
 
     @property
     def record(self) -> RecordRef | None:
@@ -55,15 +58,21 @@ class CrmContext:
 
 
 class ExtensionDirectory:
-    """Extension -> CRM user, from the CRM's users and ``routing.owner_extensions``."""
+    """Extension -> CRM user, from the CRM's users and ``routing.owner_extensions``.
 
-    def __init__(self, users: Iterable[Owner], owner_extensions: Mapping[str, tuple[str, ...]]):
+    ``known``: ``users`` are the CRM's active users, so a user id not among
+    them is not one (False when the CRM's users could not be read).
+    """
+
+    def __init__(self, users: Iterable[Owner], owner_extensions: Mapping[str, tuple[str, ...]], *, known: bool = True):
+        self.known = known
         self._by_id: dict[str, Owner] = {}
         by_email: dict[str, Owner] = {}
         for user in users:
             self._by_id[user.id] = user
             if user.email:
                 by_email[user.email.lower()] = user
+        self._crm_ids = frozenset(self._by_id)
         self._by_extension: dict[str, Owner] = {}
         for user in self._by_id.values():
             for extension in user.extensions:
@@ -84,11 +93,37 @@ class ExtensionDirectory:
     def by_id(self, user_id: str) -> Owner | None:
         return self._by_id.get(user_id) if user_id else None
 
+    def is_inactive(self, user_id: str) -> bool:
+        """True when the CRM's users are known and ``user_id`` is not one of them (deactivated, deleted)."""
+        return bool(user_id) and self.known and user_id not in self._crm_ids
+
 
 async def resolve_context(
-    outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings, users: ExtensionDirectory, now: float
+    outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings, users: ExtensionDirectory, now: float, *, fallback_owner: str = ""
 ) -> CrmContext:
-    """The context of ``outcome``; raises :class:`~crmlookup.errors.CrmError` if the CRM must be asked and fails."""
+    """The context of ``outcome``; raises :class:`~crmlookup.errors.CrmError` if the CRM must be asked and fails.
+
+    A record owner the CRM no longer has as an active user would be refused
+    as the owner of what is written: ``fallback_owner`` (or the CRM's default
+    owner, when empty) takes their place.
+    """
+    return _without_inactive_owner(await _resolve(outcome, backend, routing, users, now), users, fallback_owner)
+
+
+def _without_inactive_owner(context: CrmContext, users: ExtensionDirectory, fallback_owner: str) -> CrmContext:
+    if not users.is_inactive(context.owner_id):
+        return context
+    fallback = users.by_id(fallback_owner)
+    return replace(
+        context,
+        owner_id=fallback_owner,
+        owner_name=fallback.name if fallback else "",
+        owner_extensions=(),
+        inactive_owner=f"{context.owner_name} ({context.owner_id})" if context.owner_name else context.owner_id,
+    )
+
+
+async def _resolve(outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings, users: ExtensionDirectory, now: float) -> CrmContext:
     answerer = users.by_extension(outcome.answered_extension)
     answer = {"answerer_id": answerer.id, "answerer_name": answerer.name} if answerer else {}
     route = outcome.route

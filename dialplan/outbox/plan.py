@@ -145,6 +145,8 @@ def _description(outcome: CallOutcome, context: CrmContext, tz: tzinfo) -> str:
         lines.append(f"Talk time: {_duration(outcome.talk_seconds)}")
     else:
         lines.append(f"Not answered (Asterisk dial status: {outcome.dial_status or 'none'})")
+    if context.inactive_owner:
+        lines.append(f"Record owner {_line(context.inactive_owner)} is not an active CRM user")
     if context.owner_id:
         lines.append(f"Owner: {_line(context.owner_name) or context.owner_id}")
     if not outcome.complete:

@@ -275,7 +275,8 @@ class SyncWorker:
         """The contexts of the outcomes that have none yet, looked up together (the CRM client bounds the concurrency)."""
         fresh = [attempt for attempt in attempts if attempt.item.context is None]
         answers = await asyncio.gather(
-            *(resolve_context(a.item.outcome, self._backend, self._routing, users, now) for a in fresh), return_exceptions=True
+            *(resolve_context(a.item.outcome, self._backend, self._routing, users, now, fallback_owner=self._outcomes.senior_manager_id) for a in fresh),
+            return_exceptions=True,
         )
         resolved: dict[int, CrmContext] = {}
         for attempt, answer in zip(fresh, answers):
@@ -410,9 +411,10 @@ class SyncWorker:
                 raise
             except CrmError as exc:
                 logger.warning("cannot read the CRM's users (who answered stays unknown): %s", exc)
-                users = ()
                 if self._users is not None:
                     return self._users
+                # Not kept: the next round asks again. Nobody is taken for inactive meanwhile.
+                return ExtensionDirectory((), self._routing.owner_extensions, known=False)
             self._users = ExtensionDirectory(users, self._routing.owner_extensions)
             self._users_at = now
         return self._users
