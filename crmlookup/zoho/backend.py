@@ -35,7 +35,7 @@ from .http import clip
 from .metadata import ActiveUsers, DealStages
 from .records import lookup_name, more_records, owner, record_id, records_of, text
 from .settings import ENV_PREFIX, ZohoSettings
-from .token_file import TokenFile
+from .token_file import TokenFile, default_token_file
 
 logger = logging.getLogger("crmroute.zoho")
 
@@ -87,7 +87,7 @@ class ZohoBackend:
             client_secret=secrets["client_secret"],
             refresh_token=secrets["refresh_token"],
             default_api_domain=settings.default_api_domain,
-            token_file=TokenFile(settings.token_cache_file) if settings.token_cache_file else None,
+            token_file=TokenFile(settings.token_cache_file or default_token_file()),
         )
         breaker = CircuitBreaker(
             failure_threshold=settings.breaker_failures,
