@@ -113,7 +113,13 @@ class CrmWriter(Protocol):
         ...
 
     async def users(self) -> Sequence[Owner]:
-        """The CRM's users, with the extensions the CRM knows for them."""
+        """The CRM's active users, with the extensions the CRM knows for them."""
+        ...
+
+    async def check_access(self) -> None:
+        """One request that proves the CRM accepts our credentials now (raises
+        :class:`~crmlookup.errors.CrmAuthError` when it does not), for a queue
+        that paused on refused credentials and has nothing to write."""
         ...
 
     async def aclose(self) -> None:

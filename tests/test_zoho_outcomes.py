@@ -299,3 +299,53 @@ def test_a_deactivated_owner_never_rings_even_when_owner_extensions_maps_them(or
     decision = run(scenario())
     assert (decision.status.value, decision.target) == ("UNMAPPED", "PJSIP/100")  # the senior manager, not 199
     assert "is not an active CRM user" in decision.reason
+
+
+# -- a 429 creates nothing; a pause ends when the credentials work --------------------------
+
+
+def test_a_rate_limited_insert_is_not_an_uncertain_write(org, tmp_path):
+    """Zoho's 429 means nothing was created: the next attempt creates the call at once,
+    with no search_lag_s wait and no search for what the refused request made."""
+    sim = org["sim"]
+    cfg = make_config({
+        "crm": {"backend": "zoho"},
+        "routing": {"default_region": "ES"},
+        "zoho": sim.zoho_config(user_extension_field="Extension", search_lag_s=60, backoff_initial_ms=10, backoff_max_ms=20),
+        "outbox": {"path": str(tmp_path / "outbox.sqlite"), "backoff_initial_s": 0.01, "backoff_max_s": 0.05},
+        "outcomes": {"missed_known_task": False},
+    })
+    record_over_tcp(cfg, [("1700000000.1", KNOWN, channel(org=org))])
+    sim.add_fault(r"^/crm/v8/Calls$", 429, method="POST", times=1)
+    summary = flush(cfg, max_seconds=10)
+    assert (summary.failed, summary.delivered) == (1, 1)
+    assert [r.status for r in posts(sim, "Calls")] == [429, 201]
+    assert not [r for r in sim.api_requests() if r.path.endswith("/Calls/search")]
+    assert len(sim.records("Calls")) == 1
+
+
+def test_status_stops_saying_paused_once_the_credentials_work_even_with_nothing_to_write(org, tmp_path):
+    from click.testing import CliRunner
+
+    from fastagi_server.cli import cli
+
+    sim = org["sim"]
+    cfg = config(sim, tmp_path)
+    record_over_tcp(cfg, [("1700000000.1", KNOWN, channel(org=org))])
+    sim.revoke_refresh_token()
+    assert flush(cfg).paused
+    config_file = tmp_path / "crmroute.toml"
+    config_file.write_text(f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n')
+    status = lambda: CliRunner().invoke(cli, ["outbox", "status", "--config", str(config_file)]).output  # noqa: E731
+    assert "PAUSED" in status()
+    sim.refresh_token_revoked = False
+    assert flush(cfg).delivered == 1
+    assert "PAUSED" not in status()
+    # Paused (by another process, say), with nothing left to write: a round with
+    # nothing due still asks whether the credentials work, and ends the pause.
+    box = Outbox.open(tmp_path / "outbox.sqlite")
+    box.set_meta("paused", '{"reason": "the CRM refused our credentials: invalid_code", "since": 0}')
+    box.close()
+    assert flush(cfg).rounds == 1
+    assert "PAUSED" not in status()
+    assert [r.query.get("type") for r in sim.api_requests() if r.path.endswith("/users")][-1] == ["CurrentUser"]

@@ -543,7 +543,9 @@ class ZohoSimulator:
     def _list_users(self, query: dict[str, str]) -> _Reply:
         kind = query.get("type", "AllUsers")
         users = list(self._users.values())
-        if kind == "ActiveUsers":
+        if kind == "CurrentUser":  # the user the token belongs to: here, the first one added
+            users = users[:1]
+        elif kind == "ActiveUsers":
             users = [u for u in users if u.get("status") == "active"]
         elif kind == "DeactiveUsers":
             users = [u for u in users if u.get("status") != "active"]

@@ -49,6 +49,9 @@ class LocalDirectoryWriter:
     async def users(self) -> Sequence[Owner]:
         return await self._directory.run(self.users_sync)
 
+    async def check_access(self) -> None:
+        """A file has no credentials to refuse."""
+
     async def aclose(self) -> None:
         """The directory is closed by its owner (the lookup backend)."""
 

@@ -104,6 +104,10 @@ class ZohoWriter:
     async def users(self) -> Sequence[Owner]:
         return [Owner(u.id, u.name, u.email, u.extensions) for u in await self._users.all(None)]
 
+    async def check_access(self) -> None:
+        # The smallest authenticated request there is: who we are (the users scope the lookups need anyway).
+        await self._api.get("/users", {"type": "CurrentUser"})
+
     async def aclose(self) -> None:
         """The API client belongs to the lookup backend, which closes it."""
 

@@ -65,7 +65,6 @@ class ExtensionDirectory:
     """
 
     def __init__(self, users: Iterable[Owner], owner_extensions: Mapping[str, tuple[str, ...]], *, known: bool = True):
-        self.known = known
         self._by_id: dict[str, Owner] = {}
         by_email: dict[str, Owner] = {}
         for user in users:
@@ -73,6 +72,8 @@ class ExtensionDirectory:
             if user.email:
                 by_email[user.email.lower()] = user
         self._crm_ids = frozenset(self._by_id)
+        # A CRM always has a user (the one whose credentials we use): no users means none could be told.
+        self.known = known and bool(self._crm_ids)
         self._by_extension: dict[str, Owner] = {}
         for user in self._by_id.values():
             for extension in user.extensions:

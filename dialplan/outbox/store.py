@@ -350,6 +350,11 @@ class Outbox:
                 [(oid, step, state.value, crm_id, error[:MAX_ERROR_LENGTH], now) for oid, step, state, crm_id, error in rows],
             )
 
+    def unmark_sent(self, writes: Iterable[tuple[int, str]]) -> None:
+        """Drop the ``sent`` mark of ``(outcome_id, step)`` writes known not to have been made."""
+        with self._transaction():
+            self._conn.executemany("DELETE FROM writes WHERE outcome_id = ? AND step = ? AND state = 'sent'", list(writes))
+
     def finish(self, finishes: Sequence[Finish], now: float) -> None:
         """End the attempts of claimed outcomes (only those still holding our lease)."""
         with self._transaction():

@@ -206,6 +206,7 @@ class SyncWorker:
         items = await self._outbox.run(self._outbox.claim, now, self._batch, self._settings.lease_s)
         result = RoundResult(claimed=len(items))
         if not items:
+            await self._note_pause(result, False)
             return result
         attempts = [_Attempt(item) for item in items]
         wrote = False
@@ -336,7 +337,13 @@ class SyncWorker:
             todo = [(a, e) for a, e in todo if a.open and a.item.writes.get(step, _NOT_WRITTEN).state is not WriteState.DONE]
             for chunk in chunks(todo, self._batch):
                 await self._mark(step, [(a, WriteState.SENT, "", "") for a, _ in chunk])
-                results = await self._writer.create(kind, [entry for _, entry in chunk])
+                try:
+                    results = await self._writer.create(kind, [entry for _, entry in chunk])
+                except (CrmRateLimited, CrmAuthError):
+                    # Refused before anything was created (a 429, our credentials): not an
+                    # uncertain write to look for later, just one not made yet.
+                    await self._unmark(step, [a for a, _ in chunk])
+                    raise
                 wrote = True
                 if len(results) != len(chunk) or any(r.key != e.key for r, (_, e) in zip(results, chunk)):
                     raise CrmBadResponse(f"{kind.value}: {len(results)} result(s) for {len(chunk)} record(s)")
@@ -350,6 +357,12 @@ class SyncWorker:
                         attempt.error, attempt.rejected = f"{kind.value}: {error}", True
                 await self._mark(step, marks)
         return wrote
+
+    async def _unmark(self, step: str, attempts: Sequence[_Attempt]) -> None:
+        """Forget the ``sent`` marks of writes the CRM refused without creating anything."""
+        await self._outbox.run(self._outbox.unmark_sent, [(a.item.id, step) for a in attempts])
+        for attempt in attempts:
+            attempt.item.writes.pop(step, None)
 
     async def _mark(self, step: str, marks: Sequence[tuple[_Attempt, WriteState, str, str]]) -> None:
         if not marks:
@@ -392,16 +405,33 @@ class SyncWorker:
         return base * (0.5 + 0.5 * self._jitter())
 
     async def _note_pause(self, result: RoundResult, wrote: bool) -> None:
+        """Record a pause, or end one: the queue is paused (and ``outbox status`` says so,
+        for every process using the outbox) only while our credentials are refused."""
         if result.paused:
-            self._paused_until = self._clock() + self._settings.auth_retry_s
-            logger.error("outbox paused, everything kept: %s (next try in %.0f s, or on reload)", result.paused, self._settings.auth_retry_s)
-            state = json.dumps({"reason": result.paused, "since": self._clock()})
-            await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, state)
-        elif wrote:
-            self._paused_until = 0.0
-            if await self._outbox.run(self._outbox.get_meta, PAUSE_KEY) is not None:
-                logger.info("outbox resumed: the CRM accepts our credentials again")
-                await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, None)
+            self._pause(result.paused)
+            await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, json.dumps({"reason": result.paused, "since": self._clock()}))
+            return
+        if await self._outbox.run(self._outbox.get_meta, PAUSE_KEY) is None:
+            if wrote:
+                self._paused_until = 0.0  # another process may have ended the pause it shared
+            return
+        if not wrote:
+            # Nothing was written this round (nothing due, or all of it waiting):
+            # ask the CRM whether it takes our credentials now, rather than waiting for a write.
+            try:
+                await self._writer.check_access()
+            except CrmAuthError as exc:
+                self._pause(f"the CRM refused our credentials: {exc}")
+                return
+            except CrmError:
+                return  # the CRM cannot say now; the next round asks again
+        self._paused_until = 0.0
+        logger.info("outbox resumed: the CRM accepts our credentials again")
+        await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, None)
+
+    def _pause(self, reason: str) -> None:
+        self._paused_until = self._clock() + self._settings.auth_retry_s
+        logger.error("outbox paused, everything kept: %s (next try in %.0f s, or on reload)", reason, self._settings.auth_retry_s)
 
     async def _extension_directory(self, now: float) -> ExtensionDirectory:
         if self._users is None or now - self._users_at > USERS_TTL_S:
