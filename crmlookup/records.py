@@ -32,6 +32,16 @@ class Match:
     name: str
     owner: Owner | None
     is_open: bool = True
+    # The contact (or account) a deal was found through: the person who calls,
+    # as the deal itself has no phone. Empty for every other match.
+    via_module: str = ""
+    via_id: str = ""
+    via_name: str = ""
+
+    @property
+    def caller_name(self) -> str:
+        """The caller's own name: the contact's for a deal found through one, else the record's."""
+        return self.via_name or self.name
 
 
 @dataclass

@@ -46,6 +46,8 @@ class CallEntry:
     caller_number: str
     owner_id: str = ""  # empty: the CRM's default owner
     record: RecordRef | None = None
+    # The person who called, when ``record`` is not one (a deal's contact).
+    who: RecordRef | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class TaskEntry:
     due: datetime  # timezone-aware
     owner_id: str = ""
     record: RecordRef | None = None
+    who: RecordRef | None = None
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ class RouteDecision:
             "CRM_OWNER_EMAIL": owner.email if owner else "",
             "CRM_MODULE": match.module if match else "",
             "CRM_RECORD_ID": match.record_id if match else "",
-            "CRM_CALLER_NAME": match.name if match else "",
+            "CRM_CALLER_NAME": match.caller_name if match else "",
             "CRM_LOOKUP_MS": str(self.lookup_ms),
             "CRM_ROUTE_REASON": self.reason,
         }

@@ -349,3 +349,36 @@ def test_status_stops_saying_paused_once_the_credentials_work_even_with_nothing_
     assert flush(cfg).rounds == 1
     assert "PAUSED" not in status()
     assert [r.query.get("type") for r in sim.api_requests() if r.path.endswith("/users")][-1] == ["CurrentUser"]
+
+
+# -- a deal's call is the contact's too ---------------------------------------------------------
+
+
+def test_a_call_routed_by_a_deal_is_linked_to_the_deal_and_its_contact_and_named_by_the_contact(org, tmp_path):
+    sim = org["sim"]
+    contact = sim.add_record("Contacts", org["ben"], Full_Name="Lucía Romero", Last_Name="Romero", Phone="+34928000055")
+    deal = sim.add_record("Deals", org["ana"], Deal_Name="Ampliación", Stage="Negotiation/Review", Contact_Name={"name": "Lucía Romero", "id": contact["id"]})
+    cfg = config(sim, tmp_path)
+
+    async def scenario():
+        async with agi_server(cfg) as server:
+            routed = await AsteriskPeer().call(server.port, asterisk_headers(caller="+34928000055", uniqueid="1700000000.55"))
+            variables = {k: v for k, v in routed.variables.items() if k.startswith("CRM_")}
+            hangup = asterisk_headers(script="outcome", uniqueid="1700000000.55", caller="+34928000055", extension="s", arguments=("900",))
+            await AsteriskPeer(channel_variables={**variables, "DIALSTATUS": "NOANSWER"}).call(server.port, hangup)
+            summary = await server.app.sync_worker.flush()
+            return routed.variables, summary
+
+    variables, summary = run(scenario())
+    assert (variables["CRM_MODULE"], variables["CRM_RECORD_ID"]) == ("Deals", deal["id"])
+    assert variables["CRM_CALLER_NAME"] == "Lucía Romero"  # the caller, not "Ampliación"
+    assert summary.delivered == 1
+    [call] = sim.records("Calls")
+    assert call["What_Id"] == {"id": deal["id"]} and call["$se_module"] == "Deals"
+    assert call["Who_Id"] == {"id": contact["id"]}
+    assert call["Subject"] == "Missed call from Lucía Romero (+34928000055) [1700000000.55]"
+    assert "Deal: Ampliación" in call["Description"]
+    [task] = sim.records("Tasks")
+    assert task["Who_Id"] == {"id": contact["id"]} and task["What_Id"] == {"id": deal["id"]}
+    # The org's users were read once, for the lookup and the writer alike.
+    assert len([r for r in sim.api_requests() if r.path.endswith("/users")]) == 1

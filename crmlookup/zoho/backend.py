@@ -63,7 +63,10 @@ class ZohoBackend:
         self._settings = settings
         self._closed_statuses = frozenset(status.casefold() for status in settings.closed_lead_statuses)
         self._stages = DealStages(api, settings.deal_layout_ids, settings.pipeline_ttl_s)
-        self._users = ActiveUsers(api, settings.user_extension_field, settings.users_ttl_s) if settings.user_extension_field else None
+        # One copy of the org's users for the lookups and the call-logging writer (one /users fetch each users_ttl_s).
+        self._active_users = ActiveUsers(api, settings.user_extension_field, settings.users_ttl_s)
+        # Lookups read them only for the extension field.
+        self._users = self._active_users if settings.user_extension_field else None
 
     @classmethod
     def open(cls, settings: ZohoSettings, environ: dict[str, str] | None = None) -> "ZohoBackend":
@@ -106,6 +109,11 @@ class ZohoBackend:
     @property
     def settings(self) -> ZohoSettings:
         return self._settings
+
+    @property
+    def active_users(self) -> ActiveUsers:
+        """The org's active users, shared with the call-logging writer."""
+        return self._active_users
 
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
         lookup = _Lookup(self, number)
@@ -201,7 +209,9 @@ class _Lookup:
             for record in records_of(body, f"{parent_module} {parent_id} deals"):
                 match = await self._deal(record)
                 if match is not None:
-                    deals.append(match)
+                    # The caller is the contact (or account) the deal hangs off: calls are logged on both.
+                    parent_name = text(parent, NAME_FIELD[parent_module], f"{parent_module} record")
+                    deals.append(dataclasses.replace(match, via_module=parent_module, via_id=parent_id, via_name=parent_name))
         return deals
 
     async def _deal(self, record: dict[str, Any]) -> Match | None:

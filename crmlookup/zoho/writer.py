@@ -65,11 +65,12 @@ class ZohoWriter:
     name = "zoho"
     max_batch = 100
 
-    def __init__(self, api: ZohoApi, settings: ZohoSettings):
+    def __init__(self, api: ZohoApi, settings: ZohoSettings, users: ActiveUsers | None = None):
         self._api = api
         self._call_id_field = settings.call_id_field
         self.search_lag_s = float(settings.search_lag_s)
-        self._users = ActiveUsers(api, settings.user_extension_field, settings.users_ttl_s)
+        # The lookup backend's copy when given: the org's users are fetched once for both.
+        self._users = users or ActiveUsers(api, settings.user_extension_field, settings.users_ttl_s)
 
     async def create(self, kind: WriteKind, entries: Sequence[Entry]) -> list[WriteResult]:
         if not entries:
@@ -168,6 +169,9 @@ class ZohoWriter:
             else:
                 record["What_Id"] = {"id": linked.record_id}
                 record["$se_module"] = linked.module
+        who = getattr(entry, "who", None)
+        if who is not None and who.module == "Contacts" and "Who_Id" not in record:
+            record["Who_Id"] = {"id": who.record_id}  # a deal's call is the contact's too
         return record
 
 

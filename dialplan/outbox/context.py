@@ -13,12 +13,13 @@ from typing import Any, Iterable, Mapping
 
 from crmlookup.backend import CrmBackend
 from crmlookup.phone import normalise
-from crmlookup.records import Owner
+from crmlookup.records import Match, Owner
 from crmlookup.writer import RecordRef
 
 from ..outcome import CallOutcome
 from ..settings import RoutingSettings
 
+DEALS = "Deals"
 # Statuses whose CRM_* values name the caller's record.
 _ROUTED_TO_RECORD = frozenset({"OWNER", "SHARED", "UNMAPPED"})
 
@@ -42,10 +43,23 @@ class CrmContext:
     # The record's owner when the CRM says they are no longer an active user
     # ("Name (id)"): owner_id is then the fallback owner, or empty.
     inactive_owner: str = ""
+    # For a deal: the contact (or account) it was found through, the person who called.
+    via_module: str = ""
+    via_id: str = ""
+    via_name: str = ""
 
     @property
     def record(self) -> RecordRef | None:
         return RecordRef(self.module, self.record_id) if self.module and self.record_id else None
+
+    @property
+    def who(self) -> RecordRef | None:
+        """The person who called, when the record is not one (a deal's contact)."""
+        return RecordRef(self.via_module, self.via_id) if self.via_module and self.via_id else None
+
+    @property
+    def caller_name(self) -> str:
+        return self.via_name or self.record_name
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,7 +147,7 @@ async def _resolve(outcome: CallOutcome, backend: CrmBackend, routing: RoutingSe
         extensions = tuple(owner.extensions) if owner else ()
         if route.extension and route.extension not in extensions:
             extensions += (route.extension,)
-        return CrmContext(
+        context = CrmContext(
             module=route.module,
             record_id=route.record_id,
             record_name=route.record_name,
@@ -143,6 +157,14 @@ async def _resolve(outcome: CallOutcome, backend: CrmBackend, routing: RoutingSe
             planned_at=now,
             **answer,
         )
+        if route.module == DEALS and outcome.caller_e164:
+            # The channel names the deal, not the contact it was found through: ask
+            # (the lookup cache usually still holds the answer route had).
+            deal = await _match_of(outcome, backend, routing, route.record_id)
+            if deal is not None and deal.via_id:
+                # The channel's CRM_CALLER_NAME was the contact's name; the record's is the deal's.
+                context = replace(context, record_name=deal.name, via_module=deal.via_module, via_id=deal.via_id, via_name=deal.via_name)
+        return context
     if not outcome.caller_e164:
         return CrmContext(planned_at=now, **answer)
     # route never answered, timed out, or found nobody: ask the CRM now (the
@@ -157,9 +179,18 @@ async def _resolve(outcome: CallOutcome, backend: CrmBackend, routing: RoutingSe
         module=best.module,
         record_id=best.record_id,
         record_name=best.name,
+        via_module=best.via_module,
+        via_id=best.via_id,
+        via_name=best.via_name,
         owner_id=owner.id if owner else "",
         owner_name=owner.name if owner else "",
         owner_extensions=tuple(known.extensions if known else (owner.extensions if owner else ())),
         planned_at=now,
         **answer,
     )
+
+
+async def _match_of(outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings, record_id: str) -> Match | None:
+    """The match for ``record_id`` among the caller's records, as the CRM has them now."""
+    result = await backend.lookup(normalise(outcome.caller_e164, routing.default_region), routing.lookup_order)
+    return next((match for match in result.matches if match.record_id == record_id), None)

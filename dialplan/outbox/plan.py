@@ -29,6 +29,7 @@ from .settings import OutcomeSettings
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _SUBJECT_LENGTH = 200
+_SINGULAR = {"Deals": "Deal", "Leads": "Lead", "Contacts": "Contact", "Accounts": "Account"}
 
 
 class Step:
@@ -102,7 +103,7 @@ def _number(outcome: CallOutcome) -> str:
 
 
 def _who(outcome: CallOutcome, context: CrmContext) -> str:
-    name = _line(context.record_name)
+    name = _line(context.caller_name)
     number = _number(outcome)
     if name and number:
         return f"{name} ({number})"
@@ -137,6 +138,9 @@ def _answered_by(outcome: CallOutcome, context: CrmContext) -> str:
 
 def _description(outcome: CallOutcome, context: CrmContext, tz: tzinfo) -> str:
     lines = [f"Caller: {_number(outcome) or 'withheld'}"]
+    if context.who is not None and context.record_name:
+        # Named by the caller, the record (a deal) still says what the call was about.
+        lines.append(f"{_SINGULAR.get(context.module, context.module)}: {_line(context.record_name)}")
     if outcome.did:
         lines.append(f"Dialled number: {_line(outcome.did)}")
     lines.append(f"Started: {_local(outcome.started_at, tz).isoformat(timespec='seconds')}")
@@ -167,6 +171,7 @@ def _call(outcome: CallOutcome, context: CrmContext, owner_id: str, tz: tzinfo) 
         caller_number=_number(outcome),
         owner_id=owner_id,
         record=context.record,
+        who=context.who,
     )
 
 
@@ -183,6 +188,7 @@ def _task(outcome: CallOutcome, context: CrmContext, owner_id: str, due: datetim
         due=due,
         owner_id=owner_id,
         record=context.record,
+        who=context.who,
     )
     return PlannedWrite(Step.TASK, WriteKind.TASK, entry)
 
