@@ -85,13 +85,16 @@ class Router:
         policy = self.book.for_did(call.did)
         trace = Trace()
         trace.step(f"DID {call.did!r}: policy {policy.name}")
+        caller = policy.rewrite.apply(call.caller)
+        if caller != call.caller:
+            trace.step(f"caller {call.caller!r} rewritten to {caller!r} ({policy.rewrite.describe()})")
         try:
-            number = normalise(call.caller, self.settings.default_region)
+            number = normalise(caller, self.settings.default_region)
         except InvalidNumber as exc:
-            trace.step(f"caller {call.caller!r}: {exc} (numbers without a country code are read in region {self.settings.default_region})")
+            trace.step(f"caller {caller!r}: {exc} (numbers without a country code are read in region {self.settings.default_region})")
             trace.note(str(exc))
             return self._decision(RouteStatus.NOMATCH, policy, trace)
-        trace.step(f"caller {call.caller!r} normalised to {number.e164} (region {self.settings.default_region})")
+        trace.step(f"caller {caller!r} normalised to {number.e164} (region {self.settings.default_region})")
         found = await self._find(policy, number, deadline_at, trace)
         candidates = rule_candidates(policy, found.result.matches, found.last_extension)
         checker = None

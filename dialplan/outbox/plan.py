@@ -18,11 +18,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
+from typing import Callable
 from zoneinfo import ZoneInfo
 
 from crmlookup.phone import is_withheld
 from crmlookup.writer import CallEntry, Entry, LeadEntry, TaskEntry, WriteKind
 
+from ..hours import BusinessHours
 from ..outcome import CallOutcome
 from .context import CrmContext
 from .settings import OutcomeSettings
@@ -58,8 +60,23 @@ def zone(settings: OutcomeSettings) -> tzinfo:
     return local or timezone.utc
 
 
-def plan_writes(outcome: CallOutcome, context: CrmContext, settings: OutcomeSettings, tz: tzinfo) -> list[PlannedWrite]:
-    """The records ``outcome`` should leave in the CRM, in writing order."""
+def no_schedule(owner_id: str) -> BusinessHours | None:
+    return None
+
+
+def plan_writes(
+    outcome: CallOutcome,
+    context: CrmContext,
+    settings: OutcomeSettings,
+    tz: tzinfo,
+    task_hours: Callable[[str], BusinessHours | None] = no_schedule,
+) -> list[PlannedWrite]:
+    """The records ``outcome`` should leave in the CRM, in writing order.
+
+    ``task_hours`` gives the schedule a task's owner works in: a task falling
+    due outside it is due when it next opens (a call missed at 21:48 is called
+    back in the morning, not at 01:48).
+    """
     writes: list[PlannedWrite] = []
     known = context.record is not None
     answered = outcome.answered
@@ -77,11 +94,11 @@ def plan_writes(outcome: CallOutcome, context: CrmContext, settings: OutcomeSett
         writes.append(PlannedWrite(Step.CALL, WriteKind.CALL, _call(outcome, context, owner, tz), links_lead=has_lead))
     due = datetime.fromtimestamp((context.planned_at or outcome.ended_at) + settings.task_due_hours * 3600, tz)
     if known and not answered and settings.missed_known_task:
-        writes.append(_task(outcome, context, context.owner_id, due, "Call back", tz))
+        writes.append(_task(outcome, context, context.owner_id, due, "Call back", tz, task_hours(context.owner_id)))
     elif known and answered and settings.answered_by_other_task and context.owner_id and _answered_by_other(outcome, context):
-        writes.append(_task(outcome, context, context.owner_id, due, "Follow up", tz))
+        writes.append(_task(outcome, context, context.owner_id, due, "Follow up", tz, task_hours(context.owner_id)))
     elif has_lead and not answered:
-        task = _task(outcome, context, lead_owner, due, "Call back", tz)
+        task = _task(outcome, context, lead_owner, due, "Call back", tz, task_hours(lead_owner))
         writes.append(PlannedWrite(task.step, task.kind, task.entry, links_lead=True))
     return writes
 
@@ -175,17 +192,18 @@ def _call(outcome: CallOutcome, context: CrmContext, owner_id: str, tz: tzinfo) 
     )
 
 
-def _task(outcome: CallOutcome, context: CrmContext, owner_id: str, due: datetime, verb: str, tz: tzinfo) -> PlannedWrite:
+def _task(outcome: CallOutcome, context: CrmContext, owner_id: str, due: datetime, verb: str, tz: tzinfo, hours: BusinessHours | None) -> PlannedWrite:
     when = _local(outcome.ended_at, tz).strftime("%Y-%m-%d %H:%M")
     if outcome.answered:
         subject = f"{verb}: {_answered_by(outcome, context)} answered {_who(outcome, context)} at {when}"
     else:
         subject = f"{verb} {_who(outcome, context)}: missed call at {when}"
+    opens = hours.next_open(due) if hours is not None else None
     entry = TaskEntry(
         key=outcome.call_id,
         subject=_subject(subject),
         description=_description(outcome, context, tz),
-        due=due,
+        due=opens.astimezone(tz) if opens is not None else due,
         owner_id=owner_id,
         record=context.record,
         who=context.who,

@@ -34,7 +34,9 @@ from crmlookup.backend import CrmBackend
 from crmlookup.errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited
 from crmlookup.writer import CrmWriter, Entry, RecordRef, WriteKind
 
-from ..settings import RoutingSettings
+from ..hours import BusinessHours
+from ..policy import Policy, PolicyBook
+from ..settings import RoutingSettings, owner_key
 from .context import ExtensionDirectory, CrmContext, resolve_context
 from .plan import PlannedWrite, Step, lead_name, plan_writes, zone
 from .settings import OutboxSettings, OutcomeSettings
@@ -128,6 +130,7 @@ class SyncWorker:
         self._clock = clock
         self._jitter = jitter
         self._tz = zone(outcomes)
+        self._book = PolicyBook.build(routing)  # each outcome's DID policy: its business hours
         self._batch = max(1, min(settings.batch_size, writer.max_batch))
         self._wake = asyncio.Event()
         self._users: ExtensionDirectory | None = None
@@ -255,7 +258,8 @@ class SyncWorker:
             known = context
             if context.record is None and number and not started_lead:
                 context = await self._our_lead(attempt, context)
-            attempt.plan = plan_writes(item.outcome, context, self._outcomes, self._tz)
+            policy = self._book.for_did(item.outcome.did)
+            attempt.plan = plan_writes(item.outcome, context, self._outcomes, self._tz, lambda owner: _task_schedule(policy, users, owner))
             creates_lead = any(w.step == Step.LEAD for w in attempt.plan)
             if attempt.deferred or (creates_lead and not started_lead and number in leads_planned):
                 # Another outcome creates this caller's lead: this one waits for
@@ -459,6 +463,13 @@ class SyncWorker:
 
 
 _NOT_WRITTEN = WriteRow("", WriteState.SENT)
+
+
+def _task_schedule(policy: Policy, users: ExtensionDirectory, owner_id: str) -> BusinessHours | None:
+    """The hours a task's owner works: their own (``owner_hours``, by id or email), else the DID's policy's."""
+    user = users.by_id(owner_id)
+    own = policy.staff.hours.get(owner_id) or (policy.staff.hours.get(owner_key(user.email)) if user and user.email else None)
+    return own or policy.hours
 
 
 def _linked(write: PlannedWrite, item: OutboxItem) -> Entry:
