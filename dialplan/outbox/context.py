@@ -157,14 +157,7 @@ async def _resolve(outcome: CallOutcome, backend: CrmBackend, routing: RoutingSe
             planned_at=now,
             **answer,
         )
-        if route.module == DEALS and outcome.caller_e164:
-            # The channel names the deal, not the contact it was found through: ask
-            # (the lookup cache usually still holds the answer route had).
-            deal = await _match_of(outcome, backend, routing, route.record_id)
-            if deal is not None and deal.via_id:
-                # The channel's CRM_CALLER_NAME was the contact's name; the record's is the deal's.
-                context = replace(context, record_name=deal.name, via_module=deal.via_module, via_id=deal.via_id, via_name=deal.via_name)
-        return context
+        return await _with_deal_contact(context, outcome, backend, routing) if route.module == DEALS else context
     if not outcome.caller_e164:
         return CrmContext(planned_at=now, **answer)
     # route never answered, timed out, or found nobody: ask the CRM now (the
@@ -190,7 +183,17 @@ async def _resolve(outcome: CallOutcome, backend: CrmBackend, routing: RoutingSe
     )
 
 
-async def _match_of(outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings, record_id: str) -> Match | None:
-    """The match for ``record_id`` among the caller's records, as the CRM has them now."""
+async def _with_deal_contact(context: CrmContext, outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings) -> CrmContext:
+    """A deal's context with the contact it was found through.
+
+    The channel names the deal, not that contact: the caller is looked up
+    (the lookup cache usually still holds the answer route had).
+    """
+    if not outcome.caller_e164:
+        return context
     result = await backend.lookup(normalise(outcome.caller_e164, routing.default_region), routing.lookup_order)
-    return next((match for match in result.matches if match.record_id == record_id), None)
+    deal: Match | None = next((match for match in result.matches if match.record_id == context.record_id), None)
+    if deal is None or not deal.via_id:
+        return context
+    # The channel's CRM_CALLER_NAME was the contact's name; the record's own is the deal's.
+    return replace(context, record_name=deal.name, via_module=deal.via_module, via_id=deal.via_id, via_name=deal.via_name)

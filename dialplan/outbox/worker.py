@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 from crmlookup.backend import CrmBackend
 from crmlookup.errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited
-from crmlookup.writer import CrmWriter, Entry, RecordRef, WriteKind
+from crmlookup.writer import CrmWriter, Entry, RecordRef, WriteKind, WriteResult
 
 from ..hours import BusinessHours
 from ..policy import Policy, PolicyBook
@@ -341,13 +341,7 @@ class SyncWorker:
             todo = [(a, e) for a, e in todo if a.open and a.item.writes.get(step, _NOT_WRITTEN).state is not WriteState.DONE]
             for chunk in chunks(todo, self._batch):
                 await self._mark(step, [(a, WriteState.SENT, "", "") for a, _ in chunk])
-                try:
-                    results = await self._writer.create(kind, [entry for _, entry in chunk])
-                except (CrmRateLimited, CrmAuthError):
-                    # Refused before anything was created (a 429, our credentials): not an
-                    # uncertain write to look for later, just one not made yet.
-                    await self._unmark(step, [a for a, _ in chunk])
-                    raise
+                results = await self._create(step, kind, chunk)
                 wrote = True
                 if len(results) != len(chunk) or any(r.key != e.key for r, (_, e) in zip(results, chunk)):
                     raise CrmBadResponse(f"{kind.value}: {len(results)} result(s) for {len(chunk)} record(s)")
@@ -362,11 +356,16 @@ class SyncWorker:
                 await self._mark(step, marks)
         return wrote
 
-    async def _unmark(self, step: str, attempts: Sequence[_Attempt]) -> None:
-        """Forget the ``sent`` marks of writes the CRM refused without creating anything."""
-        await self._outbox.run(self._outbox.unmark_sent, [(a.item.id, step) for a in attempts])
-        for attempt in attempts:
-            attempt.item.writes.pop(step, None)
+    async def _create(self, step: str, kind: WriteKind, chunk: list[tuple[_Attempt, Entry]]) -> list[WriteResult]:
+        """Create the chunk's records (marked sent); a request refused before anything
+        was created (a 429, our credentials) leaves no uncertain write to look for later."""
+        try:
+            return list(await self._writer.create(kind, [entry for _, entry in chunk]))
+        except (CrmRateLimited, CrmAuthError):
+            await self._outbox.run(self._outbox.unmark_sent, [(a.item.id, step) for a, _ in chunk])
+            for attempt, _ in chunk:
+                attempt.item.writes.pop(step, None)
+            raise
 
     async def _mark(self, step: str, marks: Sequence[tuple[_Attempt, WriteState, str, str]]) -> None:
         if not marks:
