@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,6 +16,11 @@ from .cli_options import CONFIG_OPTION, command_config
 from .commands import clean
 from .config import Config, demo_mode_notice, load_config
 from .outbox_cli import outbox
+
+if TYPE_CHECKING:
+    from crmlookup.errors import DirectoryImportError
+    from crmlookup.local_directory import ImportSummary
+    from dialplan import RouteDecision
 
 
 class CrmrouteGroup(click.Group):
@@ -127,7 +133,7 @@ def lookup(
     ctx.exit(lookup_exit_code(decision, number, exit_status))
 
 
-def _show_decision(decision, config: Config, given: dict[str, str], *, as_json: bool, explain: bool) -> None:
+def _show_decision(decision: RouteDecision, config: Config, given: dict[str, str], *, as_json: bool, explain: bool) -> None:
     variables = decision.channel_variables()
     if as_json:
         payload = {
@@ -164,7 +170,7 @@ CRM_FAILED = frozenset({"TIMEOUT", "ERROR"})
 EXIT_NOT_A_NUMBER = 2
 
 
-def lookup_exit_code(decision, number: str, per_status: bool) -> int:
+def lookup_exit_code(decision: RouteDecision, number: str, per_status: bool) -> int:
     """The exit code of ``crmroute lookup``: a wrong "ok" would hide a CRM that failed."""
     from crmlookup.phone import is_withheld
 
@@ -306,7 +312,7 @@ def directory_import(csv_file: str, db_path: str | None, replace: bool, skip_inv
         click.echo(note)
 
 
-def _refusal(exc) -> str:
+def _refusal(exc: DirectoryImportError) -> str:
     """Why nothing was imported, in one line."""
     if exc.stopped_at:
         return (
@@ -316,7 +322,7 @@ def _refusal(exc) -> str:
     return f"nothing imported: {exc.total} bad row(s) (import the good rows with --skip-invalid)"
 
 
-def _import_notes(summary) -> list[str]:
+def _import_notes(summary: ImportSummary) -> list[str]:
     notes = []
     if summary.skipped_count:
         shown = f" (the first {len(summary.skipped)} listed)" if summary.skipped_count > len(summary.skipped) else ""
