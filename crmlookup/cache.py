@@ -40,6 +40,7 @@ class _Entry:
     stored_at: float
     fresh_until: float
     stale_until: float
+    passed_over: tuple[str, ...] = ()
 
 
 class CachedBackend:
@@ -94,7 +95,7 @@ class CachedBackend:
         return _joined(result, how)
 
     def _served(self, entry: _Entry, step: str, source: str) -> LookupResult:
-        return LookupResult(matches=list(entry.matches), steps=[step], from_cache=True, source=source)
+        return LookupResult(matches=list(entry.matches), steps=[step], from_cache=True, source=source, passed_over=list(entry.passed_over))
 
     def _flight(self, key: Key, number: PhoneNumber, modules: Sequence[str]) -> tuple[asyncio.Task[LookupResult], bool]:
         """The lookup running for ``key``, started if there is none; and whether it was already running."""
@@ -116,7 +117,7 @@ class CachedBackend:
             raise CrmTimeout(f"{self.name} lookup still running after {limit_ms} ms; abandoned") from None
         ttl = self._settings.ttl_s if result.matches else self._settings.negative_ttl_s
         now = self._clock()
-        self._entries[key] = _Entry(tuple(result.matches), now, now + ttl, now + ttl + self._settings.stale_ttl_s)
+        self._entries[key] = _Entry(tuple(result.matches), now, now + ttl, now + ttl + self._settings.stale_ttl_s, tuple(result.passed_over))
         return result
 
     def _landed(self, key: Key, flight: asyncio.Task[LookupResult]) -> None:
@@ -149,5 +150,6 @@ class CachedBackend:
 def _joined(result: LookupResult, how: str) -> LookupResult:
     """A lookup's answer for one of the calls that waited for it (the steps say how it was reached)."""
     return LookupResult(
-        matches=list(result.matches), steps=[how, *result.steps], known=result.known, source=result.source, note=result.note, age_s=result.age_s
+        matches=list(result.matches), steps=[how, *result.steps], passed_over=list(result.passed_over),
+        known=result.known, source=result.source, note=result.note, age_s=result.age_s,
     )

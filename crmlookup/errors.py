@@ -44,11 +44,16 @@ class DirectoryError(CrmError):
 class DirectoryImportError(Exception):
     """A CSV import was refused; nothing was written.
 
-    ``problems`` lists ``(line_number, reason)`` for every bad row found.
+    ``problems`` lists ``(line_number, reason)`` for the bad rows found (the
+    first few dozen); ``total`` is how many there were in all, and
+    ``stopped_at`` the line reading stopped at when there were too many to go
+    on (0 when the whole file was read).
     """
 
-    def __init__(self, problems: list[tuple[int, str]]):
+    def __init__(self, problems: list[tuple[int, str]], total: int | None = None, *, stopped_at: int = 0):
         self.problems = problems
+        self.total = len(problems) if total is None else total
+        self.stopped_at = stopped_at
         first_line, first_reason = problems[0]
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        more = f" (and {self.total - 1} more)" if self.total > 1 else ""
         super().__init__(f"line {first_line}: {first_reason}{more}")

@@ -78,7 +78,7 @@ def open_writer(backend: CrmBackend) -> CrmWriter:
     if inner.name == "zoho":
         from .zoho.writer import ZohoWriter
 
-        return ZohoWriter(inner.api, inner.settings)
+        return ZohoWriter(inner.api, inner.settings, inner.active_users)
     raise ValueError(f"no writer for the {backend.name!r} backend")
 
 

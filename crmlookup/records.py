@@ -19,6 +19,8 @@ class Owner:
     # Extensions the CRM itself knows for this user (the local directory's
     # users table, a Zoho custom field). The routing policy may override them.
     extensions: tuple[str, ...] = ()
+    # False when the CRM says the user is deactivated: they never ring, whatever maps them.
+    active: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,16 @@ class Match:
     name: str
     owner: Owner | None
     is_open: bool = True
+    # The contact (or account) a deal was found through: the person who calls,
+    # as the deal itself has no phone. Empty for every other match.
+    via_module: str = ""
+    via_id: str = ""
+    via_name: str = ""
+
+    @property
+    def caller_name(self) -> str:
+        """The caller's own name: the contact's for a deal found through one, else the record's."""
+        return self.via_name or self.name
 
 
 @dataclass
@@ -41,6 +53,9 @@ class LookupResult:
     # requests made, whether the cache answered.
     steps: list[str] = field(default_factory=list)
     from_cache: bool = False
+    # Records that matched the number but do not count, in a few words each
+    # ("Leads L-1 is closed"): the caller is in the CRM, just not routable by them.
+    passed_over: list[str] = field(default_factory=list)
     # Whether the source holds the number at all, on an open record or a closed
     # one (None: it cannot tell). A mirror that knows a number answers for it;
     # one that does not asks the CRM.

@@ -46,6 +46,8 @@ class CallEntry:
     caller_number: str
     owner_id: str = ""  # empty: the CRM's default owner
     record: RecordRef | None = None
+    # The person who called, when ``record`` is not one (a deal's contact).
+    who: RecordRef | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class TaskEntry:
     due: datetime  # timezone-aware
     owner_id: str = ""
     record: RecordRef | None = None
+    who: RecordRef | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,13 @@ class CrmWriter(Protocol):
         ...
 
     async def users(self) -> Sequence[Owner]:
-        """The CRM's users, with the extensions the CRM knows for them."""
+        """The CRM's active users, with the extensions the CRM knows for them."""
+        ...
+
+    async def check_access(self) -> None:
+        """One request that proves the CRM accepts our credentials now (raises
+        :class:`~crmlookup.errors.CrmAuthError` when it does not), for a queue
+        that paused on refused credentials and has nothing to write."""
         ...
 
     async def aclose(self) -> None:

@@ -64,6 +64,9 @@ def owner_candidate(policy: Policy, match: Match) -> Candidate:
         return Candidate(match.module, record, (), match=match, problem="has no owner")
     staff = policy.staff
     key = staff.key_for(owner)
+    if not owner.active:
+        # Deactivated in the CRM: whatever maps them, they no longer take calls.
+        return Candidate(match.module, f"{record} owner {owner.id}", (), key, match=match, problem="is not an active CRM user")
     configured = staff.extensions.get(key)
     extensions = tuple(policy.targets.valid_extensions(configured if configured is not None else owner.extensions))
     label = f"{record} owner {owner.id}"

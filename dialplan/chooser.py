@@ -118,10 +118,11 @@ class Chooser:
         if candidate.problem:
             trace.link(f"{candidate.label}: passed over, {candidate.problem}", f"{candidate.label} {candidate.problem}")
             return None
-        if candidate.hours is not None and not candidate.hours.is_open(self._now):
-            local = self._now.astimezone(candidate.hours.zone).strftime("%a %H:%M")
+        hours = candidate.hours or self._policy.hours  # their own schedule, else the policy's
+        if hours is not None and not hours.is_open(self._now):
+            local = self._now.astimezone(hours.zone).strftime("%a %H:%M")
             trace.link(
-                f"{candidate.label}: passed over, out of hours ({candidate.hours.name}, {local} {candidate.hours.zone.key})",
+                f"{candidate.label}: passed over, out of hours ({hours.name}, {local} {hours.zone.key})",
                 f"{candidate.label} out of hours",
             )
             return None

@@ -53,8 +53,9 @@ class RouteDecision:
     normalised_number: str = ""
     lookup_ms: int = 0
     from_cache: bool = False
-    # Where the CRM answer came from (directory, mirror, live, cache, stale) and,
-    # for a mirror, how old its copy was (seconds): for the log line and --explain.
+    # Where the CRM's answer came from, for the log line and --explain: "directory",
+    # "mirror", "live" (the CRM's API), "cache", "stale" (an expired cache entry), or
+    # empty (nothing asked); for a mirror, how old its copy was (seconds).
     source: str = ""
     source_age_s: float | None = None
     # The explanation, step by step, for ``crmroute lookup --explain``.
@@ -85,7 +86,7 @@ class RouteDecision:
             "CRM_OWNER_EMAIL": owner.email if owner else "",
             "CRM_MODULE": match.module if match else "",
             "CRM_RECORD_ID": match.record_id if match else "",
-            "CRM_CALLER_NAME": match.name if match else "",
+            "CRM_CALLER_NAME": match.caller_name if match else "",
             "CRM_LOOKUP_MS": str(self.lookup_ms),
             "CRM_ROUTE_REASON": self.reason,
         }

@@ -10,12 +10,14 @@ asking whether a schedule is open is a few comparisons.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MINUTES_PER_DAY = 24 * 60
+# How far next_open looks: a year of closed dates and a week past them.
+MAX_DAYS_AHEAD = 366 + 7
 
 _LINE = re.compile(r"\s*(?P<days>[a-z,\-]+)\s+(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2})\s*")
 
@@ -68,6 +70,23 @@ class BusinessHours:
             return False
         minute = local.hour * 60 + local.minute
         return any(start <= minute < end for start, end in self._week[local.weekday()])
+
+    def next_open(self, at: datetime) -> datetime | None:
+        """``at`` if the schedule is open then, else when it next opens (in its zone);
+        None for a schedule that never opens (within a year and a week)."""
+        local = at.astimezone(self.zone)
+        minute = local.hour * 60 + local.minute
+        day = local.date()
+        for offset in range(MAX_DAYS_AHEAD):
+            if day not in self._closed:
+                for start, end in self._week[day.weekday()]:
+                    if offset == 0 and end <= minute:
+                        continue
+                    if offset == 0 and start <= minute:
+                        return at
+                    return datetime(day.year, day.month, day.day, start // 60, start % 60, tzinfo=self.zone)
+            day += timedelta(days=1)
+        return None
 
     def __repr__(self) -> str:
         return f"BusinessHours({self.name!r}, {self.zone.key})"

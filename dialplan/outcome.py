@@ -163,10 +163,13 @@ def outcome_from_channel(
     did: str = "",
     channel: str = "",
     complete: bool = True,
+    number: str | None = None,
 ) -> CallOutcome:
     """Build the outcome from the headers and the :data:`CHANNEL_READINGS` values.
 
-    Raises :class:`InvalidOutcome` when ``call_id`` cannot identify a call.
+    ``number`` is the caller's number as the DID's routing policy reads it (its
+    prefixes rewritten); without it, ``caller`` as sent. Raises
+    :class:`InvalidOutcome` when ``call_id`` cannot identify a call.
     """
     call_id = call_id.strip()
     if not _CALL_ID.fullmatch(call_id):
@@ -179,7 +182,7 @@ def outcome_from_channel(
     answered = bool(explicit or member or dial_status == "ANSWER")
     talk = int(_talk_seconds(readings) + 0.5) if answered else 0
     try:
-        e164 = normalise(caller, region).e164
+        e164 = normalise(caller if number is None else number, region).e164
     except InvalidNumber:
         e164 = ""
     route = RouteSnapshot(

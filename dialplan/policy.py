@@ -19,6 +19,7 @@ from crmlookup.records import MODULES, Owner
 from .availability import DEVICE_STATES, StateTemplate
 from .candidates import Candidate, senior_manager_candidate, team_candidate
 from .hours import BusinessHours
+from .rewrite import NumberRewrite
 from .settings import FALLBACK_STEPS, LAST_AGENT, POLICY_KEYS, owner_key
 from .targets import DialTargets
 
@@ -72,6 +73,9 @@ class Policy:
     senior_manager: Candidate | None
     last_agent_max_age_s: int
     staff: Staff
+    rewrite: NumberRewrite = NumberRewrite()
+    # The schedule of everyone without one of their own; None: always open.
+    hours: BusinessHours | None = None
 
     @property
     def uses_last_agent(self) -> bool:
@@ -128,7 +132,7 @@ class PolicyBook:
                 raise ValueError(f"{where}extensions: a team needs at least one extension")
             _check_extensions(valid, team.extensions, f"{where}extensions")
             teams[name] = team_candidate(name, team.extensions, _schedule(hours, team.hours, f"{where}hours"))
-        default = _compile(DEFAULT_POLICY, {key: getattr(settings, key) for key in POLICY_KEYS}, "", settings, staff, teams)
+        default = _compile(DEFAULT_POLICY, {key: getattr(settings, key) for key in POLICY_KEYS}, "", settings, staff, teams, hours)
         by_did: dict[str, Policy] = {}
         by_e164: dict[str, Policy] = {}
         for name, overrides in settings.policies.items():
@@ -137,7 +141,7 @@ class PolicyBook:
                 raise ValueError(f"policies.{name}: the name {DEFAULT_POLICY!r} means the [routing] keys themselves")
             where = f"policies.{name}."
             values = {key: getattr(settings, key) if getattr(overrides, key) is None else getattr(overrides, key) for key in POLICY_KEYS}
-            policy = _compile(name, values, where, settings, staff, teams)
+            policy = _compile(name, values, where, settings, staff, teams, hours)
             if not overrides.dids:
                 raise ValueError(f"{where}dids: a policy needs at least one DID")
             for index, did in enumerate(overrides.dids):
@@ -145,7 +149,9 @@ class PolicyBook:
         return cls(default, by_did, by_e164, settings.default_region)
 
 
-def _compile(name: str, values: dict, where: str, settings: RoutingSettings, staff: Staff, teams: dict[str, Candidate]) -> Policy:
+def _compile(
+    name: str, values: dict, where: str, settings: RoutingSettings, staff: Staff, teams: dict[str, Candidate], hours: dict[str, BusinessHours]
+) -> Policy:
     rules = tuple(values["lookup_order"])
     if not rules:
         raise ValueError(f"{where}lookup_order must name at least one rule")
@@ -185,6 +191,7 @@ def _compile(name: str, values: dict, where: str, settings: RoutingSettings, sta
         senior = senior_manager_candidate(key, staff.extensions[key], staff.hours.get(key))
     if not 60 <= values["last_agent_max_age_s"] <= 10 * 365 * 86400:
         raise ValueError(f"{where}last_agent_max_age_s must be between 60 and 315360000 (ten years)")
+    rewrite = _keyed(where.rstrip("."), lambda: NumberRewrite.build(tuple(values["strip_prefixes"]), values["add_prefix"]))
     return Policy(
         name=name,
         rules=rules,
@@ -198,6 +205,8 @@ def _compile(name: str, values: dict, where: str, settings: RoutingSettings, sta
         senior_manager=senior,
         last_agent_max_age_s=values["last_agent_max_age_s"],
         staff=staff,
+        rewrite=rewrite,
+        hours=_schedule(hours, values["business_hours"], f"{where}business_hours"),
     )
 
 

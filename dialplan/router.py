@@ -85,13 +85,16 @@ class Router:
         policy = self.book.for_did(call.did)
         trace = Trace()
         trace.step(f"DID {call.did!r}: policy {policy.name}")
+        caller = policy.rewrite.apply(call.caller)
+        if caller != call.caller:
+            trace.step(f"caller {call.caller!r} rewritten to {caller!r} ({policy.rewrite.describe()})")
         try:
-            number = normalise(call.caller, self.settings.default_region)
+            number = normalise(caller, self.settings.default_region)
         except InvalidNumber as exc:
-            trace.step(f"caller {call.caller!r}: {exc} (numbers without a country code are read in region {self.settings.default_region})")
+            trace.step(f"caller {caller!r}: {exc} (numbers without a country code are read in region {self.settings.default_region})")
             trace.note(str(exc))
             return self._decision(RouteStatus.NOMATCH, policy, trace)
-        trace.step(f"caller {call.caller!r} normalised to {number.e164} (region {self.settings.default_region})")
+        trace.step(f"caller {caller!r} normalised to {number.e164} (region {self.settings.default_region})")
         found = await self._find(policy, number, deadline_at, trace)
         candidates = rule_candidates(policy, found.result.matches, found.last_extension)
         checker = None
@@ -179,7 +182,7 @@ class Router:
                 trace.note(found.failure_reason)
                 return self._decision(found.failure, policy, trace, match=best)
             if best is None:
-                trace.note("caller not in the CRM")
+                trace.note(_not_found(found.result))
                 return self._decision(RouteStatus.NOMATCH, policy, trace)
             trace.note("no one to ring")
             return self._decision(RouteStatus.UNMAPPED, policy, trace, match=best)
@@ -222,6 +225,19 @@ def _users(policy: Policy, ring: Ring) -> frozenset[str]:
     """Everyone who rings: the people the config maps to the extensions, and the candidate."""
     users = policy.staff.users_on(ring.extensions)
     return users | {ring.candidate.person} if ring.candidate.person else users
+
+
+# Records named in the reason of a caller known only by records that do not count.
+_PASSED_OVER_NAMED = 3
+
+
+def _not_found(result: LookupResult) -> str:
+    """Why no record decides: not in the CRM at all, or in it only by records that do not count."""
+    if not result.passed_over:
+        return "caller not in the CRM"
+    named = result.passed_over[:_PASSED_OVER_NAMED]
+    more = f" and {len(result.passed_over) - len(named)} more" if len(result.passed_over) > len(named) else ""
+    return f"no open record of the caller: {'; '.join(named)}{more}"
 
 
 def _owner_text(match: Match) -> str:

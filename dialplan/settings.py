@@ -66,6 +66,9 @@ class PolicySettings:
     team: str | None = None
     senior_manager: str | None = None
     last_agent_max_age_s: int | None = None
+    strip_prefixes: tuple[str, ...] | None = None
+    add_prefix: str | None = None
+    business_hours: str | None = None
 
 
 # The keys a policy may set; [routing] holds their defaults.
@@ -106,6 +109,14 @@ class RoutingSettings:
     senior_manager: str = ""
     # The LastAgent rule looks back this far.
     last_agent_max_age_s: int = 30 * 24 * 3600
+    # Caller-number rewriting before it is read (see dialplan.rewrite): prefixes
+    # taken off (the longest that matches, once), then a prefix put in front.
+    strip_prefixes: tuple[str, ...] = ()
+    add_prefix: str = ""
+    # A schedule from ``hours`` for everyone who has none of their own
+    # (owner_hours, a team's hours): outside it they are passed over, and a
+    # task from a missed call is due in it. Empty: always open.
+    business_hours: str = ""
     # Only extensions matching this (whole) pattern are ever dialled.
     extension_pattern: str = r"[0-9A-Za-z_-]{1,32}"
     # Owner id or email -> extensions; wins over extensions the CRM knows.

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-# Characters an extension may ever contain, whatever the admin's pattern says.
-SAFE_EXTENSION = re.compile(r"[0-9A-Za-z_.+*#-]{1,64}")
+from crmlookup.extensions import SAFE_EXTENSION
+
+__all__ = ["SAFE_EXTENSION", "SAFE_TARGET", "SAFE_TEMPLATE", "DialTargets", "validate_dial_template"]
 # What a template may contain around ``{ext}``: a technology and, for Local
 # channels, a context.
 SAFE_TEMPLATE = re.compile(r"(PJSIP|SIP|IAX2|Local|DAHDI|Custom)/[A-Za-z0-9_.@/-]*\{ext\}[A-Za-z0-9_.@/-]*")

@@ -7,15 +7,21 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from . import __version__
-from .cli_options import CONFIG_OPTION
+from .cli_options import CONFIG_OPTION, command_config
 from .commands import clean
-from .config import Config, load_config
+from .config import Config, demo_mode_notice, load_config
 from .mirror_cli import mirror
 from .outbox_cli import outbox
+
+if TYPE_CHECKING:
+    from crmlookup.errors import DirectoryImportError
+    from crmlookup.local_directory import ImportSummary
+    from dialplan import RouteDecision
 
 
 class CrmrouteGroup(click.Group):
@@ -60,6 +66,11 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
     # The HTTP libraries log every request at INFO (callers' numbers in the URLs); our own lines say what matters.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    notice = demo_mode_notice(config)
+    if notice:
+        logging.getLogger("crmroute.server").warning("%s", notice)
+    else:
+        logging.getLogger("crmroute.server").info("configuration %s", config.source or "built-in defaults")
     asyncio.run(run_server(config, host=host, port=port))
 
 
@@ -76,15 +87,36 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
     help="Pretend Asterisk reports this device state (e.g. 101=INUSE); repeatable. Otherwise states are unknown offline.",
 )
 @click.option("--at", "at", metavar="TIME", help="Decide as if it were TIME (ISO 8601, e.g. 2025-03-07T20:30+01:00; no offset: this machine's zone).")
+@click.option(
+    "--exit-status",
+    "exit_status",
+    is_flag=True,
+    help="Exit with a code per status: 0 OWNER/SHARED, 3 UNMAPPED, 4 NOMATCH, 5 TIMEOUT, 6 ERROR (2: not a phone number).",
+)
 @CONFIG_OPTION
-def lookup(number: str, did: str, as_json: bool, explain: bool, states: tuple[str, ...], at: str | None, config_path: str | None) -> None:
-    """Show where a call from NUMBER would go, and why."""
+@click.pass_context
+def lookup(
+    ctx: click.Context,
+    number: str,
+    did: str,
+    as_json: bool,
+    explain: bool,
+    states: tuple[str, ...],
+    at: str | None,
+    exit_status: bool,
+    config_path: str | None,
+) -> None:
+    """Show where a call from NUMBER would go, and why.
+
+    Exits 0 with a decision, 1 when the CRM could not answer (TIMEOUT, ERROR),
+    2 when NUMBER is not a phone number; --exit-status gives every status its code.
+    """
     from dialplan import FixedDeviceStates, InboundCall, NoDeviceStates
     from dialplan.router import Router
 
     from .app import App
 
-    config = load_config(config_path)
+    config = command_config(config_path)
     given = _parse_states(states)
     probe = FixedDeviceStates(given) if given else NoDeviceStates(OFFLINE)
     when = _parse_time(at) if at else None
@@ -98,6 +130,11 @@ def lookup(number: str, did: str, as_json: bool, explain: bool, states: tuple[st
             await app.aclose()
 
     decision = asyncio.run(decide())
+    _show_decision(decision, config, given, as_json=as_json, explain=explain)
+    ctx.exit(lookup_exit_code(decision, number, exit_status))
+
+
+def _show_decision(decision: RouteDecision, config: Config, given: dict[str, str], *, as_json: bool, explain: bool) -> None:
     variables = decision.channel_variables()
     if as_json:
         payload = {
@@ -125,6 +162,25 @@ def lookup(number: str, did: str, as_json: bool, explain: bool, states: tuple[st
     width = max(len(name) for name in variables)
     for name, value in variables.items():
         click.echo(f"{name.ljust(width)}  {printable(value)}")
+
+
+# ``crmroute lookup --exit-status``: the exit code of each CRM_ROUTE_STATUS.
+EXIT_STATUS_CODES = {"OWNER": 0, "SHARED": 0, "UNMAPPED": 3, "NOMATCH": 4, "TIMEOUT": 5, "ERROR": 6}
+# Without it: a decision is 0, a CRM that could not answer 1.
+CRM_FAILED = frozenset({"TIMEOUT", "ERROR"})
+EXIT_NOT_A_NUMBER = 2
+
+
+def lookup_exit_code(decision: RouteDecision, number: str, per_status: bool) -> int:
+    """The exit code of ``crmroute lookup``: a wrong "ok" would hide a CRM that failed."""
+    from crmlookup.phone import is_withheld
+
+    if not decision.normalised_number and decision.status.value == "NOMATCH" and not is_withheld(number):
+        return EXIT_NOT_A_NUMBER
+    status = decision.status.value
+    if per_status:
+        return EXIT_STATUS_CODES[status]
+    return 1 if status in CRM_FAILED else 0
 
 
 def printable(text: str) -> str:
@@ -160,27 +216,55 @@ def _parse_time(text: str):
 
 def _backend_description(config: Config) -> str:
     if config.crm.backend == "local":
-        return config.directory.path or "packaged demo directory"
+        if config.directory.path:
+            return config.directory.path
+        from crmlookup.local_directory.directory import demo_directory_path
+
+        return f"packaged demo directory, kept in {demo_directory_path()}"
     if config.crm.backend == "zoho":
         return f"data centre {config.zoho.data_centre}, {config.zoho.accounts_server}"
     return config.crm.backend
 
 
 @cli.command("check-config")
-@click.argument("file", type=click.Path(dir_okay=False))
-def check_config(file: str) -> None:
-    """Validate FILE and open the backend it names; exit 1 on the first problem."""
-    from .app import App
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@CONFIG_OPTION
+def check_config(file: str | None, config_path: str | None) -> None:
+    """Validate the configuration (FILE, else --config, $CRMROUTE_CONFIG, /etc/crmroute/crmroute.toml).
 
-    config = load_config(file)
-    app = App.from_config(config)
-    asyncio.run(app.aclose())
+    Lists every problem (exit 1), opens the backend it names, and warns about
+    configured owners no CRM user has; creates nothing.
+    """
+    from dataclasses import replace
+
+    from .config import config_from_dict, config_path as chosen_path, config_problems, read_toml
+    from .config_check import inspect
+
+    path = chosen_path(file or config_path)
+    where = str(path) if path else "built-in defaults"
+    data = read_toml(path)
+    problems = config_problems(data)
+    if not problems:
+        config = replace(config_from_dict(data), source=str(path or ""))
+        report = asyncio.run(inspect(config))
+        problems = report.problems
+        for warning in report.warnings:
+            click.echo(f"{where}: warning: {warning}", err=True)
+    if len(problems) == 1:
+        raise click.ClickException(f"{where}: {problems[0]}")
+    for problem in problems:
+        click.echo(f"{where}: {problem}", err=True)
+    if problems:
+        raise click.ClickException(f"{where}: {len(problems)} problems")
+    notice = demo_mode_notice(config)
+    if notice:
+        click.echo(f"{where}: warning: {notice}", err=True)
     click.echo(
-        f"{file}: ok (backend {config.crm.backend}: {_backend_description(config)}; "
+        f"{where}: ok (backend {config.crm.backend}: {_backend_description(config)}; "
         f"listen {config.server.host}:{config.server.port}; deadline {config.routing.deadline_ms} ms; "
         f"{len(config.routing.owner_extensions)} owner(s) mapped; "
         f"{len(config.routing.policies)} DID policy(ies), {len(config.routing.teams)} team(s); "
-        f"outbox {config.outbox.resolved_path})"
+        f"outbox {report.outbox})"
     )
 
 
@@ -192,30 +276,67 @@ def directory() -> None:
 @directory.command("import")
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--path", "db_path", type=click.Path(dir_okay=False), help="Directory file (default: directory.path from the config).")
-@click.option("--replace", is_flag=True, help="Empty the directory first.")
+@click.option("--replace", is_flag=True, help="Empty the directory first (the leads crmroute created from calls stay).")
+@click.option("--skip-invalid", is_flag=True, help="Import the good rows and list the bad ones (default: a bad row refuses the file).")
+@click.option("--dry-run", is_flag=True, help="Check the file and say what would be imported; write nothing.")
 @CONFIG_OPTION
-def directory_import(csv_file: str, db_path: str | None, replace: bool, config_path: str | None) -> None:
+def directory_import(csv_file: str, db_path: str | None, replace: bool, skip_invalid: bool, dry_run: bool, config_path: str | None) -> None:
     """Load CSV_FILE (records or users) into the directory: every row or none."""
     from crmlookup.errors import DirectoryImportError
     from crmlookup.local_directory import LocalDirectory
     from crmlookup.local_directory.directory import open_connection
+    from dialplan import DialTargets
 
-    config = load_config(config_path)
+    config = command_config(config_path)
     target = db_path or config.directory.path
     if not target:
         raise click.UsageError("no directory file: pass --path FILE or set directory.path in the config")
+    # Extensions are checked as the router checks them: one it would never dial is a bad row.
+    dialable = DialTargets(config.routing.dial_template, config.routing.extension_pattern).is_valid
     conn = open_connection(target, create=True)
     store = LocalDirectory(conn, target)
     try:
-        with open(csv_file, encoding="utf-8", newline="") as source:
-            summary = store.import_csv(source, config.routing.default_region, replace=replace)
+        summary = store.import_file(
+            csv_file, config.routing.default_region, replace=replace, skip_invalid=skip_invalid, dry_run=dry_run, valid_extension=dialable
+        )
     except DirectoryImportError as exc:
         for line, reason in exc.problems:
             click.echo(f"{csv_file}:{line}: {reason}", err=True)
-        raise click.ClickException(f"nothing imported: {len(exc.problems)} bad row(s)") from None
+        raise click.ClickException(_refusal(exc)) from None
     finally:
         store.close()
-    click.echo(f"imported {summary.records} record(s), {summary.phones} phone(s), {summary.users} user(s) into {Path(target)}")
+    for line, reason in summary.skipped:
+        click.echo(f"{csv_file}:{line}: {reason}", err=True)
+    verb = "would import" if dry_run else "imported"
+    click.echo(f"{verb} {summary.records} record(s), {summary.phones} phone(s), {summary.users} user(s) into {Path(target)}")
+    for note in _import_notes(summary):
+        click.echo(note)
+
+
+def _refusal(exc: DirectoryImportError) -> str:
+    """Why nothing was imported, in one line."""
+    if exc.stopped_at:
+        return (
+            f"nothing imported: reading stopped at line {exc.stopped_at}, after {exc.total} bad rows "
+            "(the rest of the file is unchecked); fix these, or import the good rows with --skip-invalid"
+        )
+    return f"nothing imported: {exc.total} bad row(s) (import the good rows with --skip-invalid)"
+
+
+def _import_notes(summary: ImportSummary) -> list[str]:
+    notes = []
+    if summary.skipped_count:
+        shown = f" (the first {len(summary.skipped)} listed)" if summary.skipped_count > len(summary.skipped) else ""
+        notes.append(f"left out {summary.skipped_count} bad row(s){shown}")
+    if summary.without_phone:
+        lines = ", ".join(str(line) for line in summary.without_phone_lines)
+        more = ", ..." if summary.without_phone > len(summary.without_phone_lines) else ""
+        notes.append(f"skipped {summary.without_phone} record(s) without a phone number (line {lines}{more}): no call can reach them")
+    if summary.kept_leads:
+        notes.append(f"kept {summary.kept_leads} lead(s) crmroute created from calls")
+    if summary.dry_run:
+        notes.append("dry run: nothing written")
+    return notes
 
 
 cli.add_command(outbox)

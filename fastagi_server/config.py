@@ -23,6 +23,9 @@ from dialplan.settings import RoutingSettings
 from .limits import SessionLimits
 
 ENV_CONFIG = "CRMROUTE_CONFIG"
+# Read when neither --config nor $CRMROUTE_CONFIG names a file, if it exists:
+# a service started without either still gets the admin's configuration.
+DEFAULT_CONFIG_PATH = Path("/etc/crmroute/crmroute.toml")
 
 
 class ConfigError(Exception):
@@ -81,17 +84,35 @@ class Config:
     source: str = field(default="", metadata={"toml": False})
 
 
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The file to read: ``explicit`` (``--config``), else ``$CRMROUTE_CONFIG``, else
+    :data:`DEFAULT_CONFIG_PATH` when it exists; None: the built-in defaults."""
+    chosen = explicit or os.environ.get(ENV_CONFIG)
+    if chosen:
+        return Path(chosen)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def searched_places() -> str:
+    """Where a configuration is looked for, in order, as an admin reads it."""
+    return f"--config, ${ENV_CONFIG}, {DEFAULT_CONFIG_PATH}"
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read ``path`` (or ``$CRMROUTE_CONFIG``); no path at all gives the defaults."""
-    chosen = path or os.environ.get(ENV_CONFIG) or None
-    if chosen is None:
-        return Config()
+    """Read the file :func:`config_path` chooses; none at all gives the defaults."""
+    file = config_path(path)
+    return replace(config_from_dict(read_toml(file)), source=str(file or ""))
+
+
+def read_toml(file: Path | None) -> dict[str, Any]:
+    """The parsed TOML of ``file`` (empty for None: the built-in defaults); raises ConfigError."""
+    if file is None:
+        return {}
     import tomllib  # only paid for when there is a file to read
 
-    file = Path(chosen)
     try:
         with file.open("rb") as handle:
-            data = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {file}") from None
     except OSError as exc:
@@ -100,7 +121,21 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: not UTF-8 text") from None
-    return replace(config_from_dict(data), source=str(file))
+
+
+def demo_mode_notice(config: Config) -> str:
+    """The loud line for a configuration that routes calls from the packaged demo data; empty otherwise.
+
+    A service that forgot its configuration must not look healthy.
+    """
+    if config.crm.backend != "local" or config.directory.path:
+        return ""
+    if not config.source:
+        return (
+            f"DEMO MODE: no configuration file found ({searched_places()}): calls are routed from the "
+            f"packaged demo directory (a copy in the state directory), numbers read in region {config.routing.default_region}"
+        )
+    return f"DEMO MODE: {config.source} sets no directory.path: calls are routed from the packaged demo directory"
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
@@ -108,7 +143,23 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     return _build(Config, data, "")
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def config_problems(data: Mapping[str, Any]) -> list[str]:
+    """Every problem of parsed TOML that can be found in one pass (empty: it loads).
+
+    A wrong value is reported and its default used in its place, so the keys
+    after it are still checked; a section whose keys are each fine but do not
+    fit together reports its first such problem.
+    """
+    problems: list[str] = []
+    try:
+        _build(Config, data, "", problems)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def _build(cls: type, data: Any, where: str, problems: list[str] | None = None) -> Any:
+    """``cls`` from ``data``. With ``problems``, a bad key is listed there and left at its default."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a table, got {_kind(data)}")
     hints = typing.get_type_hints(cls)
@@ -116,23 +167,41 @@ def _build(cls: type, data: Any, where: str) -> Any:
     known = {f.name for f in settable}
     for key in data:
         if key not in known:
-            raise ConfigError(f"{_join(where, key)}: unknown key (known: {', '.join(sorted(known))})")
-    values = {f.name: _convert(hints[f.name], data[f.name], _join(where, f.name)) for f in settable if f.name in data}
+            _problem(problems, ConfigError(f"{_join(where, key)}: unknown key (known: {', '.join(sorted(known))})"))
+    values = {}
+    for f in settable:
+        if f.name not in data:
+            continue
+        try:
+            values[f.name] = _convert(hints[f.name], data[f.name], _join(where, f.name), problems)
+        except ConfigError as exc:
+            _problem(problems, exc)
     try:
         return cls(**values)
     except ValueError as exc:
-        raise ConfigError(f"{where or 'config'}: {exc}") from None
+        error = ConfigError(f"{where or 'config'}: {exc}")
+    if problems is None:
+        raise error
+    problems.append(str(error))
+    return cls()  # the defaults, so the sections around it are still checked
 
 
-def _convert(kind: Any, value: Any, where: str) -> Any:
+def _problem(problems: list[str] | None, error: ConfigError) -> None:
+    """Raise ``error``, or, when collecting, list it."""
+    if problems is None:
+        raise error
+    problems.append(str(error))
+
+
+def _convert(kind: Any, value: Any, where: str, problems: list[str] | None = None) -> Any:
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
     if is_dataclass(kind):
-        return _build(kind, value, where)
+        return _build(kind, value, where, problems)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        return _convert(next(a for a in args if a is not type(None)), value, where)
+        return _convert(next(a for a in args if a is not type(None)), value, where, problems)
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {_kind(value)}")
@@ -160,7 +229,7 @@ def _convert(kind: Any, value: Any, where: str) -> Any:
         key_kind, item = args
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a table, got {_kind(value)}")
-        return {str(k): _convert(item, v, _join(where, str(k))) for k, v in value.items()}
+        return {str(k): _convert(item, v, _join(where, str(k)), problems) for k, v in value.items()}
     raise ConfigError(f"{where}: unsupported setting type {kind!r}")  # a bug in a settings class
 
 

@@ -11,11 +11,11 @@ from datetime import datetime
 import click
 
 from crmlookup.durations import age_text as age
-from dialplan.outbox import Outbox, OutboxState
+from dialplan.outbox import Outbox, OutboxError, OutboxState
 from dialplan.outbox.worker import PAUSE_KEY
 
-from .cli_options import CONFIG_OPTION
-from .config import Config, load_config
+from .cli_options import CONFIG_OPTION, command_config
+from .config import Config
 
 STATES = [state.value for state in OutboxState]
 _RELATIVE = re.compile(r"(\d+)\s*([smhd])")
@@ -34,7 +34,14 @@ def parse_since(text: str, now: float) -> float:
 
 
 def _open(config: Config) -> Outbox:
-    return Outbox.open(config.outbox.resolved_path)
+    """The outbox the configuration names; never a new empty one (that would show a wrong picture)."""
+    try:
+        return Outbox.open(config.outbox.resolved_path, create=False)
+    except OutboxError as exc:
+        where = f"outbox.path of {config.source}" if config.source else "the default, as no configuration file was found"
+        raise click.ClickException(
+            f"{exc} ({where}): nothing was recorded there; the server's outbox is the outbox.path of its configuration (pass --config FILE)"
+        ) from None
 
 
 @click.group()
@@ -46,7 +53,7 @@ def outbox() -> None:
 @CONFIG_OPTION
 def status(config_path: str | None) -> None:
     """Outcomes per state, the oldest waiting, the next attempt, and whether the queue is paused."""
-    config = load_config(config_path)
+    config = command_config(config_path)
     box = _open(config)
     try:
         now = time.time()
@@ -80,7 +87,7 @@ def status(config_path: str | None) -> None:
 @CONFIG_OPTION
 def list_outcomes(state: str | None, limit: int, config_path: str | None) -> None:
     """The most recent outcomes: id, state, call, caller, age, attempts, next attempt, last error."""
-    config = load_config(config_path)
+    config = command_config(config_path)
     box = _open(config)
     try:
         rows = box.list_rows(OutboxState(state) if state else None, limit)
@@ -105,13 +112,19 @@ def retry(ids: tuple[int, ...], everything: bool, config_path: str | None) -> No
     """Make dead (or failed) outcomes due now; the worker takes them up at once."""
     if bool(ids) == everything:
         raise click.UsageError("give outcome ids or --all (not both)")
-    config = load_config(config_path)
+    config = command_config(config_path)
     box = _open(config)
     try:
+        states = {} if everything else box.states_of(ids)
         count = box.retry(time.time(), None if everything else list(ids))
     finally:
         box.close()
     click.echo(f"{count} outcome(s) due again")
+    missing = [str(i) for i in ids if i not in states]
+    settled = [f"{i} is {states[i].replace('_', ' ')}" for i in ids if states.get(i) not in (None, "dead", "failed")]
+    if missing or settled:
+        said = ([f"no outcome {', '.join(missing)} in {box.path}"] if missing else []) + settled
+        raise click.ClickException(f"{'; '.join(said)} (only dead and failed outcomes are retried: see crmroute outbox list)")
 
 
 @outbox.command()
@@ -125,7 +138,7 @@ def replay(since: str, config_path: str | None) -> None:
     """
     now = time.time()
     start = parse_since(since, now)
-    config = load_config(config_path)
+    config = command_config(config_path)
     box = _open(config)
     try:
         count = box.replay(start, now)
@@ -141,7 +154,8 @@ def flush(max_seconds: float | None, config_path: str | None) -> None:
     """Deliver every due outcome now (with the server stopped, or next to it); exit 1 if some remain."""
     from .app import App
 
-    config = load_config(config_path)
+    config = command_config(config_path)
+    _open(config).close()  # an outbox that is not there has nothing to deliver
 
     async def deliver():
         app = App.from_config(config)

@@ -2,9 +2,10 @@
 
 Dialplan (the script name, then the DID)::
 
-    same => n,AGI(/opt/crmroute/bin/crmroute-agi,route,${EXTEN})
+    same => n,AGI(/opt/crmroute/bin/crmroute-agi,route,${ARG1})
 
-Options go before the script name: ``AGI(crmroute-agi,--config=/etc/crmroute.toml,route,${EXTEN})``.
+(in a Gosub like the sample's ``[crm-route]``, where the DID is ``${ARG1}``).
+Options go before the script name: ``AGI(crmroute-agi,--config=/etc/crmroute/crmroute.toml,route,${ARG1})``.
 
 The same handlers as the FastAGI server run here, so the variables set are
 the same. Asterisk tells a process AGI of a hang-up in two ways, both
@@ -135,6 +136,36 @@ def parse_argv(argv: list[str]) -> tuple[str | None, str, tuple[str, ...]]:
     return config_path, script, tuple(args)
 
 
+USAGE = """usage: crmroute-agi [--config=FILE] [SCRIPT [ARG...]]
+
+Classic (process) AGI for Asterisk: one call on stdin/stdout, then exit.
+Run it from the dialplan, not from a terminal:
+
+    same => n,AGI(/opt/crmroute/venv/bin/crmroute-agi,route,${ARG1})
+    exten => s,1,AGI(/opt/crmroute/venv/bin/crmroute-agi,outcome,${ARG1})
+
+SCRIPT is route (the default) or outcome; the first ARG is the DID.
+--config=FILE: the configuration (default: $CRMROUTE_CONFIG, else
+/etc/crmroute/crmroute.toml if it exists, else the built-in defaults).
+One line per call is logged on stderr (server.log_level), which Asterisk
+passes on (under systemd: journalctl -u asterisk).
+"""
+
+_HELP = frozenset({"-h", "--help"})
+
+
+def leading_options(argv: list[str]) -> list[str]:
+    """The options before the script name (``--config FILE`` counted as one)."""
+    options = []
+    args = list(argv)
+    while args and args[0].startswith("-"):
+        option = args.pop(0)
+        options.append(option)
+        if option == "--config" and args:
+            args.pop(0)
+    return options
+
+
 def _session_timed_out(signum: int, frame: object) -> None:
     raise AgiLimitExceeded("session time limit reached")
 
@@ -162,11 +193,25 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     from .app import App
-    from .config import load_config
+    from .config import demo_mode_notice, load_config
     from .handlers import answer_fallback, run_session
 
-    config_path, script, arguments = parse_argv(sys.argv[1:] if argv is None else argv)
-    # Asterisk shows stderr on its console: warnings only.
+    args = sys.argv[1:] if argv is None else argv
+    options = leading_options(args)
+    if _HELP & set(options):
+        sys.stdout.write(USAGE)
+        return 0
+    if "--version" in options:
+        from . import __version__
+
+        sys.stdout.write(f"crmroute-agi {__version__}\n")
+        return 0
+    if sys.stdin.isatty():  # a person at a terminal, not Asterisk: say what this is instead of waiting
+        sys.stderr.write(USAGE)
+        return 2
+    config_path, script, arguments = parse_argv(args)
+    # Asterisk passes stderr on (its console, or the journal): our own lines only,
+    # at server.log_level once the configuration is read; other libraries' warnings.
     logging.basicConfig(level=logging.WARNING, format="crmroute-agi %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     log = logging.getLogger("crmroute.stdio")
     try:
@@ -175,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         config, config_problem = None, str(exc)
         log.error("%s", exc)
+    else:
+        logging.getLogger("crmroute").setLevel(config.server.log_level.upper())
+        if not config.source:
+            log.warning("%s", demo_mode_notice(config))
     limits = config.limits if config else SessionLimits()
     # Asterisk waits as long as we do: bound the whole session.
     signal.signal(signal.SIGALRM, _session_timed_out)

@@ -40,6 +40,17 @@ def run(coro):
 
 
 @pytest.fixture(autouse=True)
+def no_system_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default configuration file is one the test controls (absent unless it writes it),
+    never the machine's /etc/crmroute/crmroute.toml."""
+    from fastagi_server import config
+
+    path = tmp_path_factory.mktemp("etc") / "crmroute.toml"
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", path)
+    return path
+
+
+@pytest.fixture(autouse=True)
 def private_state_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The default outbox lands in a temporary directory, never in the user's home."""
     state = tmp_path_factory.mktemp("state")

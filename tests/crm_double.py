@@ -82,6 +82,10 @@ class CrmDouble:
         self._gate()
         return list(self.users_list)
 
+    async def check_access(self) -> None:
+        self.requests.append(("check", "", 0))
+        self._gate()
+
     async def aclose(self) -> None:
         pass
 

@@ -110,7 +110,7 @@ def test_bad_options_are_one_line_errors(config, args, message):
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
-def test_check_config_counts_policies_and_opens_the_history_last_agent_reads(config, tmp_path):
+def test_check_config_counts_policies_and_checks_the_history_last_agent_reads(config, tmp_path):
     done = crmroute("check-config", config)
     assert done.returncode == 0, done.stderr
     assert "1 DID policy(ies), 1 team(s)" in done.stdout
@@ -119,7 +119,8 @@ def test_check_config_counts_policies_and_opens_the_history_last_agent_reads(con
     last_agent.write_text(f'[routing]\nlookup_order = ["LastAgent", "Leads"]\n[outbox]\npath = "{outbox}"\n')
     done = crmroute("check-config", str(last_agent))
     assert done.returncode == 0, done.stderr
-    assert outbox.exists()  # the call history LastAgent reads is the outbox's
+    # The call history LastAgent reads is the outbox's: its place is checked, nothing is created.
+    assert not outbox.exists() and "not there yet" in done.stdout
     blocked = tmp_path / "blocked.toml"
     (tmp_path / "file").write_text("")
     blocked.write_text(f'[routing]\nlookup_order = ["LastAgent", "Leads"]\n[outbox]\npath = "{tmp_path / "file" / "outbox.sqlite"}"\n')

@@ -148,9 +148,18 @@ Contacts,C-2,Plain,+34928777002,u-ok,"Ok \\",ok@example.com,"666,tT;102",open
 
 @pytest.fixture
 def hostile_directory(tmp_path):
+    """A directory holding extensions with dial-string syntax. The import refuses
+    them; a file written by another tool can still hold them, so they go in by SQL."""
+    from crmlookup.errors import DirectoryImportError
+
     path = tmp_path / "hostile.sqlite"
     conn = open_connection(path, create=True)
-    import_csv_text(conn, HOSTILE_CSV, "ES")
+    with pytest.raises(DirectoryImportError, match="is not an extension"):
+        import_csv_text(conn, HOSTILE_CSV, "ES")
+    import_csv_text(conn, HOSTILE_CSV.replace('"101&PJSIP/666,tT"', "101").replace('"666,tT;102"', "102"), "ES")
+    conn.execute("UPDATE users SET extensions = ? WHERE id = 'u-evil'", ("101&PJSIP/666,tT",))
+    conn.execute("UPDATE users SET extensions = ? WHERE id = 'u-ok'", ("666,tT 102",))
+    conn.commit()
     conn.close()
     return path
 
@@ -285,3 +294,20 @@ def test_local_directory_lookup_runs_off_the_event_loop():
 
     run(scenario())
     assert seen and seen[0].startswith("local-directory")
+
+
+def test_the_call_line_names_the_owner_the_source_and_the_normalised_caller(call_log):
+    """``owner u1002`` alone says nothing to a reader of the log; a grep for
+    ``+34928...`` must find a caller Asterisk sent as ``928...``."""
+
+    async def scenario():
+        async with agi_server(make_config(ES)) as server:
+            await route_call(server.port, caller="928000000", uniqueid="1.1")
+            await route_call(server.port, caller="+34928000000", uniqueid="1.2")
+
+    run(scenario())
+    first, second = session_lines(call_log)
+    assert "caller=+34928000000 " in first and "caller_raw=928000000" in first
+    assert 'owner=u1001 owner_name="Ana García" owner_email=ana.garcia@example.com' in first
+    assert "source=directory" in first and "source=cache" in second
+    assert "caller_raw" not in second

@@ -136,3 +136,37 @@ def test_revoked_token_then_new_token_file_and_sighup_replays_everything(tmp_pat
             code, output = server.stop()
         assert code == 0, output
         assert "outbox paused" in output and "outbox resumed" in output
+
+
+def test_in_the_demo_setup_what_the_outbox_delivered_survives_a_restart():
+    """With no configuration, outcomes go into the demo directory: it is kept in the
+    state directory, so after a restart the leads the outbox says it created are there."""
+    import time
+
+    from conftest import decide
+    from dialplan.outcome import outcome_from_channel
+    from fastagi_server.app import App
+    from fastagi_server.config import Config
+
+    unknown = "+34928555999"
+
+    async def deliver():
+        app = App.from_config(Config())
+        try:
+            missed = outcome_from_channel(call_id="1700000123.1", caller=unknown, readings={"dial_status": "NOANSWER"}, ended_at=time.time(), region="ES")
+            assert await app.outbox.record(missed, time.time())
+            summary = await app.sync_worker.flush()
+            assert summary.delivered == 1 and app.outbox.counts()["done"] == 1
+        finally:
+            await app.aclose()
+
+    async def after_restart():
+        app = App.from_config(Config())
+        try:
+            return await decide(app, unknown)
+        finally:
+            await app.aclose()
+
+    run(deliver())
+    decision = run(after_restart())
+    assert decision.match is not None and (decision.match.module, decision.match.record_id) == ("Leads", "L-1700000123.1")

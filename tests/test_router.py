@@ -97,3 +97,51 @@ def test_real_directory_under_router():
     assert decision.status is RouteStatus.OWNER
     assert decision.match.module == "Deals"
     assert any("normalised to +34928000002" in step for step in decision.steps)
+
+
+# -- a caller the CRM knows, by records that do not count ----------------------------------
+
+
+def _directory_with(tmp_path, rows: str):
+    from crmlookup.local_directory import LocalDirectory, import_csv_text, open_connection
+
+    conn = open_connection(tmp_path / "d.sqlite", create=True)
+    import_csv_text(conn, "module,id,name,phones,owner_id,status\n" + rows, "ES")
+    return LocalDirectory(conn, "test")
+
+
+@pytest.mark.parametrize(
+    "rows, lookup_order, said",
+    [
+        ("Leads,L-1,Marta,+34928000100,u1,closed\n", ("Leads", "Deals", "Contacts", "Accounts"), "Leads L-1 is closed"),
+        ("Deals,D-1,Renewal,+34928000100,u1,closed\n", ("Leads", "Deals"), "Deals D-1 is closed"),
+        ("Contacts,C-1,Pedro,+34928000100,u1,\n", ("Leads", "Deals"), "Contacts C-1 (Contacts is not in the lookup order)"),
+    ],
+)
+def test_a_caller_known_only_by_records_that_do_not_count_is_not_called_unknown(tmp_path, rows, lookup_order, said):
+    directory = _directory_with(tmp_path, rows)
+
+    async def scenario():
+        router = Router(RoutingSettings(default_region="ES", lookup_order=lookup_order), directory)
+        try:
+            return await router.decide(InboundCall(caller="+34928000100"))
+        finally:
+            await directory.aclose()
+
+    decision = asyncio.run(scenario())
+    assert decision.status.value == "NOMATCH"
+    assert "caller not in the CRM" not in decision.reason
+    assert decision.reason == f"no open record of the caller: {said}"
+    assert any("not counted" in step and said in step for step in decision.steps)
+
+
+def test_the_reason_still_says_not_in_the_crm_when_nothing_matched(tmp_path):
+    directory = _directory_with(tmp_path, "Leads,L-1,Marta,+34928000100,u1,open\n")
+
+    async def scenario():
+        try:
+            return await Router(RoutingSettings(default_region="ES"), directory).decide(InboundCall(caller="+34928000999"))
+        finally:
+            await directory.aclose()
+
+    assert asyncio.run(scenario()).reason == "caller not in the CRM"

@@ -69,7 +69,12 @@ def test_routes_a_demo_caller():
     v = result.variables
     assert [name for name in CONTRACT_VARIABLES if name not in v] == []
     assert (v["CRM_ROUTE_STATUS"], v["CRM_TARGET"], v["CRM_OWNER_NAME"]) == ("OWNER", "PJSIP/101", "Ana García")
-    assert stderr == ""  # pyst2's chatter does not reach the Asterisk console
+    # pyst2's chatter does not reach the Asterisk console: only our own lines,
+    # the call's and, with no configuration file, the demo-mode warning.
+    lines = stderr.splitlines()
+    assert all(line.startswith("crmroute-agi ") for line in lines), stderr
+    assert any("WARNING" in line and "DEMO MODE" in line for line in lines)
+    assert any("INFO crmroute.call: call script=route" in line for line in lines)
 
 
 def test_unknown_caller_nomatch():
@@ -206,3 +211,45 @@ def test_route_loads_only_what_routing_needs():
     unused = {"dialplan.outbox.store", "dialplan.outbox.worker", "crmlookup.writer", "crmlookup.local_directory.writer",
               "crmlookup.zoho.backend", "httpx"}
     assert loaded & unused == set()
+
+
+@pytest.mark.parametrize("option", ["--help", "-h"])
+def test_help_prints_the_usage_without_waiting_for_stdin(option):
+    proc = subprocess.Popen(AGI_COMMAND + [option], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=20)  # stdin stays open until communicate closes it: no read may wait on it
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out.decode().startswith("usage: crmroute-agi") and "AGI(" in out.decode()
+
+
+def test_a_terminal_gets_the_usage_not_a_silent_wait():
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(AGI_COMMAND + ["route"], stdin=follower, capture_output=True, timeout=20)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert proc.returncode == 2 and b"usage: crmroute-agi" in proc.stderr
+
+
+def test_a_routed_call_logs_its_line(tmp_path):
+    config = tmp_path / "crmroute.toml"
+    config.write_text('[routing]\ndefault_region = "ES"\n')
+    agi = StdioAsterisk([f"--config={config}", "route", "34928555100"])
+    agi.send(stdio_headers(caller="928000000"))
+    result, code, stderr = agi.run_to_end()
+    assert code == 0 and result.variables["CRM_ROUTE_STATUS"] == "OWNER"
+    lines = [line for line in stderr.splitlines() if "crmroute.call" in line]
+    assert len(lines) == 1, stderr
+    assert "INFO" in lines[0] and "call script=route" in lines[0] and "peer=stdio" in lines[0]
+    assert "caller=+34928000000" in lines[0] and "did=34928555100" in lines[0] and "status=OWNER target=PJSIP/101" in lines[0]
+    quiet = tmp_path / "quiet.toml"
+    quiet.write_text('[server]\nlog_level = "WARNING"\n[routing]\ndefault_region = "ES"\n')
+    agi = StdioAsterisk([f"--config={quiet}", "route"])
+    agi.send(stdio_headers())
+    _, _, stderr = agi.run_to_end()
+    assert "crmroute.call" not in stderr

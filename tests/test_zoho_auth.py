@@ -307,3 +307,29 @@ def test_classic_agi_processes_route_through_zoho_and_share_the_token(org, tmp_p
         assert (result.variables["CRM_ROUTE_STATUS"], result.variables["CRM_TARGET"]) == ("OWNER", "PJSIP/101")
         assert org.client_secret not in stderr
     assert len(org.token_requests()) == 1
+
+
+def test_every_command_shares_one_token_without_configuring_a_file(org, tmp_path, private_state_directory):
+    """Each ``crmroute lookup`` is a process of its own: without a shared token, the
+    eleventh run in ten minutes is refused by Zoho's mint limit (and then the server
+    cannot mint either). The token is shared through the state directory by default."""
+    config_file = tmp_path / "crmroute.toml"
+    config_file.write_text(
+        '[crm]\nbackend = "zoho"\n[routing]\ndefault_region = "ES"\n[zoho]\n'
+        + "".join(f'{key} = "{value}"\n' for key, value in org.zoho_config().items())
+    )
+    runner = CliRunner()
+    for _ in range(12):
+        result = runner.invoke(cli, ["lookup", NUMBERS[0], "--config", str(config_file)])
+        assert result.exit_code == 0, result.output
+        assert "OWNER" in result.output
+    assert len(org.token_requests()) == 1
+    shared = private_state_directory / "crmroute" / "zoho-token.json"
+    assert shared.stat().st_mode & 0o777 == 0o600
+    assert shared.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_token_file_that_cannot_be_made_costs_the_sharing_not_the_lookup(org, tmp_path):
+    (tmp_path / "file").write_text("")
+    d = with_app(org, lambda app: decide(app, NUMBERS[0]), zoho={"token_cache_file": str(tmp_path / "file" / "token.json")})
+    assert d.status.value == "OWNER"

@@ -115,6 +115,19 @@ def test_converted_and_junk_leads_and_closed_deals_are_skipped(zoho, team):
     assert "Leads 'Converted'" not in explained and "converted" not in d.match.name.lower(), "converted leads never come back from the search"
 
 
+def test_a_caller_with_only_a_closed_lead_is_not_called_unknown(zoho, team):
+    zoho.add_record("Leads", team["lead"], Full_Name="Junk", Last_Name="J", Phone=CALLER, Lead_Status="Junk Lead")
+    contact = zoho.add_record("Contacts", None, Full_Name="Lucía", Last_Name="Romero", Phone="+34928000077")
+    zoho.add_record("Deals", team["deal"], Deal_Name="Won", Stage="Closed Won", Contact_Name={"id": contact["id"]})
+
+    junk = decision(zoho, routing={"lookup_order": ["Leads", "Deals"]})
+    won = decision(zoho, caller="+34928000077", routing={"lookup_order": ["Deals"]})
+
+    assert junk.status.value == "NOMATCH" and won.status.value == "NOMATCH"
+    assert junk.reason.startswith("no open record of the caller: Leads ") and "is closed (Lead_Status 'Junk Lead')" in junk.reason
+    assert won.reason.startswith("no open record of the caller: Deals ") and "is closed (stage 'Closed Won')" in won.reason
+
+
 def test_deal_openness_comes_from_the_pipeline_not_the_stage_name(zoho, team):
     zoho.add_layout("Ventas", [("Ventas", [("Cerrando", "Open"), ("Ganado", "Closed Won"), ("Perdido", "Closed Lost")])])
     contact = zoho.add_record("Contacts", team["contact"], Full_Name="Lucía", Last_Name="Romero", Phone=CALLER)
@@ -272,10 +285,47 @@ def test_without_a_users_field_the_users_api_is_not_called(zoho, team):
     assert not zoho.requests("/crm/v8/users")
 
 
+@pytest.mark.parametrize("value", ["PJSIP/105", "Local/999@default", "101&Local/666@evil, 102", "105 (desk)"])
+def test_a_users_field_that_is_not_a_clean_list_of_extensions_gives_that_user_none(zoho, team, value, caplog):
+    """``PJSIP/105`` split on ``/`` would ring ``PJSIP/PJSIP&PJSIP/105``: the value is refused
+    as a whole, for that user only, with one warning naming them."""
+    odd = zoho.add_user("Odd Rep", "odd@example.com", Extension=value)
+    zoho.add_record("Contacts", odd, Full_Name="Pedro", Last_Name="Gil", Phone=CALLER)
+    zoho.add_record("Contacts", team["lead"], Full_Name="Ana", Last_Name="Gil", Phone="+34928000009")
+    caplog.set_level("WARNING", logger="crmroute.zoho")
+
+    async def scenario():
+        app = App.from_config(zoho_config(zoho, zoho={"user_extension_field": "Extension", "users_ttl_s": 0}))
+        try:
+            return [await decide(app, caller) for caller in (CALLER, "+34928000009", CALLER)]
+        finally:
+            await app.aclose()
+
+    refused, fine, again = run(scenario())
+    assert (refused.status.value, refused.target) == ("UNMAPPED", "")
+    assert any("Extension refused" in step for step in refused.steps)
+    assert fine.target == "PJSIP/101"  # the other users keep theirs
+    assert again.target == ""
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings  # once, however often the users are read again
+    assert odd["id"] in warnings[0] and "Odd Rep" in warnings[0]
+
+
+def test_parse_extensions_accepts_clean_lists_only():
+    from crmlookup.zoho.metadata import NotAnExtensionList, parse_extensions
+
+    assert parse_extensions("101") == ("101",)
+    assert parse_extensions(" 101, 102;103\t104 101 ") == ("101", "102", "103", "104")
+    assert parse_extensions("") == () and parse_extensions(" , ") == ()
+    for value in ("PJSIP/105", "Local/999@default", "101&102", "101|102", "x" * 65):
+        with pytest.raises(NotAnExtensionList):
+            parse_extensions(value)
+
+
 # -- hostile CRM data --------------------------------------------------------
 
 def test_crm_text_cannot_escape_into_the_dialplan(zoho):
-    rogue = zoho.add_user('Eve "Quote"\nSET VARIABLE X 1', "eve@example.com\r\nHANGUP", Extension="101&Local/666@evil, 102,tT 103")
+    rogue = zoho.add_user('Eve "Quote"\nSET VARIABLE X 1', "eve@example.com\r\nHANGUP", Extension="102,tT 103")
     zoho.add_record("Leads", rogue, Full_Name='Robert"); DROP\n"&PJSIP/999', Last_Name="R", Phone=CALLER, Lead_Status="New")
 
     async def scenario():
@@ -286,7 +336,7 @@ def test_crm_text_cannot_escape_into_the_dialplan(zoho):
     result = run(scenario())
     v = result.variables
     assert v["CRM_ROUTE_STATUS"] == "OWNER"
-    assert v["CRM_TARGET"] == "PJSIP/102&PJSIP/103", "only the well-formed extensions are dialled"
+    assert v["CRM_TARGET"] == "PJSIP/102&PJSIP/103", "only the extensions matching the pattern are dialled"
     assert all("\n" not in value and "\r" not in value for value in v.values())
     # Only device-state questions about the validated phones, then the contract.
     states = [argv for argv in result.commands if argv[:3] == ["GET", "FULL", "VARIABLE"]]

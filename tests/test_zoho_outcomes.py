@@ -148,7 +148,7 @@ def test_a_refused_record_goes_dead_with_zohos_words_and_the_rest_go_through(org
     sim = org["sim"]
     cfg = config(sim, tmp_path, outbox={"max_attempts": 2})
     good = channel(org=org)
-    bad = channel(org=org, CRM_OWNER_ID="4000000000000000999")  # not a user of the org
+    bad = channel(org=org, CRM_RECORD_ID="4000000000000000999")  # a lead deleted since the call
     record_over_tcp(cfg, [("1700000000.1", KNOWN, good), ("1700000000.2", KNOWN, bad), ("1700000000.3", KNOWN, good)])
     flush(cfg)
     flush(cfg)
@@ -156,7 +156,7 @@ def test_a_refused_record_goes_dead_with_zohos_words_and_the_rest_go_through(org
     rows = {r.call_id: r for r in box.list_rows()}
     box.close()
     assert rows["1700000000.2"].state == "dead"
-    assert rows["1700000000.2"].last_error == "Calls: INVALID_DATA: invalid data (Owner)"
+    assert rows["1700000000.2"].last_error == "Calls: INVALID_DATA: invalid data (What_Id)"
     assert rows["1700000000.1"].state == rows["1700000000.3"].state == "done"
     assert sorted(keys_of(sim, "Calls")) == ["1700000000.1", "1700000000.3"]
 
@@ -242,3 +242,143 @@ def test_zoho_formats():
     assert duration(0) == "00:00" and duration(43) == "00:43" and duration(3725) == "62:05"
     assert duration(10**9) == "999:59"
     assert criteria_value("a(b),c\\d:e") == "a\\(b\\)\\,c\\\\d:e"
+
+
+# -- deactivated owners ------------------------------------------------------------------
+
+
+def test_a_missed_call_of_a_deactivated_owners_contact_is_logged_with_the_fallback_owner(org, tmp_path):
+    """Zoho refuses a deactivated user as a record's Owner: the call and the task go to
+    outcomes.senior_manager_id instead, not to a dead outcome after five refusals."""
+    sim = org["sim"]
+    gone = sim.add_user("Gone Rep", "gone@example.com", status="disabled", Extension="199")
+    contact = sim.add_record("Contacts", gone, Full_Name="Lola Paz", Last_Name="Paz", Phone="+34928000044")
+    cfg = config(sim, tmp_path, outcomes={"senior_manager_id": org["boss"]["id"]}, outbox={"max_attempts": 1})
+    routed = {"CRM_ROUTE_STATUS": "UNMAPPED", "CRM_OWNER_ID": gone["id"], "CRM_MODULE": "Contacts", "CRM_RECORD_ID": contact["id"], "CRM_CALLER_NAME": "Lola Paz"}
+    record_over_tcp(cfg, [("1700000000.44", "+34928000044", channel("+34928000044", **routed))])
+    summary = flush(cfg)
+    assert (summary.delivered, summary.dead) == (1, 0)
+    [call] = sim.records("Calls")
+    [task] = sim.records("Tasks")
+    assert call["Owner"]["id"] == org["boss"]["id"] and task["Owner"]["id"] == org["boss"]["id"]
+    assert call["Who_Id"] == {"id": contact["id"]}
+    assert f"Record owner {gone['id']} is not an active CRM user" in call["Description"]
+
+
+def test_without_a_fallback_the_crm_default_owner_takes_the_records_of_a_deactivated_owner(org, tmp_path):
+    sim = org["sim"]
+    gone = sim.add_user("Gone Rep", "gone@example.com", status="disabled")
+    contact = sim.add_record("Contacts", gone, Full_Name="Lola Paz", Last_Name="Paz", Phone="+34928000045")
+    cfg = config(sim, tmp_path, outbox={"max_attempts": 1})
+    # route could not finish: the worker looks the caller up itself and finds the deactivated owner.
+    record_over_tcp(cfg, [("1700000000.45", "+34928000045", channel("+34928000045"))])
+    assert flush(cfg).delivered == 1
+    [call] = sim.records("Calls")
+    assert call["Owner"]["id"] != gone["id"] and call["Who_Id"] == {"id": contact["id"]}
+
+
+def test_a_deactivated_owner_never_rings_even_when_owner_extensions_maps_them(org, tmp_path):
+    from conftest import decide
+
+    sim = org["sim"]
+    gone = sim.add_user("Gone Rep", "gone@example.com", status="disabled", Extension="199")
+    sim.add_record("Contacts", gone, Full_Name="Lola Paz", Last_Name="Paz", Phone="+34928000046")
+    cfg = make_config({
+        "crm": {"backend": "zoho"},
+        "routing": {"default_region": "ES", "owner_extensions": {"gone@example.com": ["199"], "sam@example.com": ["100"]}, "senior_manager": "sam@example.com"},
+        "zoho": sim.zoho_config(user_extension_field="Extension"),
+    })
+
+    async def scenario():
+        app = App.from_config(cfg)
+        try:
+            return await decide(app, "+34928000046")
+        finally:
+            await app.aclose()
+
+    decision = run(scenario())
+    assert (decision.status.value, decision.target) == ("UNMAPPED", "PJSIP/100")  # the senior manager, not 199
+    assert "is not an active CRM user" in decision.reason
+
+
+# -- a 429 creates nothing; a pause ends when the credentials work --------------------------
+
+
+def test_a_rate_limited_insert_is_not_an_uncertain_write(org, tmp_path):
+    """Zoho's 429 means nothing was created: the next attempt creates the call at once,
+    with no search_lag_s wait and no search for what the refused request made."""
+    sim = org["sim"]
+    cfg = make_config({
+        "crm": {"backend": "zoho"},
+        "routing": {"default_region": "ES"},
+        "zoho": sim.zoho_config(user_extension_field="Extension", search_lag_s=60, backoff_initial_ms=10, backoff_max_ms=20),
+        "outbox": {"path": str(tmp_path / "outbox.sqlite"), "backoff_initial_s": 0.01, "backoff_max_s": 0.05},
+        "outcomes": {"missed_known_task": False},
+    })
+    record_over_tcp(cfg, [("1700000000.1", KNOWN, channel(org=org))])
+    sim.add_fault(r"^/crm/v8/Calls$", 429, method="POST", times=1)
+    summary = flush(cfg, max_seconds=10)
+    assert (summary.failed, summary.delivered) == (1, 1)
+    assert [r.status for r in posts(sim, "Calls")] == [429, 201]
+    assert not [r for r in sim.api_requests() if r.path.endswith("/Calls/search")]
+    assert len(sim.records("Calls")) == 1
+
+
+def test_status_stops_saying_paused_once_the_credentials_work_even_with_nothing_to_write(org, tmp_path):
+    from click.testing import CliRunner
+
+    from fastagi_server.cli import cli
+
+    sim = org["sim"]
+    cfg = config(sim, tmp_path)
+    record_over_tcp(cfg, [("1700000000.1", KNOWN, channel(org=org))])
+    sim.revoke_refresh_token()
+    assert flush(cfg).paused
+    config_file = tmp_path / "crmroute.toml"
+    config_file.write_text(f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n')
+    status = lambda: CliRunner().invoke(cli, ["outbox", "status", "--config", str(config_file)]).output  # noqa: E731
+    assert "PAUSED" in status()
+    sim.refresh_token_revoked = False
+    assert flush(cfg).delivered == 1
+    assert "PAUSED" not in status()
+    # Paused (by another process, say), with nothing left to write: a round with
+    # nothing due still asks whether the credentials work, and ends the pause.
+    box = Outbox.open(tmp_path / "outbox.sqlite")
+    box.set_meta("paused", '{"reason": "the CRM refused our credentials: invalid_code", "since": 0}')
+    box.close()
+    assert flush(cfg).rounds == 1
+    assert "PAUSED" not in status()
+    assert [r.query.get("type") for r in sim.api_requests() if r.path.endswith("/users")][-1] == ["CurrentUser"]
+
+
+# -- a deal's call is the contact's too ---------------------------------------------------------
+
+
+def test_a_call_routed_by_a_deal_is_linked_to_the_deal_and_its_contact_and_named_by_the_contact(org, tmp_path):
+    sim = org["sim"]
+    contact = sim.add_record("Contacts", org["ben"], Full_Name="Lucía Romero", Last_Name="Romero", Phone="+34928000055")
+    deal = sim.add_record("Deals", org["ana"], Deal_Name="Ampliación", Stage="Negotiation/Review", Contact_Name={"name": "Lucía Romero", "id": contact["id"]})
+    cfg = config(sim, tmp_path)
+
+    async def scenario():
+        async with agi_server(cfg) as server:
+            routed = await AsteriskPeer().call(server.port, asterisk_headers(caller="+34928000055", uniqueid="1700000000.55"))
+            variables = {k: v for k, v in routed.variables.items() if k.startswith("CRM_")}
+            hangup = asterisk_headers(script="outcome", uniqueid="1700000000.55", caller="+34928000055", extension="s", arguments=("900",))
+            await AsteriskPeer(channel_variables={**variables, "DIALSTATUS": "NOANSWER"}).call(server.port, hangup)
+            summary = await server.app.sync_worker.flush()
+            return routed.variables, summary
+
+    variables, summary = run(scenario())
+    assert (variables["CRM_MODULE"], variables["CRM_RECORD_ID"]) == ("Deals", deal["id"])
+    assert variables["CRM_CALLER_NAME"] == "Lucía Romero"  # the caller, not "Ampliación"
+    assert summary.delivered == 1
+    [call] = sim.records("Calls")
+    assert call["What_Id"] == {"id": deal["id"]} and call["$se_module"] == "Deals"
+    assert call["Who_Id"] == {"id": contact["id"]}
+    assert call["Subject"] == "Missed call from Lucía Romero (+34928000055) [1700000000.55]"
+    assert "Deal: Ampliación" in call["Description"]
+    [task] = sim.records("Tasks")
+    assert task["Who_Id"] == {"id": contact["id"]} and task["What_Id"] == {"id": deal["id"]}
+    # The org's users were read once, for the lookup and the writer alike.
+    assert len([r for r in sim.api_requests() if r.path.endswith("/users")]) == 1

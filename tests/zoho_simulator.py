@@ -1160,6 +1160,7 @@ def _person(user: dict[str, Any] | None) -> dict[str, Any] | None:
 
 _USER_TYPES: dict[str, tuple[str, ...] | None] = {
     "AllUsers": None,
+    "CurrentUser": None,  # the user the token belongs to: here, the first one added
     "ActiveUsers": ("active",),
     "DeactiveUsers": ("disabled", "inactive"),
     "DeletedUsers": ("deleted",),
@@ -2032,6 +2033,8 @@ class ZohoSimulator:
         statuses = _USER_TYPES[kind]
         since = self._since(headers)
         users = [user for user in self._users.values() if statuses is None or user.get("status") in statuses]
+        if kind == "CurrentUser":
+            users = users[:1]
         if since is not None:
             users = [user for user in users if (_time_of(user.get("Modified_Time")) or 0.0) > since]
             if not users:
@@ -2220,7 +2223,9 @@ class ZohoSimulator:
     def _reference_problem(self, module: str, name: str, value: Any, record: dict[str, Any]) -> dict[str, Any] | None:
         """Lookups must name a stored record (``What_Id`` one of the module in ``$se_module``)."""
         if name == "Owner":
-            valid = isinstance(value, dict) and str(value.get("id")) in self._users
+            # A deactivated user cannot own a record: Zoho answers INVALID_DATA on Owner.
+            user = self._users.get(str(value.get("id"))) if isinstance(value, dict) else None
+            valid = user is not None and user.get("status") == "active"
         elif name == "What_Id":
             target = record.get("$se_module")
             valid = isinstance(value, dict) and target in MODULES and str(value.get("id")) in self._records[target]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -10,13 +12,17 @@ from typing import Any, Callable, Sequence, TypeVar
 from ..errors import DirectoryError
 from ..phone import PhoneNumber
 from ..sqlite_thread import ConnectionThread
+from ..state import private_directory, state_directory
 from ..records import LookupResult, Match, Owner
-from .importer import ImportSummary, import_csv
+from .importer import ImportSummary, import_csv, utf8_lines
 from .schema import ensure_schema, has_links, is_directory
 
 T = TypeVar("T")
 
+logger = logging.getLogger("crmroute.directory")
+
 DEMO_CSV = "demo_directory.csv"
+DEMO_FILE = "demo-directory.sqlite"
 # The demo numbers are written as a Spanish office would type them.
 DEMO_REGION = "ES"
 
@@ -71,13 +77,42 @@ def open_connection(path: str | Path, *, create: bool = False) -> sqlite3.Connec
 
 def open_demo_connection() -> sqlite3.Connection:
     """An in-memory directory filled with the packaged demo data."""
+    conn = sqlite3.connect(":memory:", check_same_thread=False)
+    _fill_with_demo_data(conn)
+    return conn
+
+
+def _fill_with_demo_data(conn: sqlite3.Connection) -> None:
     from importlib import resources  # only the demo needs it; a process per call should not pay for it
 
-    conn = sqlite3.connect(":memory:", check_same_thread=False)
     ensure_schema(conn)
     with resources.files(__package__).joinpath(DEMO_CSV).open(encoding="utf-8", newline="") as demo:
         import_csv(conn, demo, DEMO_REGION)
-    return conn
+
+
+def demo_directory_path() -> Path:
+    """The demo directory's file: in crmroute's state directory, next to the outbox."""
+    return state_directory() / DEMO_FILE
+
+
+def open_demo_file(path: Path) -> sqlite3.Connection:
+    """The demo directory kept in ``path``, made from the packaged data the first time.
+
+    Kept in a file, not in memory, so what the call outcomes leave there (new
+    leads, call history) survives a restart, as the outbox that delivered them
+    says it does. Made whole in a temporary file and moved into place, so two
+    processes starting at once never see half of it.
+    """
+    if not path.exists():
+        private_directory(path.parent)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        conn = sqlite3.connect(temporary)
+        try:
+            _fill_with_demo_data(conn)
+        finally:
+            conn.close()
+        os.replace(temporary, path)
+    return open_connection(path)
 
 
 class LocalDirectory:
@@ -103,10 +138,16 @@ class LocalDirectory:
 
     @classmethod
     def open(cls, path: str | Path | None) -> "LocalDirectory":
-        """The directory at ``path``, or the packaged demo directory when ``path`` is empty."""
-        if not path:
-            return cls(open_demo_connection(), "demo directory (packaged)")
-        return cls(open_connection(path), str(path))
+        """The directory at ``path``, or the packaged demo directory (kept in the state
+        directory, see :func:`open_demo_file`) when ``path`` is empty."""
+        if path:
+            return cls(open_connection(path), str(path))
+        demo = demo_directory_path()
+        try:
+            return cls(open_demo_file(demo), f"demo directory ({demo})")
+        except (OSError, sqlite3.Error, DirectoryError) as exc:
+            logger.warning("cannot keep the demo directory in %s (%s): using one in memory; what calls leave in it is lost on restart", demo, exc)
+            return cls(open_demo_connection(), "demo directory (in memory)")
 
     def lookup_sync(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
         """Blocking form of :meth:`lookup`."""
@@ -123,16 +164,24 @@ class LocalDirectory:
         holders = {row[0] for row in rows if not row[8]}
         skip_via = "Accounts" if "Contacts" in holders else None
         matches: dict[tuple[str, str], Match] = {}
+        passed_over = []
         for module, record_id, name, is_open, owner_id, owner_name, email, extensions, via in rows:
-            if module not in rank or (module in _MODULES_WITH_STATUS and not is_open) or via == skip_via:
+            if via == skip_via or (module, record_id) in matches:
+                continue  # an account's deal when a contact holds the number; a deal reached twice
+            if module not in rank:
+                passed_over.append(f"{module} {record_id} ({module} is not in the lookup order)")
                 continue
-            if (module, record_id) in matches:
-                continue  # reached twice (through its contact and its account)
+            if module in _MODULES_WITH_STATUS and not is_open:
+                passed_over.append(f"{module} {record_id} is closed")
+                continue
             owner = self._owner(owner_id, owner_name, email, extensions) if owner_id else None
             matches[(module, record_id)] = Match(sys.intern(module), record_id, name, owner, bool(is_open))
         ordered = sorted(matches.values(), key=lambda m: (rank[m.module], m.record_id))
+        passed_over = sorted(set(passed_over))
         step = f"{self.name_in_steps}: {number.e164} -> {len(ordered)} open record(s) of {len(rows)} matching"
-        return LookupResult(matches=ordered, steps=[step], known=bool(rows), source=self.source_name)
+        if passed_over:
+            step += f"; not counted: {', '.join(passed_over)}"
+        return LookupResult(matches=ordered, steps=[step], passed_over=passed_over, known=bool(rows), source=self.source_name)
 
     def _owner(self, owner_id: str, name: str | None, email: str | None, extensions: str | None) -> Owner:
         row = (owner_id, name, email, extensions)
@@ -155,9 +204,14 @@ class LocalDirectory:
         """The SQLite connection; use it only inside :meth:`run` (or from synchronous code)."""
         return self._conn
 
-    def import_csv(self, source, region: str, *, replace: bool = False) -> ImportSummary:
-        """Load a CSV export (see :mod:`.importer`); all rows or none."""
-        return import_csv(self._conn, source, region, replace=replace)
+    def import_csv(self, source, region: str, **options: Any) -> ImportSummary:
+        """Load a CSV export given as lines of text (see :func:`.importer.import_csv` for the options)."""
+        return import_csv(self._conn, source, region, **options)
+
+    def import_file(self, path: str | Path, region: str, **options: Any) -> ImportSummary:
+        """Load a CSV file; a byte that is not UTF-8 is reported on its own line."""
+        with open(path, "rb") as raw:
+            return import_csv(self._conn, utf8_lines(raw), region, **options)
 
     def counts(self) -> dict[str, int]:
         """Rows per table, for the CLI."""

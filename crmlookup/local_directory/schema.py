@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS records (
     name     TEXT NOT NULL DEFAULT '',
     owner_id TEXT,
     is_open  INTEGER NOT NULL DEFAULT 1,
+    origin   TEXT NOT NULL DEFAULT 'import',  -- import, or call: a lead crmroute created for an unknown caller
     PRIMARY KEY (module, id)
 );
 -- Keyed on the E.164 form so a lookup is one index seek; the raw text is kept
@@ -74,15 +75,20 @@ CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner_id, status);
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the tables if they are missing (idempotent; a file of an older version gains the new ones)."""
+    """Create the tables if they are missing, and bring an older file up to date (idempotent)."""
     conn.executescript(SCHEMA)
-    conn.executescript(HISTORY_SCHEMA)
+    ensure_history_schema(conn)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def ensure_history_schema(conn: sqlite3.Connection) -> None:
-    """Add the call-history tables to a directory made before they existed (idempotent)."""
+    """Add the call-history tables, and the records' origin, to a directory made before they existed (idempotent)."""
     conn.executescript(HISTORY_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
+    if "origin" not in columns:
+        # A directory from before: everything in it came from an import.
+        conn.execute("ALTER TABLE records ADD COLUMN origin TEXT NOT NULL DEFAULT 'import'")
+        conn.commit()
 
 
 def is_directory(conn: sqlite3.Connection) -> bool:

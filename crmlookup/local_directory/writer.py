@@ -17,7 +17,7 @@ from ..errors import DirectoryError
 from ..records import Owner
 from ..writer import CallEntry, Entry, LeadEntry, TaskEntry, WriteKind, WriteResult
 from .directory import LocalDirectory
-from .importer import MAX_TEXT_LENGTH
+from .importer import MAX_TEXT_LENGTH, ORIGIN_CALL
 from .schema import ensure_history_schema
 
 MAX_DESCRIPTION_LENGTH = 4000
@@ -48,6 +48,9 @@ class LocalDirectoryWriter:
 
     async def users(self) -> Sequence[Owner]:
         return await self._directory.run(self.users_sync)
+
+    async def check_access(self) -> None:
+        """A file has no credentials to refuse."""
 
     async def aclose(self) -> None:
         """The directory is closed by its owner (the lookup backend)."""
@@ -138,8 +141,8 @@ def _insert(conn: sqlite3.Connection, entry: Entry) -> str:
     if isinstance(entry, LeadEntry):
         record_id = lead_id(entry.key)
         conn.execute(
-            "INSERT OR IGNORE INTO records (module, id, name, owner_id, is_open) VALUES ('Leads', ?, ?, ?, 1)",
-            (record_id, entry.name, entry.owner_id or None),
+            "INSERT OR IGNORE INTO records (module, id, name, owner_id, is_open, origin) VALUES ('Leads', ?, ?, ?, 1, ?)",
+            (record_id, entry.name, entry.owner_id or None, ORIGIN_CALL),
         )
         conn.execute("INSERT OR IGNORE INTO phones (e164, module, record_id, raw) VALUES (?, 'Leads', ?, ?)", (entry.phone, record_id, entry.phone))
         return record_id

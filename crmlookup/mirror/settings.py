@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import state_directory
+from ..state import state_directory
 from ..settings import check_ranges
 
 MIRROR_FILE = "zoho-mirror.sqlite"

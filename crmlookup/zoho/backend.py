@@ -49,7 +49,7 @@ from .metadata import ActiveUsers, DealStages
 from .query import MAX_CRITERIA, coql_any_of, criteria_any_of
 from .records import lookup_id, lookup_name, more_records, owner, record_id, records_of, text
 from .settings import ENV_PREFIX, ZohoSettings
-from .token_file import TokenFile
+from .token_file import TokenFile, default_token_file
 
 logger = logging.getLogger("crmroute.zoho")
 
@@ -74,11 +74,17 @@ class ZohoBackend:
         self._settings = settings
         self._closed_statuses = frozenset(status.casefold() for status in settings.closed_lead_statuses)
         self._stages = DealStages(api, settings.deal_layout_ids, settings.pipeline_ttl_s)
-        self._users = ActiveUsers(api, settings.user_extension_field, settings.users_ttl_s) if settings.user_extension_field else None
+        # One copy of the org's users for the lookups and the call-logging writer (one /users fetch each users_ttl_s).
+        self._active_users = ActiveUsers(api, settings.user_extension_field, settings.users_ttl_s)
+        # Lookups read them only for the extension field.
+        self._users = self._active_users if settings.user_extension_field else None
         self.phone_fields = PhoneFields(api, settings.pipeline_ttl_s)
         # Called with the records each search found (the mirror stores them).
         self.on_found: Callable[[list[MirrorRecord]], None] | None = None
-        self._feed = ZohoFeed(api, self._stages, self.phone_fields, closed_statuses=settings.closed_lead_statuses, extension_field=settings.user_extension_field)
+        self._feed = ZohoFeed(
+            api, self._stages, self.phone_fields, closed_statuses=settings.closed_lead_statuses,
+            extension_field=settings.user_extension_field, warned=self._active_users.warned,
+        )
         self.coql_refused = ""  # why COQL is not used (a missing scope), once it was refused
 
     @classmethod
@@ -103,7 +109,7 @@ class ZohoBackend:
             client_secret=secrets["client_secret"],
             refresh_token=secrets["refresh_token"],
             default_api_domain=settings.default_api_domain,
-            token_file=TokenFile(settings.token_cache_file) if settings.token_cache_file else None,
+            token_file=TokenFile(settings.token_cache_file or default_token_file()),
         )
         breaker = CircuitBreaker(
             failure_threshold=settings.breaker_failures,
@@ -138,6 +144,11 @@ class ZohoBackend:
             if isinstance(outcome, CrmError):
                 logger.info("zoho: metadata not read ahead (%s); the first lookups read it", outcome)
 
+    @property
+    def active_users(self) -> ActiveUsers:
+        """The org's active users, shared with the call-logging writer."""
+        return self._active_users
+
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
         return await _Lookup(self, number, modules).run()
 
@@ -147,8 +158,8 @@ class ZohoBackend:
             return match
         user = await self._users.get(match.owner.id, trace)
         if user is None:
-            trace.append(f"owner {match.owner.id} is not an active user: no extension from Zoho")
-            return match
+            trace.append(f"owner {match.owner.id} is not an active user: no extension from Zoho, and not rung")
+            return dataclasses.replace(match, owner=dataclasses.replace(match.owner, active=False))
         enriched = Owner(match.owner.id, match.owner.name or user.name, match.owner.email or user.email, user.extensions)
         return dataclasses.replace(match, owner=enriched)
 
@@ -184,6 +195,8 @@ class _Lookup:
         # COQL may compare text exactly: the forms people type are asked too (a few more values, no more requests).
         self.coql_forms = list(dict.fromkeys([*forms, *number.typed_forms()]))
         self.trace: list[str] = [f"zoho: phone forms searched, all at once: {', '.join(forms)}"]
+        # Records that matched but do not count (a closed lead, a won or lost deal).
+        self.passed_over: list[str] = []
 
     async def run(self) -> LookupResult:
         wanted = set(self.modules)
@@ -200,7 +213,7 @@ class _Lookup:
                     matches = [await self.backend._with_user(match, self.trace) for match in usable] if self.backend._users else usable
                     return LookupResult(matches=matches, steps=self.trace, source="live")
             self.trace.append(f"zoho: no open record in {', '.join(self.modules)}")
-            return LookupResult(matches=[], steps=self.trace, source="live")
+            return LookupResult(matches=[], steps=self.trace, source="live", passed_over=list(dict.fromkeys(self.passed_over)))
         except BaseException:
             # Cut short, or a search the order needs failed: the CRM is struggling
             # or the caller gave up; what has not been sent yet is not sent.
@@ -247,6 +260,7 @@ class _Lookup:
             if status.casefold() in self.backend._closed_statuses:
                 is_open = False
                 self.trace.append(f"Leads {rid} skipped: Lead_Status {clip(status, 60)!r} counts as closed")
+                self.passed_over.append(f"Leads {rid} is closed (Lead_Status {clip(status, 40)!r})")
         return Match(module, rid, name, owner(record, what), is_open)
 
     # -- deals ----------------------------------------------------------------
@@ -264,21 +278,25 @@ class _Lookup:
             listed = await self._deals_by_coql(by_coql)
         finally:
             by_coql.add_done_callback(_settled)
-        records: list[dict[str, Any]] = []
+        records: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (parent module, parent, deal)
         for parent_module, parent in parents:
             parent_id = record_id(parent, f"{parent_module} record")
             if listed is None:
-                records += await self._related_deals(parent_module, parent_id)
+                found = await self._related_deals(parent_module, parent_id)
             else:
                 lookup_field = dict(DEAL_PARENTS)[parent_module]
-                records += [deal for deal in listed if lookup_id(deal, lookup_field, "Deals record") == parent_id]
+                found = [deal for deal in listed if lookup_id(deal, lookup_field, "Deals record") == parent_id]
+            records += [(parent_module, parent, deal) for deal in found]
         deals: Found = []
         seen: set[str] = set()
-        for record in records:
+        for parent_module, parent, record in records:
             match = await self._deal(record)
             if match is not None and match.record_id not in seen:
                 seen.add(match.record_id)
-                deals.append((record, match))
+                # The caller is the contact (or account) the deal hangs off: calls are logged on both.
+                parent_name = text(parent, NAME_FIELD[parent_module], f"{parent_module} record")
+                via = dataclasses.replace(match, via_module=parent_module, via_id=record_id(parent, "record"), via_name=parent_name)
+                deals.append((record, via))
         return deals
 
     async def _coql_deals(self) -> list[dict[str, Any]] | None:
@@ -324,6 +342,7 @@ class _Lookup:
             self.trace.append(f"Deals {rid}: stage {clip(stage, 60)!r} is in no pipeline's settings; counted as open")
         elif forecast != "open":
             self.trace.append(f"Deals {rid} skipped: stage {clip(stage, 60)!r} is {forecast}")
+            self.passed_over.append(f"Deals {rid} is closed (stage {clip(stage, 40)!r})")
             return None
         return Match("Deals", rid, text(record, NAME_FIELD["Deals"], what), owner(record, what), True)
 

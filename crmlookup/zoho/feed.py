@@ -83,12 +83,23 @@ class ZohoFeed:
     modules = MODULES
     cursor_refusals = PAGE_TOKEN_REFUSALS
 
-    def __init__(self, api: ZohoApi, stages: DealStages, phone_fields: PhoneFields, *, closed_statuses: tuple[str, ...], extension_field: str):
+    def __init__(
+        self,
+        api: ZohoApi,
+        stages: DealStages,
+        phone_fields: PhoneFields,
+        *,
+        closed_statuses: tuple[str, ...],
+        extension_field: str,
+        warned: dict[str, str] | None = None,
+    ):
         self._api = api
         self._stages = stages
         self._phone_fields = phone_fields
         self._closed = frozenset(status.casefold() for status in closed_statuses)
         self._extension_field = extension_field
+        # Users whose extension field is not a clean list, warned about once (shared with the live lookups).
+        self._warned = warned if warned is not None else {}
 
     @property
     def api(self) -> ZohoApi:
@@ -182,7 +193,7 @@ class ZohoFeed:
                 active = text(user, "status", f"user {user_id}").casefold() == "active"
                 found.append(MirrorUser(
                     user_id, text(user, "full_name", "user"), text(user, "email", "user"), active,
-                    user_extensions(user, self._extension_field) if active else (),
+                    user_extensions(user, self._extension_field, self._warned) if active else (),
                 ))
             info = answer.body.get("info")
             if not (isinstance(info, dict) and info.get("more_records") is True):

@@ -7,15 +7,20 @@ wait, and, when a refetch fails, the previous copy goes on serving.
 from __future__ import annotations
 
 import asyncio
-import re
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic, TypeVar
 
 from ..errors import CrmBadResponse, CrmError
+from ..extensions import NotAnExtensionList, split_extensions
 from .api import ZohoApi
 from .http import clip
 from .records import record_id, text
+
+__all__ = ["ActiveUser", "ActiveUsers", "DealStages", "Kept", "NotAnExtensionList", "parse_extensions"]
+
+logger = logging.getLogger("crmroute.zoho")
 
 T = TypeVar("T")
 
@@ -24,7 +29,18 @@ MIN_REFETCH_S = 60.0
 # Users are read 200 a page; an org has far fewer pages than this.
 MAX_USER_PAGES = 50
 
-_EXTENSION_SEPARATORS = re.compile(r"[\s,;/]+")
+# Several extensions in the Users field are separated by whitespace, commas or semicolons.
+USER_FIELD_SEPARATORS = r"\s,;"
+
+
+def parse_extensions(text: str) -> tuple[str, ...]:
+    """The extensions a Users extension field holds: ``101``, ``101, 102``, ``101;102 103``.
+
+    Raises :class:`NotAnExtensionList` for a value that is not a clean list of
+    extensions (``PJSIP/105``, ``Local/999@default``): split on ``/`` or ``@``
+    it would ring extensions nobody meant.
+    """
+    return split_extensions(text, USER_FIELD_SEPARATORS)
 
 
 class Kept(Generic[T]):
@@ -156,6 +172,8 @@ class ActiveUsers:
         self._api = api
         self._field = extension_field
         self._users = Kept(self._load, ttl_s, "active users", clock)
+        # The field value each user was warned about: one warning per bad value, not one per reload.
+        self.warned: dict[str, str] = {}
 
     async def get(self, user_id: str, trace: list[str] | None) -> ActiveUser | None:
         """The active user ``user_id``; ``None`` when inactive or unknown."""
@@ -174,7 +192,7 @@ class ActiveUsers:
             listed = users_of(body)
             for user in listed:
                 user_id = record_id(user, "user")
-                users[user_id] = ActiveUser(user_id, text(user, "full_name", "user"), text(user, "email", "user"), user_extensions(user, self._field))
+                users[user_id] = ActiveUser(user_id, text(user, "full_name", "user"), text(user, "email", "user"), user_extensions(user, self._field, self.warned, trace))
             info = body.get("info")
             if not (isinstance(info, dict) and info.get("more_records") is True):
                 break
@@ -192,8 +210,22 @@ def users_of(body: dict[str, Any]) -> list[dict[str, Any]]:
     return listed
 
 
-def user_extensions(user: dict[str, Any], field: str) -> tuple[str, ...]:
-    """The extension(s) in the user's ``field`` (none when ``field`` is empty)."""
+def user_extensions(user: dict[str, Any], field: str, warned: dict[str, str], trace: list[str] | None = None) -> tuple[str, ...]:
+    """The extension(s) in the user's ``field`` (none without a field, or for a value that is
+    not a clean list: warned once per value, ``warned`` remembering each user's)."""
     if not field:
         return ()
-    return tuple(part for part in _EXTENSION_SEPARATORS.split(text(user, field, f"user {user.get('id')}")) if part)
+    user_id = str(user.get("id"))
+    value = text(user, field, f"user {user_id}")
+    try:
+        return parse_extensions(value)
+    except NotAnExtensionList as exc:
+        if warned.get(user_id) != value:
+            warned[user_id] = value
+            logger.warning(
+                "Zoho user %s (%s): %s %s, so no extension of theirs is used; write extensions only, e.g. 101 or 101, 102",
+                user_id, clip(text(user, "full_name", "user"), 60), clip(field, 40), exc,
+            )
+        if trace is not None:
+            trace.append(f"user {user_id}: {clip(field, 40)} refused: {exc}")
+        return ()

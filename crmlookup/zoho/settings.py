@@ -45,8 +45,9 @@ class ZohoSettings:
     client_secret_file: str = ""
     refresh_token: str = _secret_field()
     refresh_token_file: str = ""
-    # A file (mode 0600) where the access token is shared between processes: for
-    # crmroute-agi, which runs a process per call. Empty: the token lives in memory.
+    # A file (mode 0600) where the access token is shared between processes
+    # (crmroute-agi runs one per call, each crmroute command is one). Empty:
+    # zoho-token.json in crmroute's state directory.
     token_cache_file: str = ""
     connect_timeout_ms: int = 2000
     # Long enough for a slow answer to still fill the cache after the call was answered.

@@ -1,11 +1,13 @@
 """An access token shared through a file, for processes that live for one call.
 
 Classic AGI (``crmroute-agi``) starts a process per call, and so does each
-``crmroute lookup``. Without a shared token each would mint its own, and Zoho
-mints at most 10 per refresh token in 10 minutes. With ``zoho.token_cache_file``
-the first process stores the token (file mode 0600, written atomically) and the
-next ones use it until it expires; an exclusive lock on ``FILE.lock`` makes
-sure two processes never mint at the same time.
+``crmroute lookup`` or ``outbox flush``. Without a shared token each would mint
+its own, and Zoho mints at most 10 per refresh token in 10 minutes: the
+eleventh run would be refused, and the server could not mint either. So the
+first process stores the token (``zoho.token_cache_file``, by default in
+crmroute's state directory; file mode 0600, written atomically) and the next
+ones use it until it expires; an exclusive lock on ``FILE.lock`` makes sure
+two processes never mint at the same time.
 """
 
 from __future__ import annotations
@@ -20,7 +22,18 @@ import time
 from pathlib import Path
 from typing import AsyncIterator
 
+from ..state import private_directory, state_directory
+
+TOKEN_FILE = "zoho-token.json"
+
 logger = logging.getLogger("crmroute.zoho")
+
+
+def default_token_file() -> Path:
+    """Where the access token is shared when ``zoho.token_cache_file`` is empty: crmroute's
+    state directory, so every ``crmroute`` command and ``crmroute-agi`` run by one user
+    (and ``serve`` under systemd, in its ``StateDirectory``) use one token."""
+    return state_directory() / TOKEN_FILE
 
 
 class TokenFile:
@@ -34,8 +47,19 @@ class TokenFile:
 
     @contextlib.asynccontextmanager
     async def locked(self) -> AsyncIterator[None]:
-        """Hold the exclusive lock (other processes wait) while the token is read or minted."""
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        """Hold the exclusive lock (other processes wait) while the token is read or minted.
+
+        A place where the lock cannot be made (no such directory and none can
+        be created, no permission) costs the sharing, never the lookup: the
+        token is then minted without it, and the failure logged.
+        """
+        try:
+            private_directory(self.path.parent)
+            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            logger.warning("cannot lock zoho.token_cache_file %s (%s): the token is not shared with other processes", self.path, exc.strerror or exc)
+            yield
+            return
         try:
             await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
             yield

@@ -58,11 +58,12 @@ class ZohoWriter:
     name = "zoho"
     max_batch = 100
 
-    def __init__(self, api: ZohoApi, settings: ZohoSettings):
+    def __init__(self, api: ZohoApi, settings: ZohoSettings, users: ActiveUsers | None = None):
         self._api = api
         self._call_id_field = settings.call_id_field
         self.search_lag_s = float(settings.search_lag_s)
-        self._users = ActiveUsers(api, settings.user_extension_field, settings.users_ttl_s)
+        # The lookup backend's copy when given: the org's users are fetched once for both.
+        self._users = users or ActiveUsers(api, settings.user_extension_field, settings.users_ttl_s)
 
     async def create(self, kind: WriteKind, entries: Sequence[Entry]) -> list[WriteResult]:
         if not entries:
@@ -96,6 +97,10 @@ class ZohoWriter:
 
     async def users(self) -> Sequence[Owner]:
         return [Owner(u.id, u.name, u.email, u.extensions) for u in await self._users.all(None)]
+
+    async def check_access(self) -> None:
+        # The smallest authenticated request there is: who we are (the users scope the lookups need anyway).
+        await self._api.get("/users", {"type": "CurrentUser"})
 
     async def aclose(self) -> None:
         """The API client belongs to the lookup backend, which closes it."""
@@ -157,6 +162,9 @@ class ZohoWriter:
             else:
                 record["What_Id"] = {"id": linked.record_id}
                 record["$se_module"] = linked.module
+        who = getattr(entry, "who", None)
+        if who is not None and who.module == "Contacts" and "Who_Id" not in record:
+            record["Who_Id"] = {"id": who.record_id}  # a deal's call is the contact's too
         return record
 
 

@@ -8,17 +8,18 @@ the outcome so every later attempt writes the same thing. A call that
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from crmlookup.backend import CrmBackend
 from crmlookup.phone import normalise
-from crmlookup.records import Owner
+from crmlookup.records import Match, Owner
 from crmlookup.writer import RecordRef
 
 from ..outcome import CallOutcome
 from ..settings import RoutingSettings
 
+DEALS = "Deals"
 # Statuses whose CRM_* values name the caller's record.
 _ROUTED_TO_RECORD = frozenset({"OWNER", "SHARED", "UNMAPPED"})
 
@@ -39,10 +40,26 @@ class CrmContext:
     planned_at: float = 0.0
     # The owner of the lead planned for an unknown caller (so later calls from them find it).
     lead_owner_id: str = ""
+    # The record's owner when the CRM says they are no longer an active user
+    # ("Name (id)"): owner_id is then the fallback owner, or empty.
+    inactive_owner: str = ""
+    # For a deal: the contact (or account) it was found through, the person who called.
+    via_module: str = ""
+    via_id: str = ""
+    via_name: str = ""
 
     @property
     def record(self) -> RecordRef | None:
         return RecordRef(self.module, self.record_id) if self.module and self.record_id else None
+
+    @property
+    def who(self) -> RecordRef | None:
+        """The person who called, when the record is not one (a deal's contact)."""
+        return RecordRef(self.via_module, self.via_id) if self.via_module and self.via_id else None
+
+    @property
+    def caller_name(self) -> str:
+        return self.via_name or self.record_name
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,15 +72,22 @@ class CrmContext:
 
 
 class ExtensionDirectory:
-    """Extension -> CRM user, from the CRM's users and ``routing.owner_extensions``."""
+    """Extension -> CRM user, from the CRM's users and ``routing.owner_extensions``.
 
-    def __init__(self, users: Iterable[Owner], owner_extensions: Mapping[str, tuple[str, ...]]):
+    ``known``: ``users`` are the CRM's active users, so a user id not among
+    them is not one (False when the CRM's users could not be read).
+    """
+
+    def __init__(self, users: Iterable[Owner], owner_extensions: Mapping[str, tuple[str, ...]], *, known: bool = True):
         self._by_id: dict[str, Owner] = {}
         by_email: dict[str, Owner] = {}
         for user in users:
             self._by_id[user.id] = user
             if user.email:
                 by_email[user.email.lower()] = user
+        self._crm_ids = frozenset(self._by_id)
+        # A CRM always has a user (the one whose credentials we use): no users means none could be told.
+        self.known = known and bool(self._crm_ids)
         self._by_extension: dict[str, Owner] = {}
         for user in self._by_id.values():
             for extension in user.extensions:
@@ -84,11 +108,37 @@ class ExtensionDirectory:
     def by_id(self, user_id: str) -> Owner | None:
         return self._by_id.get(user_id) if user_id else None
 
+    def is_inactive(self, user_id: str) -> bool:
+        """True when the CRM's users are known and ``user_id`` is not one of them (deactivated, deleted)."""
+        return bool(user_id) and self.known and user_id not in self._crm_ids
+
 
 async def resolve_context(
-    outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings, users: ExtensionDirectory, now: float
+    outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings, users: ExtensionDirectory, now: float, *, fallback_owner: str = ""
 ) -> CrmContext:
-    """The context of ``outcome``; raises :class:`~crmlookup.errors.CrmError` if the CRM must be asked and fails."""
+    """The context of ``outcome``; raises :class:`~crmlookup.errors.CrmError` if the CRM must be asked and fails.
+
+    A record owner the CRM no longer has as an active user would be refused
+    as the owner of what is written: ``fallback_owner`` (or the CRM's default
+    owner, when empty) takes their place.
+    """
+    return _without_inactive_owner(await _resolve(outcome, backend, routing, users, now), users, fallback_owner)
+
+
+def _without_inactive_owner(context: CrmContext, users: ExtensionDirectory, fallback_owner: str) -> CrmContext:
+    if not users.is_inactive(context.owner_id):
+        return context
+    fallback = users.by_id(fallback_owner)
+    return replace(
+        context,
+        owner_id=fallback_owner,
+        owner_name=fallback.name if fallback else "",
+        owner_extensions=(),
+        inactive_owner=f"{context.owner_name} ({context.owner_id})" if context.owner_name else context.owner_id,
+    )
+
+
+async def _resolve(outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings, users: ExtensionDirectory, now: float) -> CrmContext:
     answerer = users.by_extension(outcome.answered_extension)
     answer = {"answerer_id": answerer.id, "answerer_name": answerer.name} if answerer else {}
     route = outcome.route
@@ -97,7 +147,7 @@ async def resolve_context(
         extensions = tuple(owner.extensions) if owner else ()
         if route.extension and route.extension not in extensions:
             extensions += (route.extension,)
-        return CrmContext(
+        context = CrmContext(
             module=route.module,
             record_id=route.record_id,
             record_name=route.record_name,
@@ -107,6 +157,7 @@ async def resolve_context(
             planned_at=now,
             **answer,
         )
+        return await _with_deal_contact(context, outcome, backend, routing) if route.module == DEALS else context
     if not outcome.caller_e164:
         return CrmContext(planned_at=now, **answer)
     # route never answered, timed out, or found nobody: ask the CRM now (the
@@ -121,9 +172,28 @@ async def resolve_context(
         module=best.module,
         record_id=best.record_id,
         record_name=best.name,
+        via_module=best.via_module,
+        via_id=best.via_id,
+        via_name=best.via_name,
         owner_id=owner.id if owner else "",
         owner_name=owner.name if owner else "",
         owner_extensions=tuple(known.extensions if known else (owner.extensions if owner else ())),
         planned_at=now,
         **answer,
     )
+
+
+async def _with_deal_contact(context: CrmContext, outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings) -> CrmContext:
+    """A deal's context with the contact it was found through.
+
+    The channel names the deal, not that contact: the caller is looked up
+    (the lookup cache usually still holds the answer route had).
+    """
+    if not outcome.caller_e164:
+        return context
+    result = await backend.lookup(normalise(outcome.caller_e164, routing.default_region), routing.lookup_order)
+    deal: Match | None = next((match for match in result.matches if match.record_id == context.record_id), None)
+    if deal is None or not deal.via_id:
+        return context
+    # The channel's CRM_CALLER_NAME was the contact's name; the record's own is the deal's.
+    return replace(context, record_name=deal.name, via_module=deal.via_module, via_id=deal.via_id, via_name=deal.via_name)

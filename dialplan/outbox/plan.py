@@ -18,17 +18,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
+from typing import Callable
 from zoneinfo import ZoneInfo
 
 from crmlookup.phone import is_withheld
 from crmlookup.writer import CallEntry, Entry, LeadEntry, TaskEntry, WriteKind
 
+from ..hours import BusinessHours
 from ..outcome import CallOutcome
 from .context import CrmContext
 from .settings import OutcomeSettings
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _SUBJECT_LENGTH = 200
+_SINGULAR = {"Deals": "Deal", "Leads": "Lead", "Contacts": "Contact", "Accounts": "Account"}
 
 
 class Step:
@@ -57,8 +60,23 @@ def zone(settings: OutcomeSettings) -> tzinfo:
     return local or timezone.utc
 
 
-def plan_writes(outcome: CallOutcome, context: CrmContext, settings: OutcomeSettings, tz: tzinfo) -> list[PlannedWrite]:
-    """The records ``outcome`` should leave in the CRM, in writing order."""
+def no_schedule(owner_id: str) -> BusinessHours | None:
+    return None
+
+
+def plan_writes(
+    outcome: CallOutcome,
+    context: CrmContext,
+    settings: OutcomeSettings,
+    tz: tzinfo,
+    task_hours: Callable[[str], BusinessHours | None] = no_schedule,
+) -> list[PlannedWrite]:
+    """The records ``outcome`` should leave in the CRM, in writing order.
+
+    ``task_hours`` gives the schedule a task's owner works in: a task falling
+    due outside it is due when it next opens (a call missed at 21:48 is called
+    back in the morning, not at 01:48).
+    """
     writes: list[PlannedWrite] = []
     known = context.record is not None
     answered = outcome.answered
@@ -76,11 +94,11 @@ def plan_writes(outcome: CallOutcome, context: CrmContext, settings: OutcomeSett
         writes.append(PlannedWrite(Step.CALL, WriteKind.CALL, _call(outcome, context, owner, tz), links_lead=has_lead))
     due = datetime.fromtimestamp((context.planned_at or outcome.ended_at) + settings.task_due_hours * 3600, tz)
     if known and not answered and settings.missed_known_task:
-        writes.append(_task(outcome, context, context.owner_id, due, "Call back", tz))
+        writes.append(_task(outcome, context, context.owner_id, due, "Call back", tz, task_hours(context.owner_id)))
     elif known and answered and settings.answered_by_other_task and context.owner_id and _answered_by_other(outcome, context):
-        writes.append(_task(outcome, context, context.owner_id, due, "Follow up", tz))
+        writes.append(_task(outcome, context, context.owner_id, due, "Follow up", tz, task_hours(context.owner_id)))
     elif has_lead and not answered:
-        task = _task(outcome, context, lead_owner, due, "Call back", tz)
+        task = _task(outcome, context, lead_owner, due, "Call back", tz, task_hours(lead_owner))
         writes.append(PlannedWrite(task.step, task.kind, task.entry, links_lead=True))
     return writes
 
@@ -102,7 +120,7 @@ def _number(outcome: CallOutcome) -> str:
 
 
 def _who(outcome: CallOutcome, context: CrmContext) -> str:
-    name = _line(context.record_name)
+    name = _line(context.caller_name)
     number = _number(outcome)
     if name and number:
         return f"{name} ({number})"
@@ -137,6 +155,9 @@ def _answered_by(outcome: CallOutcome, context: CrmContext) -> str:
 
 def _description(outcome: CallOutcome, context: CrmContext, tz: tzinfo) -> str:
     lines = [f"Caller: {_number(outcome) or 'withheld'}"]
+    if context.who is not None and context.record_name:
+        # Named by the caller, the record (a deal) still says what the call was about.
+        lines.append(f"{_SINGULAR.get(context.module, context.module)}: {_line(context.record_name)}")
     if outcome.did:
         lines.append(f"Dialled number: {_line(outcome.did)}")
     lines.append(f"Started: {_local(outcome.started_at, tz).isoformat(timespec='seconds')}")
@@ -145,6 +166,8 @@ def _description(outcome: CallOutcome, context: CrmContext, tz: tzinfo) -> str:
         lines.append(f"Talk time: {_duration(outcome.talk_seconds)}")
     else:
         lines.append(f"Not answered (Asterisk dial status: {outcome.dial_status or 'none'})")
+    if context.inactive_owner:
+        lines.append(f"Record owner {_line(context.inactive_owner)} is not an active CRM user")
     if context.owner_id:
         lines.append(f"Owner: {_line(context.owner_name) or context.owner_id}")
     if not outcome.complete:
@@ -165,22 +188,25 @@ def _call(outcome: CallOutcome, context: CrmContext, owner_id: str, tz: tzinfo) 
         caller_number=_number(outcome),
         owner_id=owner_id,
         record=context.record,
+        who=context.who,
     )
 
 
-def _task(outcome: CallOutcome, context: CrmContext, owner_id: str, due: datetime, verb: str, tz: tzinfo) -> PlannedWrite:
+def _task(outcome: CallOutcome, context: CrmContext, owner_id: str, due: datetime, verb: str, tz: tzinfo, hours: BusinessHours | None) -> PlannedWrite:
     when = _local(outcome.ended_at, tz).strftime("%Y-%m-%d %H:%M")
     if outcome.answered:
         subject = f"{verb}: {_answered_by(outcome, context)} answered {_who(outcome, context)} at {when}"
     else:
         subject = f"{verb} {_who(outcome, context)}: missed call at {when}"
+    opens = hours.next_open(due) if hours is not None else None
     entry = TaskEntry(
         key=outcome.call_id,
         subject=_subject(subject),
         description=_description(outcome, context, tz),
-        due=due,
+        due=opens.astimezone(tz) if opens is not None else due,
         owner_id=owner_id,
         record=context.record,
+        who=context.who,
     )
     return PlannedWrite(Step.TASK, WriteKind.TASK, entry)
 

@@ -6,15 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from crmlookup.paths import state_directory
 from crmlookup.settings import check_ranges
+from crmlookup.state import state_directory
 
 OUTBOX_FILE = "outbox.sqlite"
 
 
 def default_outbox_path() -> Path:
-    """Where the outbox lives when ``outbox.path`` is empty: the state directory
-    (:func:`crmlookup.paths.state_directory`)."""
+    """Where the outbox lives when ``outbox.path`` is empty: in crmroute's state directory
+    (``$STATE_DIRECTORY`` under systemd, else ``~/.local/state/crmroute``)."""
     return state_directory() / OUTBOX_FILE
 
 

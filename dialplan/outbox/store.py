@@ -167,9 +167,15 @@ class Outbox:
         self._committing = False
 
     @classmethod
-    def open(cls, path: str | Path) -> "Outbox":
-        """Open (or create) the outbox at ``path``; raises :class:`OutboxError`."""
+    def open(cls, path: str | Path, *, create: bool = True) -> "Outbox":
+        """Open (or, with ``create``, create) the outbox at ``path``; raises :class:`OutboxError`.
+
+        The admin's commands open it with ``create=False``: one looking at the
+        wrong file must say so, not show a new empty outbox.
+        """
         path = Path(path)
+        if not create and not path.is_file():
+            raise OutboxError(f"no outbox at {path}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
@@ -344,6 +350,11 @@ class Outbox:
                 [(oid, step, state.value, crm_id, error[:MAX_ERROR_LENGTH], now) for oid, step, state, crm_id, error in rows],
             )
 
+    def unmark_sent(self, writes: Iterable[tuple[int, str]]) -> None:
+        """Drop the ``sent`` mark of ``(outcome_id, step)`` writes known not to have been made."""
+        with self._transaction():
+            self._conn.executemany("DELETE FROM writes WHERE outcome_id = ? AND step = ? AND state = 'sent'", list(writes))
+
     def finish(self, finishes: Sequence[Finish], now: float) -> None:
         """End the attempts of claimed outcomes (only those still holding our lease)."""
         with self._transaction():
@@ -400,6 +411,14 @@ class Outbox:
             [*args, limit],
         ).fetchall()
         return [OutboxRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8], r[9]) for r in rows]
+
+    def states_of(self, ids: Sequence[int]) -> dict[int, str]:
+        """The state of each of ``ids`` that is an outcome in this outbox."""
+        found: dict[int, str] = {}
+        for chunk in chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            found.update(self._conn.execute(f"SELECT id, state FROM outcomes WHERE id IN ({marks})", chunk).fetchall())
+        return found
 
     def retry(self, now: float, ids: Sequence[int] | None = None) -> int:
         """Make dead and failed outcomes due now (``ids=None``: all of them); returns how many.

@@ -32,9 +32,11 @@ from typing import Callable, Sequence
 
 from crmlookup.backend import CrmBackend
 from crmlookup.errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited
-from crmlookup.writer import CrmWriter, Entry, RecordRef, WriteKind
+from crmlookup.writer import CrmWriter, Entry, RecordRef, WriteKind, WriteResult
 
-from ..settings import RoutingSettings
+from ..hours import BusinessHours
+from ..policy import Policy, PolicyBook
+from ..settings import RoutingSettings, owner_key
 from .context import ExtensionDirectory, CrmContext, resolve_context
 from .plan import PlannedWrite, Step, lead_name, plan_writes, zone
 from .settings import OutboxSettings, OutcomeSettings
@@ -128,6 +130,7 @@ class SyncWorker:
         self._clock = clock
         self._jitter = jitter
         self._tz = zone(outcomes)
+        self._book = PolicyBook.build(routing)  # each outcome's DID policy: its business hours
         self._batch = max(1, min(settings.batch_size, writer.max_batch))
         self._wake = asyncio.Event()
         self._users: ExtensionDirectory | None = None
@@ -206,6 +209,7 @@ class SyncWorker:
         items = await self._outbox.run(self._outbox.claim, now, self._batch, self._settings.lease_s)
         result = RoundResult(claimed=len(items))
         if not items:
+            await self._note_pause(result, False)
             return result
         attempts = [_Attempt(item) for item in items]
         wrote = False
@@ -254,7 +258,8 @@ class SyncWorker:
             known = context
             if context.record is None and number and not started_lead:
                 context = await self._our_lead(attempt, context)
-            attempt.plan = plan_writes(item.outcome, context, self._outcomes, self._tz)
+            policy = self._book.for_did(item.outcome.did)
+            attempt.plan = plan_writes(item.outcome, context, self._outcomes, self._tz, lambda owner: _task_schedule(policy, users, owner))
             creates_lead = any(w.step == Step.LEAD for w in attempt.plan)
             if attempt.deferred or (creates_lead and not started_lead and number in leads_planned):
                 # Another outcome creates this caller's lead: this one waits for
@@ -275,7 +280,8 @@ class SyncWorker:
         """The contexts of the outcomes that have none yet, looked up together (the CRM client bounds the concurrency)."""
         fresh = [attempt for attempt in attempts if attempt.item.context is None]
         answers = await asyncio.gather(
-            *(resolve_context(a.item.outcome, self._backend, self._routing, users, now) for a in fresh), return_exceptions=True
+            *(resolve_context(a.item.outcome, self._backend, self._routing, users, now, fallback_owner=self._outcomes.senior_manager_id) for a in fresh),
+            return_exceptions=True,
         )
         resolved: dict[int, CrmContext] = {}
         for attempt, answer in zip(fresh, answers):
@@ -335,7 +341,7 @@ class SyncWorker:
             todo = [(a, e) for a, e in todo if a.open and a.item.writes.get(step, _NOT_WRITTEN).state is not WriteState.DONE]
             for chunk in chunks(todo, self._batch):
                 await self._mark(step, [(a, WriteState.SENT, "", "") for a, _ in chunk])
-                results = await self._writer.create(kind, [entry for _, entry in chunk])
+                results = await self._create(step, kind, chunk)
                 wrote = True
                 if len(results) != len(chunk) or any(r.key != e.key for r, (_, e) in zip(results, chunk)):
                     raise CrmBadResponse(f"{kind.value}: {len(results)} result(s) for {len(chunk)} record(s)")
@@ -349,6 +355,17 @@ class SyncWorker:
                         attempt.error, attempt.rejected = f"{kind.value}: {error}", True
                 await self._mark(step, marks)
         return wrote
+
+    async def _create(self, step: str, kind: WriteKind, chunk: list[tuple[_Attempt, Entry]]) -> list[WriteResult]:
+        """Create the chunk's records (marked sent); a request refused before anything
+        was created (a 429, our credentials) leaves no uncertain write to look for later."""
+        try:
+            return list(await self._writer.create(kind, [entry for _, entry in chunk]))
+        except (CrmRateLimited, CrmAuthError):
+            await self._outbox.run(self._outbox.unmark_sent, [(a.item.id, step) for a, _ in chunk])
+            for attempt, _ in chunk:
+                attempt.item.writes.pop(step, None)
+            raise
 
     async def _mark(self, step: str, marks: Sequence[tuple[_Attempt, WriteState, str, str]]) -> None:
         if not marks:
@@ -391,16 +408,33 @@ class SyncWorker:
         return base * (0.5 + 0.5 * self._jitter())
 
     async def _note_pause(self, result: RoundResult, wrote: bool) -> None:
+        """Record a pause, or end one: the queue is paused (and ``outbox status`` says so,
+        for every process using the outbox) only while our credentials are refused."""
         if result.paused:
-            self._paused_until = self._clock() + self._settings.auth_retry_s
-            logger.error("outbox paused, everything kept: %s (next try in %.0f s, or on reload)", result.paused, self._settings.auth_retry_s)
-            state = json.dumps({"reason": result.paused, "since": self._clock()})
-            await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, state)
-        elif wrote:
-            self._paused_until = 0.0
-            if await self._outbox.run(self._outbox.get_meta, PAUSE_KEY) is not None:
-                logger.info("outbox resumed: the CRM accepts our credentials again")
-                await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, None)
+            self._pause(result.paused)
+            await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, json.dumps({"reason": result.paused, "since": self._clock()}))
+            return
+        if await self._outbox.run(self._outbox.get_meta, PAUSE_KEY) is None:
+            if wrote:
+                self._paused_until = 0.0  # another process may have ended the pause it shared
+            return
+        if not wrote:
+            # Nothing was written this round (nothing due, or all of it waiting):
+            # ask the CRM whether it takes our credentials now, rather than waiting for a write.
+            try:
+                await self._writer.check_access()
+            except CrmAuthError as exc:
+                self._pause(f"the CRM refused our credentials: {exc}")
+                return
+            except CrmError:
+                return  # the CRM cannot say now; the next round asks again
+        self._paused_until = 0.0
+        logger.info("outbox resumed: the CRM accepts our credentials again")
+        await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, None)
+
+    def _pause(self, reason: str) -> None:
+        self._paused_until = self._clock() + self._settings.auth_retry_s
+        logger.error("outbox paused, everything kept: %s (next try in %.0f s, or on reload)", reason, self._settings.auth_retry_s)
 
     async def _extension_directory(self, now: float) -> ExtensionDirectory:
         if self._users is None or now - self._users_at > USERS_TTL_S:
@@ -410,9 +444,10 @@ class SyncWorker:
                 raise
             except CrmError as exc:
                 logger.warning("cannot read the CRM's users (who answered stays unknown): %s", exc)
-                users = ()
                 if self._users is not None:
                     return self._users
+                # Not kept: the next round asks again. Nobody is taken for inactive meanwhile.
+                return ExtensionDirectory((), self._routing.owner_extensions, known=False)
             self._users = ExtensionDirectory(users, self._routing.owner_extensions)
             self._users_at = now
         return self._users
@@ -427,6 +462,13 @@ class SyncWorker:
 
 
 _NOT_WRITTEN = WriteRow("", WriteState.SENT)
+
+
+def _task_schedule(policy: Policy, users: ExtensionDirectory, owner_id: str) -> BusinessHours | None:
+    """The hours a task's owner works: their own (``owner_hours``, by id or email), else the DID's policy's."""
+    user = users.by_id(owner_id)
+    own = policy.staff.hours.get(owner_id) or (policy.staff.hours.get(owner_key(user.email)) if user and user.email else None)
+    return own or policy.hours
 
 
 def _linked(write: PlannedWrite, item: OutboxItem) -> Entry:

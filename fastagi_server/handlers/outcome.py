@@ -58,6 +58,7 @@ async def record_outcome(session: AgiSession, app: App) -> dict[str, str]:
     env = session.env
     readings, complete = await read_channel(session)
     ended_at = time.time()
+    did = dialled_number(session)
     try:
         outcome = outcome_from_channel(
             call_id=env.unique_id,
@@ -65,9 +66,11 @@ async def record_outcome(session: AgiSession, app: App) -> dict[str, str]:
             readings=readings,
             ended_at=ended_at,
             region=app.config.routing.default_region,
-            did=dialled_number(session),
+            did=did,
             channel=env.channel,
             complete=complete,
+            # Read as route read it: the DID's policy may rewrite the trunk's prefixes.
+            number=app.router.book.for_did(did).rewrite.apply(env.caller_number),
         )
     except InvalidOutcome as exc:
         logger.warning("outcome not recorded: %s (peer=%s)", exc, session.peer)
@@ -85,6 +88,7 @@ async def record_outcome(session: AgiSession, app: App) -> dict[str, str]:
     if new:
         app.outcome_recorded()
     return {
+        "caller": outcome.caller_e164 or outcome.caller,
         "outcome": "recorded" if new else "duplicate",
         "dialstatus": outcome.dial_status,
         "answered_by": outcome.answered_extension,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dialplan import DeviceStateUnavailable, InboundCall, NoDeviceStates, StateQuery
+from dialplan import DeviceStateUnavailable, InboundCall, NoDeviceStates, RouteDecision, StateQuery
 
 from ..errors import AgiConnectionClosed, AgiError, AgiLimitExceeded
 from ..session import AgiSession
@@ -59,13 +59,28 @@ async def route_call(session: AgiSession, app: App) -> dict[str, str]:
     probe = NoDeviceStates("caller hung up") if session.hung_up else ChannelDeviceStates(session)
     decision = await app.router.decide(call, probe)
     await session.set_variables(decision.channel_variables())
-    return {
-        "did": call.did,
-        "policy": decision.policy,
-        "status": decision.status.value,
-        "target": decision.target,
-        "reason": decision.reason,
-        "source": decision.source,
-        "mirror_age": f"{decision.source_age_s:.0f}s" if decision.source_age_s is not None else "",
-        "chain": " | ".join(decision.chain),
-    }
+    return route_log_fields(call, decision)
+
+
+def route_log_fields(call: InboundCall, decision: RouteDecision) -> dict[str, str]:
+    """What the call's log line says: the caller as normalised (so one grep finds every
+    form of a number; ``caller_raw`` when Asterisk sent another), who owns them, and
+    whether the answer came from the cache or a lookup."""
+    owner = decision.owner
+    fields = {"caller": decision.normalised_number or call.caller}
+    if decision.normalised_number and decision.normalised_number != call.caller:
+        fields["caller_raw"] = call.caller
+    fields.update(
+        did=call.did,
+        policy=decision.policy,
+        status=decision.status.value,
+        target=decision.target,
+        owner=owner.id if owner else "",
+        owner_name=owner.name if owner else "",
+        owner_email=owner.email if owner else "",
+        source=decision.source,
+        mirror_age=f"{decision.source_age_s:.0f}s" if decision.source_age_s is not None else "",
+        reason=decision.reason,
+        chain=" | ".join(decision.chain),
+    )
+    return fields

@@ -1,0 +1,95 @@
+"""``crmroute check-config``: every problem of a configuration, and what it would do.
+
+Reading a file stops at nothing: each bad key is listed (see
+:func:`~.config.config_problems`). A file that loads is then opened as the
+server would open it (the backend, the routing policy), without creating
+anything: the outbox is only looked for, and the CRM's users are read to warn
+about configured owners no CRM user has.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crmlookup.errors import CrmAuthError, CrmError
+from crmlookup.factory import open_writer
+from crmlookup.records import Owner
+
+from .app import App
+from .config import Config
+
+
+@dataclass
+class CheckReport:
+    """What opening a configuration found: problems fail the check, warnings do not."""
+
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    outbox: str = ""
+
+
+class UnreadHistory:
+    """The call history for a check: the LastAgent rule is satisfied, the outbox file left alone."""
+
+    async def last_answered_extension(self, caller_e164: str, max_age_s: float) -> str | None:
+        return None
+
+
+def outbox_location(path: Path) -> tuple[str, str]:
+    """``(description, problem)`` of the outbox at ``path``, without creating it."""
+    if path.exists():
+        from dialplan.outbox import Outbox, OutboxError
+
+        try:
+            Outbox.open(path, create=False).close()
+        except OutboxError as exc:
+            return "", f"outbox.path: {exc}"
+        return str(path), ""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return "", f"outbox.path: cannot create {path}: {ancestor} is not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return "", f"outbox.path: cannot create {path}: {ancestor} is not writable by this user"
+    return f"{path} (not there yet: created with the first call outcome)", ""
+
+
+def unknown_owner_keys(config: Config, users: list[Owner]) -> list[str]:
+    """The ``owner_extensions`` and ``owner_hours`` keys no CRM user has (by id, or email)."""
+    ids = {user.id for user in users}
+    emails = {user.email.lower() for user in users if user.email}
+    keys = dict.fromkeys([*config.routing.owner_extensions, *config.routing.owner_hours])
+    return [key for key in keys if key not in (emails if "@" in key else ids)]
+
+
+async def inspect(config: Config) -> CheckReport:
+    """Open what ``config`` names, as the server would, and report on it."""
+    report = CheckReport()
+    report.outbox, problem = outbox_location(config.outbox.resolved_path)
+    if problem:
+        report.problems.append(problem)
+    app = App.from_config(config, history=UnreadHistory())
+    writer = None
+    try:
+        writer = open_writer(app.backend)
+        users = list(await writer.users())
+    except CrmAuthError as exc:
+        report.problems.append(f"the CRM refused our credentials: {exc}")
+        users = None
+    except CrmError as exc:
+        report.warnings.append(f"could not read the CRM's users, so owner_extensions is not checked against them: {exc}")
+        users = None
+    finally:
+        if writer is not None:
+            await writer.aclose()
+        await app.aclose()
+    if users is not None:
+        for key in unknown_owner_keys(config, users):
+            report.warnings.append(
+                f"routing: {key!r} is configured (owner_extensions or owner_hours) but no CRM user has this "
+                f"{'email' if '@' in key else 'id'}; it never matches a record's owner"
+            )
+    return report
