@@ -70,6 +70,9 @@ def test_a_deal_is_reached_through_its_contact_and_its_account(mirror):
     assert [(m.module, m.record_id) for m in by_contact.matches] == [("Deals", "d1"), ("Contacts", "c1")]
     assert [(m.module, m.record_id) for m in by_account.matches] == [("Deals", "d2"), ("Accounts", "a1")]
     assert by_contact.matches[0].owner.id == "u2"
+    # The deal names the caller it was reached through: the call is logged on both.
+    assert (by_contact.matches[0].via_module, by_contact.matches[0].via_id, by_contact.matches[0].caller_name) == ("Contacts", "c1", "Pedro Gil")
+    assert by_contact.matches[1].via_module == ""
 
 
 def test_a_contact_holding_the_number_keeps_the_accounts_deals_out(mirror):

@@ -26,12 +26,12 @@ DEMO_FILE = "demo-directory.sqlite"
 # The demo numbers are written as a Spanish office would type them.
 DEMO_REGION = "ES"
 
-_SELECT = "SELECT r.module, r.id, r.name, r.is_open, r.owner_id, u.name, u.email, u.extensions, {via} AS via "
+_SELECT = "SELECT r.module, r.id, r.name, r.is_open, r.owner_id, u.name, u.email, u.extensions, {via} "
 
 # The records that hold the number, then those reached through them (a deal
 # through its contact or account: see the ``links`` table).
 _LOOKUP_SQL = (
-    _SELECT.format(via="''")
+    _SELECT.format(via="'', '', ''")
     + """FROM phones p
 JOIN records r ON r.module = p.module AND r.id = p.record_id
 LEFT JOIN users u ON u.id = r.owner_id
@@ -40,10 +40,11 @@ WHERE p.e164 = ?"""
 _LOOKUP_WITH_LINKS_SQL = (
     _LOOKUP_SQL
     + "\nUNION ALL\n"
-    + _SELECT.format(via="l.parent_module")
+    + _SELECT.format(via="l.parent_module, l.parent_id, coalesce(parent.name, '')")
     + """FROM phones p
 JOIN links l ON l.parent_module = p.module AND l.parent_id = p.record_id
 JOIN records r ON r.module = l.module AND r.id = l.record_id
+LEFT JOIN records parent ON parent.module = l.parent_module AND parent.id = l.parent_id
 LEFT JOIN users u ON u.id = r.owner_id
 WHERE p.e164 = ?"""
 )
@@ -165,7 +166,7 @@ class LocalDirectory:
         skip_via = "Accounts" if "Contacts" in holders else None
         matches: dict[tuple[str, str], Match] = {}
         passed_over = []
-        for module, record_id, name, is_open, owner_id, owner_name, email, extensions, via in rows:
+        for module, record_id, name, is_open, owner_id, owner_name, email, extensions, via, via_id, via_name in rows:
             if via == skip_via or (module, record_id) in matches:
                 continue  # an account's deal when a contact holds the number; a deal reached twice
             if module not in rank:
@@ -175,7 +176,8 @@ class LocalDirectory:
                 passed_over.append(f"{module} {record_id} is closed")
                 continue
             owner = self._owner(owner_id, owner_name, email, extensions) if owner_id else None
-            matches[(module, record_id)] = Match(sys.intern(module), record_id, name, owner, bool(is_open))
+            # A deal reached through the caller's contact (or account) names that record: the caller.
+            matches[(module, record_id)] = Match(sys.intern(module), record_id, name, owner, bool(is_open), via, via_id, via_name)
         ordered = sorted(matches.values(), key=lambda m: (rank[m.module], m.record_id))
         passed_over = sorted(set(passed_over))
         step = f"{self.name_in_steps}: {number.e164} -> {len(ordered)} open record(s) of {len(rows)} matching"
