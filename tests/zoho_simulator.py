@@ -52,7 +52,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable
@@ -128,11 +128,13 @@ class Fault:
     without answering. ``times``: how many requests it hits (None: all).
     ``after``: the request is served first (an insert stores its records) and
     only its answer is lost: the fault replaces it (the uncertain write).
+    ``headers``: sent with the answer (``{"Retry-After": "42"}`` with a 429).
     """
 
     path: str
     status: int = 500
     body: dict[str, Any] | bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     method: str = ""
     times: int | None = None
@@ -379,7 +381,7 @@ class ZohoSimulator:
                 time.sleep(fault.delay_s)
             if fault.close:
                 raise ConnectionAbortedError("fault: connection dropped")
-            return _Reply(fault.status, fault.body)
+            return _Reply(fault.status, fault.body, fault.headers)
         return self._serve(method, path, query, headers, body)
 
     def _serve(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> _Reply:

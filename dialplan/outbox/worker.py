@@ -446,11 +446,8 @@ def _fail_open(attempts: list[_Attempt], error: str, retry_at: float = 0.0) -> N
 
 
 def _retry_after(exc: CrmRateLimited, default: float) -> float:
-    value = getattr(exc, "retry_after", None)
-    try:
-        seconds = float(value) if value is not None else default
-    except (TypeError, ValueError):
-        seconds = default
+    """How long the CRM asked us to wait (``default`` when it did not say), within 0.1 s to an hour."""
+    seconds = exc.retry_after if exc.retry_after is not None else default
     return min(max(seconds, 0.1), 3600.0)
 
 
