@@ -115,14 +115,17 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for key in data:
         if key not in known:
             raise ConfigError(f"{_join(where, key)}: unknown key (known: {', '.join(sorted(known))})")
-    values = {f.name: _convert(hints[f.name], data[f.name], _join(where, f.name)) for f in settable if f.name in data}
+    # A field kept out of reprs holds a credential: its errors never quote the value.
+    values = {f.name: _convert(hints[f.name], data[f.name], _join(where, f.name), secret=not f.repr) for f in settable if f.name in data}
     try:
         return cls(**values)
     except ValueError as exc:
         raise ConfigError(f"{where or 'config'}: {exc}") from None
 
 
-def _convert(kind: Any, value: Any, where: str) -> Any:
+def _convert(kind: Any, value: Any, where: str, *, secret: bool = False) -> Any:
+    """``value`` as the setting type ``kind``; ConfigError naming ``where`` (and, unless
+    ``secret``, quoting the value) when it is of another type."""
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
     if is_dataclass(kind):
@@ -130,22 +133,13 @@ def _convert(kind: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        return _convert(next(a for a in args if a is not type(None)), value, where)
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {_kind(value)}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {_kind(value)}")
-        return value
+        return _convert(next(a for a in args if a is not type(None)), value, where, secret=secret)
+    expected = _scalar_expected(kind, value)
+    if expected:
+        raise ConfigError(f"{where}: expected {expected}, got {_kind(value, secret)}")
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {_kind(value)}")
         return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {_kind(value)}")
+    if kind in (bool, int, str):
         return value
     if origin is tuple:
         item = args[0]
@@ -166,9 +160,28 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _kind(value: Any) -> str:
+def _scalar_expected(kind: Any, value: Any) -> str:
+    """What a scalar setting of type ``kind`` expects, when ``value`` is not that; else ""."""
+    if kind is bool:
+        return "" if isinstance(value, bool) else "true or false"
+    if kind is int:
+        return "" if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if kind is float:
+        return "" if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if kind is str:
+        return "" if isinstance(value, str) else "a string"
+    return ""
+
+
+_TOML_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _kind(value: Any, secret: bool = False) -> str:
+    """What ``value`` is, for an error: its type, and its text unless it is a credential's."""
     if isinstance(value, Mapping):
         return "a table"
     if isinstance(value, list):
         return "a list"
+    if secret:
+        return f"{_TOML_KINDS.get(type(value), 'a ' + type(value).__name__)} (value not shown: a credential)"
     return f"{type(value).__name__} {value!r}"[:80]
