@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from ..errors import DirectoryError
+from ..files import create_private_file
 from ..phone import PhoneNumber
 from ..sqlite_thread import ConnectionThread
 from ..records import LookupResult, Match, Owner
@@ -36,13 +37,18 @@ _MODULES_WITH_STATUS = frozenset({"Leads", "Deals"})
 
 
 def open_connection(path: str | Path, *, create: bool = False) -> sqlite3.Connection:
-    """Open a directory file; with ``create`` a missing file gets an empty directory.
+    """Open a directory file; with ``create`` a missing file gets an empty directory (mode 0600).
 
     Raises :class:`DirectoryError` when the file is missing or is not a directory.
     """
     path = Path(path)
     if not create and not path.is_file():
         raise DirectoryError(f"directory file not found: {path}")
+    try:
+        if create:
+            create_private_file(path)
+    except OSError as exc:
+        raise DirectoryError(f"cannot create directory {path}: {exc.strerror or exc}") from None
     try:
         conn = sqlite3.connect(path, check_same_thread=False)
         if create:

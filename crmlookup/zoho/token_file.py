@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import AsyncIterator
 
+from ..files import open_private_file
+
 logger = logging.getLogger("crmroute.zoho")
 
 
@@ -35,7 +37,7 @@ class TokenFile:
     @contextlib.asynccontextmanager
     async def locked(self) -> AsyncIterator[None]:
         """Hold the exclusive lock (other processes wait) while the token is read or minted."""
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private_file(f"{self.path}.lock", os.O_RDWR | os.O_CREAT)
         try:
             await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
             yield
@@ -61,7 +63,7 @@ class TokenFile:
         data = json.dumps({"access_token": value, "api_domain": api_domain, "expires_at": time.time() + seconds_left})
         temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = open_private_file(temporary)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(data)
             os.replace(temporary, self.path)

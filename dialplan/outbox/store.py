@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
+from crmlookup.files import create_private_file
 from crmlookup.sqlite_thread import ConnectionThread
 
 from ..outcome import CallOutcome
@@ -168,10 +169,10 @@ class Outbox:
 
     @classmethod
     def open(cls, path: str | Path) -> "Outbox":
-        """Open (or create) the outbox at ``path``; raises :class:`OutboxError`."""
+        """Open (or create: mode 0600, a new folder 0700) the outbox at ``path``; raises :class:`OutboxError`."""
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(path)
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(f"cannot open outbox {path}: {exc}") from exc
