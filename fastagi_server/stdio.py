@@ -23,7 +23,7 @@ from typing import BinaryIO, TextIO
 
 from asterisk.agi import AGI
 
-from .errors import AgiConnectionClosed, AgiLimitExceeded
+from .errors import AgiConnectionClosed, AgiLimitExceeded, AgiProtocolError
 from .environment import AgiEnvironment
 from .limits import SessionLimits
 from .replies import is_usage_end, is_usage_start
@@ -39,6 +39,7 @@ class StdinReader:
         self._limits = limits
         self.in_headers = True
         self.header_lines = 0
+        self._keys: set[str] = set()  # header keys seen: pyst2 would let a repeat override the first
 
     def readline(self) -> str:
         limit = self._limits.max_line_bytes
@@ -55,7 +56,16 @@ class StdinReader:
                 self.header_lines += 1
                 if self.header_lines > self._limits.max_headers:
                     raise AgiLimitExceeded(f"more than {self._limits.max_headers} header lines")
+                self._note_key(line)
         return line.decode("utf-8", "replace")
+
+    def _note_key(self, line: bytes) -> None:
+        """Refuse a key sent twice (see :func:`.environment.parse_header_block`)."""
+        key = line.split(b":", 1)[0].strip()
+        text = key.decode("utf-8", "replace")
+        if text in self._keys:
+            raise AgiProtocolError(f"header {text!r} sent twice in one header block")
+        self._keys.add(text)
 
 
 class QuietAGI(AGI):
@@ -202,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(run())
-    except (AgiLimitExceeded, AgiConnectionClosed) as exc:
+    except (AgiLimitExceeded, AgiConnectionClosed, AgiProtocolError) as exc:
         log.warning("session-ended peer=stdio error=%r", str(exc))
         return 1
     finally:
