@@ -14,6 +14,7 @@ from . import __version__
 from .cli_options import CONFIG_OPTION
 from .commands import clean
 from .config import Config, load_config
+from .logs import configure_logging
 from .outbox_cli import outbox
 
 
@@ -39,6 +40,9 @@ class CrmrouteGroup(click.Group):
 def cli(ctx: click.Context, debug: bool) -> None:
     """Route inbound Asterisk calls to the CRM owner of the caller."""
     ctx.obj = {"debug": debug}
+    if ctx.invoked_subcommand != "serve":  # serve sets up its own, at its configured level
+        # Warnings of any command (a CRM that refused, an outbox in trouble) go out escaped, like serve's.
+        configure_logging(logging.DEBUG if debug else logging.WARNING, "crmroute %(levelname)s %(name)s: %(message)s", sys.stderr)
 
 
 @cli.command()
@@ -55,7 +59,7 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
     config = load_config(config_path)
     level = "DEBUG" if ctx.obj["debug"] else config.server.log_level.upper()
     skip_unused_record_fields()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(level, "%(asctime)s %(levelname)s %(name)s: %(message)s", sys.stderr)
     # The HTTP libraries log every request at INFO (callers' numbers in the URLs); our own lines say what matters.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)

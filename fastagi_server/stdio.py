@@ -174,10 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     from .app import App
     from .config import load_config
     from .handlers import answer_fallback, run_session
+    from .logs import configure_logging
 
     config_path, script, arguments = parse_argv(sys.argv[1:] if argv is None else argv)
     # Asterisk shows stderr on its console: warnings only.
-    logging.basicConfig(level=logging.WARNING, format="crmroute-agi %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(logging.WARNING, "crmroute-agi %(levelname)s %(name)s: %(message)s", sys.stderr)
     log = logging.getLogger("crmroute.stdio")
     try:
         config = load_config(config_path)
