@@ -19,7 +19,8 @@ import io
 import os
 import signal
 import sys
-from typing import BinaryIO, TextIO
+import threading
+from typing import TYPE_CHECKING, BinaryIO, Callable, TextIO
 
 from asterisk.agi import AGI
 
@@ -28,6 +29,11 @@ from .environment import AgiEnvironment
 from .limits import SessionLimits
 from .replies import is_usage_end, is_usage_start
 from .session import AgiSession
+
+if TYPE_CHECKING:
+    # asyncio is imported in main(), after the SIGHUP handler is in place: a
+    # hang-up during start-up must find it there as early as can be.
+    import asyncio
 
 
 class StdinReader:
@@ -98,6 +104,7 @@ class StdioSession(AgiSession):
         self.arguments = arguments
         self.peer = "stdio"
         self._hangup_line = False
+        self._owed: asyncio.Future[str] | None = None  # a reply still to be read, its waiter gone
 
     @property
     def hung_up(self) -> bool:  # type: ignore[override]
@@ -107,12 +114,32 @@ class StdioSession(AgiSession):
         return self._reader.readline().rstrip("\r\n")
 
     async def _exchange(self, command: str) -> str:
+        """Write the command, then wait for its reply without blocking the event loop.
+
+        The reply is read by a thread, so the routing deadline can stop waiting
+        for it (a slow device-state answer); that reply is still read, and
+        dropped, before the next command is written: one command, one reply.
+        """
+        import asyncio  # loaded by main() already (see the module's imports)
+
+        if self._owed is not None:
+            owed, self._owed = self._owed, None
+            await owed  # the reply to a command whose waiter gave up; raises what ended the session
         # Not pyst2's execute(): it refuses to send anything after SIGHUP, but a
         # dead channel still takes SET VARIABLE, which the hangup handler needs.
         try:
             self._agi.send_command(command)
         except BrokenPipeError:
             raise AgiConnectionClosed("stdout closed") from None
+        reply = read_in_thread(self._read_reply)
+        try:
+            return await asyncio.shield(reply)
+        except asyncio.CancelledError:
+            self._owed = reply
+            raise
+
+    def _read_reply(self) -> str:
+        """One reply (a ``520`` usage block joined with newlines), ``HANGUP`` lines noted and skipped."""
         line = self._readline()
         while line == "HANGUP":
             self._hangup_line = True
@@ -129,6 +156,41 @@ class StdioSession(AgiSession):
 
     def close(self) -> None:
         self._devnull.close()
+        if self._owed is not None and self._owed.done() and not self._owed.cancelled():
+            self._owed.exception()  # a late reply nobody needs: its error, if any, is not news
+
+
+def read_in_thread(read: Callable[[], str]) -> asyncio.Future[str]:
+    """``read()`` on a thread of its own; its result (or error) settles the returned future.
+
+    A daemon thread, not an executor's: a process whose Asterisk never answers
+    must still be able to exit (the session limit ends it) while a read is blocked.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def settle(outcome: str | BaseException) -> None:
+        if future.done():
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    def work() -> None:
+        try:
+            outcome: str | BaseException = read()
+        except Exception as exc:  # handed to whoever awaits the reply
+            outcome = exc
+        try:
+            loop.call_soon_threadsafe(settle, outcome)
+        except RuntimeError:  # the loop is gone: nobody waits any more
+            pass
+
+    threading.Thread(target=work, name="agi-stdin", daemon=True).start()
+    return future
 
 
 def parse_argv(argv: list[str]) -> tuple[str | None, str, tuple[str, ...]]:
