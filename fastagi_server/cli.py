@@ -15,6 +15,7 @@ from .cli_options import CONFIG_OPTION
 from .commands import clean
 from .config import Config, load_config
 from .logs import configure_logging
+from .signals import EarlyHangup
 from .outbox_cli import outbox
 
 
@@ -52,6 +53,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.pass_context
 def serve(ctx: click.Context, config_path: str | None, host: str | None, port: int | None) -> None:
     """Run the FastAGI server until SIGTERM/SIGINT; SIGHUP reloads the config."""
+    early_hangup = EarlyHangup()  # before anything slow: a SIGHUP at start must not end the process
     from .server import serve as run_server
 
     from .calllog import skip_unused_record_fields
@@ -63,7 +65,7 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
     # The HTTP libraries log every request at INFO (callers' numbers in the URLs); our own lines say what matters.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    asyncio.run(run_server(config, host=host, port=port))
+    asyncio.run(run_server(config, host=host, port=port, hangup_seen=early_hangup.seen))
 
 
 @cli.command()

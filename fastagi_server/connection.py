@@ -343,6 +343,14 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         if self._transport is not None:
             self._transport.close()
 
+    def stop_now(self) -> None:
+        """The server stops at once: a handler still running is cancelled, and
+        gives the fallback answer first if it has not answered yet."""
+        if self._task is not None and not self._task.done():
+            self.end_reason = "server stopping now"
+            self.fallback_on_cancel = not self.answered
+            self._task.cancel()
+
     def abort(self) -> None:
         """Drop the connection now (shutdown after the grace period)."""
         self.closed = True

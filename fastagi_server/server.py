@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import signal
 from typing import Callable
 
 from .app import App
 from .config import Config, load_config
 from .connection import FastAgiConnection
-from .handlers import run_session
+from .handlers import FALLBACK_TIMEOUT_S, run_session
+from .signals import ServerSignals
 
 logger = logging.getLogger("crmroute.server")
+
+# After the grace period (or a second stop signal), how long sessions still
+# running may take to give the fallback answer before they are dropped.
+FALLBACK_S = FALLBACK_TIMEOUT_S + 0.5
 
 
 class FastAgiServer:
@@ -107,21 +111,34 @@ class FastAgiServer:
     def active_sessions(self) -> int:
         return len(self._sessions)
 
-    async def shutdown(self, grace_ms: int | None = None) -> None:
-        """Stop accepting, let sessions in flight finish within the grace period, then drop the rest."""
+    async def shutdown(self, grace_ms: int | None = None, now: asyncio.Event | None = None) -> None:
+        """Stop accepting, let sessions in flight finish within the grace period, then end the rest.
+
+        ``now`` set (a second stop signal) cuts the grace period short. Sessions
+        still running then get the fallback answer if they have not answered
+        (within :data:`FALLBACK_S`), and are dropped.
+        """
         if grace_ms is None:
             grace_ms = self.app.config.server.shutdown_grace_ms
         if self._server is not None:
             self._server.close()
-        tasks = [s.task for s in self._sessions if s.task is not None and not s.task.done()]
+        tasks = self._running_tasks()
         if tasks:
             logger.info("shutting down: waiting up to %d ms for %d session(s)", grace_ms, len(tasks))
-            await asyncio.wait(tasks, timeout=grace_ms / 1000)
+            await _wait_for_tasks(tasks, grace_ms / 1000, now)
+        tasks = self._running_tasks()
+        if tasks:
+            for session in list(self._sessions):
+                session.stop_now()
+            await _wait_for_tasks(tasks, FALLBACK_S, None)
         for session in list(self._sessions):
             session.abort()
         if self._server is not None:
             await self._server.wait_closed()
         await self.app.aclose()
+
+    def _running_tasks(self) -> list[asyncio.Task[None]]:
+        return [s.task for s in self._sessions if s.task is not None and not s.task.done()]
 
     async def reload(self, path: str | None) -> bool:
         """Re-read the config and swap the app; on any error keep the old one."""
@@ -163,21 +180,41 @@ async def serve(
     host: str | None = None,
     port: int | None = None,
     on_ready: Callable[[FastAgiServer], None] | None = None,
+    hangup_seen: bool = False,
 ) -> None:
-    """Run the server until SIGTERM or SIGINT; SIGHUP reloads the config file."""
-    server = FastAgiServer(App.from_config(config), sync_worker=True)
-    await server.start(host, port)
+    """Run the server until SIGTERM or SIGINT; SIGHUP reloads the config file (see :mod:`.signals`).
+
+    ``hangup_seen``: a SIGHUP came before the event loop ran (it is carried out once serving).
+    """
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload(config.source or None)))
-    if on_ready is not None:
-        on_ready(server)
+    signals = ServerSignals(loop, hangup_seen=hangup_seen)  # before anything slow
     try:
-        await stop.wait()
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
-        await server.shutdown()
+        server = FastAgiServer(App.from_config(config), sync_worker=True)
+        if signals.stop.is_set():
+            await server.app.aclose()
+            return
+        await server.start(host, port)
+
+        def reload() -> None:
+            loop.create_task(server.reload(config.source or None))
+
+        signals.serving(reload)
+        if on_ready is not None:
+            on_ready(server)
+        await signals.stop.wait()
+        await server.shutdown(now=signals.now)
         logger.info("stopped")
+    finally:
+        signals.remove()
+
+
+async def _wait_for_tasks(tasks: list[asyncio.Task[None]], timeout: float, now: asyncio.Event | None) -> None:
+    """Until every task is done, ``timeout`` seconds pass, or ``now`` is set; never cancels the tasks."""
+    waiters: list[asyncio.Future] = [asyncio.ensure_future(asyncio.wait(tasks))]
+    if now is not None:
+        waiters.append(asyncio.ensure_future(now.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -26,6 +26,11 @@ class AgiSession(ABC):
     # Set once Asterisk reports the caller hung up (the ``HANGUP`` line or SIGHUP).
     # Variables can still be set on the dead channel; most other commands fail.
     hung_up: bool = False
+    # Set once the handler started setting channel variables (the contract, or the
+    # fallback): from then on no fallback may override what it sent.
+    answered: bool = False
+    # Set when the server cancels the handler and wants the fallback answer given first (stopping now).
+    fallback_on_cancel: bool = False
 
     @abstractmethod
     async def _exchange(self, command: str) -> str:
@@ -50,6 +55,7 @@ class AgiSession(ABC):
         Usually one ``EXEC MSet`` (see :func:`.commands.set_variables`); it works
         on a dead channel too, like ``SET VARIABLE``.
         """
+        self.answered = True
         for command in commands.set_variables(variables):
             await self.command(command)
 

@@ -29,6 +29,7 @@ from .environment import AgiEnvironment
 from .limits import SessionLimits
 from .replies import is_usage_end, is_usage_start
 from .session import AgiSession
+from .signals import EarlyHangup
 
 if TYPE_CHECKING:
     # asyncio is imported in main(), after the SIGHUP handler is in place: a
@@ -209,22 +210,6 @@ def parse_argv(argv: list[str]) -> tuple[str | None, str, tuple[str, ...]]:
 
 def _session_timed_out(signum: int, frame: object) -> None:
     raise AgiLimitExceeded("session time limit reached")
-
-
-class EarlyHangup:
-    """Records a SIGHUP that arrives before pyst2 installs its own handler.
-
-    Asterisk sends SIGHUP when the caller hangs up, which may be while this
-    process is still starting; the default action would kill it before it
-    could set a single variable.
-    """
-
-    def __init__(self) -> None:
-        self.seen = False
-        signal.signal(signal.SIGHUP, self._record)
-
-    def _record(self, signum: int, frame: object) -> None:
-        self.seen = True
 
 
 def main(argv: list[str] | None = None) -> int:
