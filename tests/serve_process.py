@@ -21,9 +21,20 @@ _LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 
 
 class ServeProcess:
-    """One ``crmroute serve --config FILE --port 0``; use as a context manager (killed on exit)."""
+    """One ``crmroute serve --config FILE --port 0``; use as a context manager (killed on exit).
 
-    def __init__(self, config: Path, *, preexec_fn: Callable[[], None] | None = None, env: dict[str, str] | None = None, args: tuple[str, ...] = ()):
+    The constructor waits until it listens, unless ``wait=False`` (then see :meth:`wait_listening`).
+    """
+
+    def __init__(
+        self,
+        config: Path,
+        *,
+        preexec_fn: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        wait: bool = True,
+    ):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fastagi_server", *args, "serve", "--config", str(config), "--port", "0"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -33,7 +44,14 @@ class ServeProcess:
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.port = int(self.wait_for(_LISTENING).group(1))
+        self.port = 0
+        if wait:
+            self.wait_listening()
+
+    def wait_listening(self, timeout: float = 30.0) -> int:
+        """Wait for the "listening" line; returns (and keeps) the port."""
+        self.port = int(self.wait_for(_LISTENING, timeout).group(1))
+        return self.port
 
     def _read(self) -> None:
         assert self.proc.stderr is not None

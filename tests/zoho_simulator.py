@@ -44,6 +44,7 @@ Standalone, with demo data (see docs/zoho.md)::
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import itertools
 import json
 import re
@@ -143,6 +144,46 @@ class Fault:
     hits: int = 0
 
 
+class Stall:
+    """A CRM that stalls: requests whose path matches ``path`` (a regular
+    expression) wait until the test lets them go, all at once or taking turns
+    between clients (each client process has its own access token)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._changed = threading.Condition()
+        self._waiting: list[tuple[str, threading.Event]] = []
+        self._open = False
+
+    def hold(self, client: str) -> None:
+        with self._changed:
+            if self._open:
+                return
+            released = threading.Event()
+            self._waiting.append((client, released))
+            self._changed.notify_all()
+        released.wait()
+
+    def waiting(self) -> Counter[str]:
+        """Requests held, per client."""
+        with self._changed:
+            return Counter(client for client, _ in self._waiting)
+
+    def release_taking_turns(self, pause_s: float = 0.001) -> None:
+        """Let every request go, one client's then the next's in turn, and stop holding new ones."""
+        with self._changed:
+            self._open = True
+            queues: dict[str, list[threading.Event]] = {}
+            for client, released in self._waiting:
+                queues.setdefault(client, []).append(released)
+            self._waiting = []
+        while any(queues.values()):
+            for queue in queues.values():
+                if queue:
+                    queue.pop(0).set()
+                    time.sleep(pause_s)
+
+
 @dataclass(frozen=True)
 class LoggedRequest:
     method: str
@@ -208,6 +249,8 @@ class ZohoSimulator:
         self.tokens_issued: list[str] = []
         self.faults: list[Fault] = []
         self.max_in_flight_seen = 0
+        # API requests whose path matches it wait until the test lets them go (see Stall).
+        self.stall: Stall | None = None
         self._records: dict[str, dict[str, dict[str, Any]]] = {module: {} for module in MODULES}
         self._users: dict[str, dict[str, Any]] = {}
         self._layouts: dict[str, dict[str, Any]] = {}
@@ -389,6 +432,9 @@ class ZohoSimulator:
             return self._token(query, headers, body)
         if not path.startswith(API + "/"):
             return _Reply(404)
+        stall = self.stall
+        if stall is not None and re.search(stall.path, path):
+            stall.hold(headers.get("authorization", ""))
         if self.latency_s:
             time.sleep(self.latency_s)
         self._authenticate(headers)

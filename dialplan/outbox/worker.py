@@ -334,7 +334,9 @@ class SyncWorker:
                 await self._mark(step, [(a, WriteState.DONE, found[e.key], "") for a, e in chunk if e.key in found])
             todo = [(a, e) for a, e in todo if a.open and a.item.writes.get(step, _NOT_WRITTEN).state is not WriteState.DONE]
             for chunk in chunks(todo, self._batch):
-                await self._mark(step, [(a, WriteState.SENT, "", "") for a, _ in chunk])
+                chunk = await self._mark_sent(step, chunk)
+                if not chunk:
+                    continue
                 results = await self._writer.create(kind, [entry for _, entry in chunk])
                 wrote = True
                 if len(results) != len(chunk) or any(r.key != e.key for r, (_, e) in zip(results, chunk)):
@@ -349,6 +351,29 @@ class SyncWorker:
                         attempt.error, attempt.rejected = f"{kind.value}: {error}", True
                 await self._mark(step, marks)
         return wrote
+
+    async def _mark_sent(self, step: str, chunk: list[tuple[_Attempt, Entry]]) -> list[tuple[_Attempt, Entry]]:
+        """Mark the chunk's writes as sent; returns the part that may go.
+
+        A lead goes only if no other outcome of its caller, in this process
+        or another working on the same outbox, has one written or under way
+        (checked and marked in one transaction); the others wait a round and
+        are then logged on that lead.
+        """
+        if step != Step.LEAD:
+            await self._mark(step, [(a, WriteState.SENT, "", "") for a, _ in chunk])
+            return chunk
+        leads = [(a.item.id, a.item.outcome.caller_e164) for a, _ in chunk]
+        refused = await self._outbox.run(self._outbox.claim_leads, leads, self._clock())
+        now = self._clock()
+        going = []
+        for attempt, entry in chunk:
+            if attempt.item.id in refused:
+                attempt.deferred, attempt.plan = True, None
+            else:
+                attempt.item.writes[step] = WriteRow(step, WriteState.SENT, "", "", now)
+                going.append((attempt, entry))
+        return going
 
     async def _mark(self, step: str, marks: Sequence[tuple[_Attempt, WriteState, str, str]]) -> None:
         if not marks:
