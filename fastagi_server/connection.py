@@ -346,7 +346,7 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
     def stop_now(self) -> None:
         """The server stops at once: a handler still running is cancelled, and
         gives the fallback answer first if it has not answered yet."""
-        if self._task is not None and not self._task.done():
+        if self._task is not None and not self._task.done() and self.end_reason != "server stopping now":
             self.end_reason = "server stopping now"
             self.fallback_on_cancel = not self.answered
             self._task.cancel()

@@ -128,14 +128,18 @@ class FastAgiServer:
             await _wait_for_tasks(tasks, grace_ms / 1000, now)
         tasks = self._running_tasks()
         if tasks:
-            for session in list(self._sessions):
-                session.stop_now()
+            self.stop_now()
             await _wait_for_tasks(tasks, FALLBACK_S, None)
         for session in list(self._sessions):
             session.abort()
         if self._server is not None:
             await self._server.wait_closed()
         await self.app.aclose()
+
+    def stop_now(self) -> None:
+        """End every session now; those that have not answered give the fallback answer first."""
+        for session in list(self._sessions):
+            session.stop_now()
 
     def _running_tasks(self) -> list[asyncio.Task[None]]:
         return [s.task for s in self._sessions if s.task is not None and not s.task.done()]
@@ -198,7 +202,7 @@ async def serve(
         def reload() -> None:
             loop.create_task(server.reload(config.source or None))
 
-        signals.serving(reload)
+        signals.serving(reload, server.stop_now)
         if on_ready is not None:
             on_ready(server)
         await signals.stop.wait()

@@ -55,14 +55,17 @@ class ServerSignals:
         self.stop = asyncio.Event()
         self.now = asyncio.Event()
         self._reload: Callable[[], None] | None = None
+        self._stop_now: Callable[[], None] | None = None
         self._reload_pending = hangup_seen  # a SIGHUP came before this was installed
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self._stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._hangup_signal)
 
-    def serving(self, reload: Callable[[], None]) -> None:
-        """Start-up is over: SIGHUP now reloads (at once, if one came meanwhile)."""
+    def serving(self, reload: Callable[[], None], stop_now: Callable[[], None]) -> None:
+        """Start-up is over: SIGHUP now reloads (at once, if one came meanwhile);
+        a second stop signal calls ``stop_now`` as it comes."""
         self._reload = reload
+        self._stop_now = stop_now
         if self._reload_pending and not self.stop.is_set():
             self._reload_pending = False
             logger.info("SIGHUP received while starting: reloading now")
@@ -74,8 +77,10 @@ class ServerSignals:
             logger.info("%s received: stopping (a second one stops at once)", name)
             self.stop.set()
         elif not self.now.is_set():
-            logger.warning("second stop signal (%s): stopping now; calls not yet answered get the fallback answer", name)
             self.now.set()
+            if self._stop_now is not None:
+                self._stop_now()  # at once: no reply that comes in meanwhile is taken as an answer
+            logger.warning("second stop signal (%s): stopping now; calls not yet answered get the fallback answer", name)
 
     def _hangup_signal(self) -> None:
         if self.stop.is_set():

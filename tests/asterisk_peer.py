@@ -330,8 +330,14 @@ class AsteriskPeer:
                 result.commands.append(argv)
                 reply = self.reply(argv, result)
                 result.timeline.append((loop.time(), "reply", reply))
-                writer.write(reply.encode("utf-8") + b"\n")
-                await writer.drain()
+                try:
+                    writer.write(reply.encode("utf-8") + b"\n")
+                    await writer.drain()
+                except (ConnectionError, OSError):
+                    # The server closed as soon as it had sent its last command:
+                    # Asterisk ran the command, its reply is lost, nothing more happens.
+                    result.closed_by_server = True
+                    return
 
     @staticmethod
     def _take_commands(pending: bytes) -> list[bytes]:

@@ -81,7 +81,7 @@ def test_sighup_while_starting_is_carried_out_once_serving():
                 if signals._reload_pending:
                     break
                 await asyncio.sleep(0.01)
-            signals.serving(lambda: reloads.append("reload"))
+            signals.serving(lambda: reloads.append("reload"), lambda: None)
             os.kill(os.getpid(), signal.SIGTERM)
             await asyncio.wait_for(signals.stop.wait(), 10)
             os.kill(os.getpid(), signal.SIGHUP)  # during shutdown: ignored
