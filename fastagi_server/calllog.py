@@ -78,4 +78,8 @@ def log_session_error(session: AgiSession, reason: str, ms: float | None = None)
     fields: dict[str, object] = {**session_fields(session), "error": reason}
     if ms is not None:
         fields["ms"] = f"{ms:.1f}"
-    call_logger.warning("session-ended %s", format_fields(fields))
+    repeats = session.ended_log
+    if repeats is None:
+        call_logger.warning("session-ended %s", format_fields(fields))
+    else:  # a server: a flood of them (silent peers, say) is summarised
+        repeats.warning(reason, "session-ended %s", format_fields(fields))

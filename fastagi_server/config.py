@@ -36,8 +36,16 @@ class ServerSettings:
     port: int = 4573
     # Peers allowed to connect (addresses or networks); loopback only by default.
     allowed_peers: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    # Sessions served at once; past this a call gets CRM_ROUTE_STATUS=ERROR at once.
+    # Sessions served at once (counted once their header block is complete); past
+    # this a call gets CRM_ROUTE_STATUS=ERROR at once.
     max_sessions: int = 500
+    # Connections still sending their header block, at most: past it the one that
+    # has waited longest is dropped (Asterisk sends its block at once; a peer that
+    # trickles it, or says nothing, is not a call).
+    max_connecting: int = 128
+    # Connections open at once, at most; capped below the open-file limit (raised to
+    # its hard limit at start). Past it, new connections wait in the kernel's queue.
+    max_connections: int = 4096
     # On SIGTERM/SIGINT, how long in-flight sessions may take to finish.
     shutdown_grace_ms: int = 5000
     log_level: str = "INFO"
@@ -47,6 +55,10 @@ class ServerSettings:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if not 1 <= self.max_sessions <= 100_000:
             raise ValueError(f"max_sessions must be between 1 and 100000, got {self.max_sessions}")
+        if not 1 <= self.max_connecting <= 100_000:
+            raise ValueError(f"max_connecting must be between 1 and 100000, got {self.max_connecting}")
+        if not 1 <= self.max_connections <= 1_000_000:
+            raise ValueError(f"max_connections must be between 1 and 1000000, got {self.max_connections}")
         if not 0 <= self.shutdown_grace_ms <= 600_000:
             raise ValueError(f"shutdown_grace_ms must be between 0 and 600000, got {self.shutdown_grace_ms}")
         for peer in self.allowed_peers:

@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TextIO
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Callable, TextIO
+
+if TYPE_CHECKING:
+    import asyncio
 
 # Control characters (C0, DEL, C1: U+0085 among them) and the Unicode line and
 # paragraph separators: every character str.splitlines() breaks a line at.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Keys (addresses, reasons) a summary line names, the most frequent first.
+SUMMARY_KEYS = 5
 
 
 def escape_log_text(text: str) -> str:
@@ -53,3 +60,72 @@ def configure_logging(level: int | str, format: str, stream: TextIO) -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(EscapingFormatter(format))
     logging.basicConfig(level=level, handlers=[handler])
+
+
+class RepeatedWarning:
+    """One kind of warning that a peer can make come by the thousand (refused
+    peers, ended sessions, failed accepts): the first ``burst`` of each
+    ``interval_s`` are logged as they come, the rest counted and told in one
+    summary line per interval, with a count per ``key`` (a peer's address, a reason).
+
+    The summary is written when the interval ends (on the running event loop's
+    timer), or with the next warning after it when no loop runs.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        kind: str,
+        *,
+        burst: int = 10,
+        interval_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._logger = logger
+        self._kind = kind
+        self._burst = burst
+        self._interval_s = interval_s
+        self._clock = clock
+        self._window_ends = 0.0
+        self._logged = 0
+        self._held: Counter[str] = Counter()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        """Log ``message % args`` now, or count it under ``key`` for the summary."""
+        now = self._clock()
+        if now >= self._window_ends:
+            self.flush()
+            self._window_ends = now + self._interval_s
+            self._logged = 0
+        if self._logged < self._burst:
+            self._logged += 1
+            self._logger.warning(message, *args)
+            return
+        self._held[key] += 1
+        if self._timer is None:
+            self._schedule(self._window_ends - now)
+
+    def _schedule(self, delay: float) -> None:
+        import asyncio
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a process AGI): the next warning after the interval writes the summary
+        self._timer = loop.call_later(max(0.0, delay), self.flush)
+
+    def flush(self) -> None:
+        """Write the summary of what was held back, if anything was."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._held:
+            return
+        held, self._held = self._held, Counter()
+        keys = ", ".join(f"{key} x{count}" for key, count in held.most_common(SUMMARY_KEYS))
+        more = f" and {len(held) - SUMMARY_KEYS} more" if len(held) > SUMMARY_KEYS else ""
+        self._logger.warning(
+            "%s: %d more in the last %.0f s, not logged one by one (%s%s)",
+            self._kind, sum(held.values()), self._interval_s, keys, more,
+        )

@@ -11,6 +11,7 @@ from typing import Mapping
 
 from . import commands
 from .environment import AgiEnvironment
+from .logs import RepeatedWarning
 from .replies import AgiReply, parse_reply
 
 
@@ -31,6 +32,8 @@ class AgiSession(ABC):
     answered: bool = False
     # Set when the server cancels the handler and wants the fallback answer given first (stopping now).
     fallback_on_cancel: bool = False
+    # Where the server counts repeated "session-ended" lines (None: each is logged).
+    ended_log: RepeatedWarning | None = None
 
     @abstractmethod
     async def _exchange(self, command: str) -> str:
