@@ -23,6 +23,7 @@ sys.path.insert(0, str(HERE))
 import directory_bench  # noqa: E402
 import fastagi_bench  # noqa: E402
 import memory_bench  # noqa: E402
+import slowloris_bench  # noqa: E402
 import stdio_bench  # noqa: E402
 
 SUITES = {
@@ -30,6 +31,7 @@ SUITES = {
     "stdio": stdio_bench,
     "directory": directory_bench,
     "memory": memory_bench,
+    "slowloris": slowloris_bench,
 }
 
 
@@ -50,6 +52,7 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--directory-records", type=int, help="directory: records (default 200000; quick 20000; the target is stated at 1000000)")
     parser.add_argument("--directory-lookups", type=int, help="directory: timed lookups (default 100000; quick 5000)")
     parser.add_argument("--memory-numbers", type=int, help="memory: distinct numbers looked up (default 100000; quick 5000)")
+    parser.add_argument("--slowloris", type=int, default=1000, help="slowloris: connections the slowloris peer holds")
     parser.add_argument("--output", help="JSON file (default benchmarks/results/<time>.json)")
     options = parser.parse_args(argv)
     defaults = {
