@@ -36,6 +36,7 @@ from crmlookup.writer import CrmWriter, Entry, RecordRef, WriteKind
 
 from ..settings import RoutingSettings
 from .context import ExtensionDirectory, CrmContext, resolve_context
+from .keeper import first_of
 from .plan import PlannedWrite, Step, lead_name, plan_writes, zone
 from .settings import OutboxSettings, OutcomeSettings
 from .store import Finish, Outbox, OutboxItem, OutboxState, WriteRow, WriteState, chunks
@@ -155,7 +156,7 @@ class SyncWorker:
             wait = await self._step()
             if wait > 0:
                 self._wake.clear()
-                await _wait_any(stop, self._wake, wait)
+                await first_of(stop, self._wake, timeout=wait)
 
     async def _step(self) -> float:
         """One round if one is due; returns how long to wait before the next."""
@@ -474,12 +475,3 @@ def _retry_after(exc: CrmRateLimited, default: float) -> float:
     """How long the CRM asked us to wait (``default`` when it did not say), within 0.1 s to an hour."""
     seconds = exc.retry_after if exc.retry_after is not None else default
     return min(max(seconds, 0.1), 3600.0)
-
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
