@@ -42,14 +42,15 @@ class App:
     _worker_stop: asyncio.Event | None = field(default=None, repr=False)
 
     @classmethod
-    def from_config(cls, config: Config, history: CallHistory | None = None) -> "App":
+    def from_config(cls, config: Config, history: CallHistory | None = None, *, require_outbox: bool = False) -> "App":
         """Open the backend and build the router.
 
         ``history`` (recorded call outcomes) serves the LastAgent rule; when a
         policy uses that rule and none is given, the outbox's own is used: an
         outbox that cannot be opened is logged, not raised (routing goes on
-        without that rule until it opens). Raises CrmError if the backend
-        cannot open, ValueError if the routing policy needs something missing.
+        without that rule until it opens), unless ``require_outbox`` (a
+        configuration check). Raises CrmError if the backend cannot open,
+        ValueError if the routing policy needs something missing.
         """
         keeper = None
         if history is None and last_agent_keys(config.routing):
@@ -58,8 +59,10 @@ class App:
             keeper = OutboxKeeper(config.outbox.resolved_path)
             try:
                 keeper.open_now()
-            except OutboxError:
-                pass  # the keeper logged why; a server tries again in the background
+            except OutboxError as exc:
+                if require_outbox:
+                    raise
+                keeper.trouble(str(exc))  # a server tries again in the background
             history = OutboxCallHistory(keeper)
         require_history(config.routing, history)  # before the backend is opened
         backend = open_backend(config.crm, config.directory, config.zoho, config.cache, deadline_ms=config.routing.deadline_ms)

@@ -178,7 +178,7 @@ def check_config(file: str) -> None:
     from .app import App
 
     config = load_config(file)
-    app = App.from_config(config)
+    app = App.from_config(config, require_outbox=True)  # LastAgent's history must open, where serve would route without it
     asyncio.run(app.aclose())
     click.echo(
         f"{file}: ok (backend {config.crm.backend}: {_backend_description(config)}; "

@@ -71,25 +71,20 @@ class OutboxKeeper:
     def open_now(self) -> Outbox:
         """The outbox, opened now if need be (blocking: the CLI, start-up); raises :class:`OutboxError`."""
         if self._outbox is None:
-            self._opened(self._attempt(Outbox.open))
+            self._tried_at = self._clock()
+            self._opened(Outbox.open(self.path))
         return self.current()
 
     async def open(self) -> Outbox | None:
         """The outbox, opened off the event loop if need be; None (the reason logged) when it cannot be."""
         if self._outbox is None:
+            self._tried_at = self._clock()
             try:
-                self._opened(await asyncio.to_thread(self._attempt, Outbox.open))
-            except OutboxError:
+                self._opened(await asyncio.to_thread(Outbox.open, self.path))
+            except OutboxError as exc:
+                self.trouble(str(exc))
                 return None
         return self._outbox
-
-    def _attempt(self, opener: Callable[[Path], Outbox]) -> Outbox:
-        self._tried_at = self._clock()
-        try:
-            return opener(self.path)
-        except OutboxError as exc:
-            self._trouble(str(exc))
-            raise
 
     def _opened(self, outbox: Outbox) -> None:
         self._outbox = outbox
@@ -97,7 +92,7 @@ class OutboxKeeper:
             logger.info("outbox %s: open again, outcomes are committed to it", self.path)
             self.problem = ""
 
-    def _trouble(self, problem: str) -> None:
+    def trouble(self, problem: str) -> None:
         """Log a new problem at ERROR (the same one again only at DEBUG)."""
         if problem != self.problem:
             logger.error("%s; routing goes on, outcomes are kept in memory (up to %d) and the outbox is tried again every %.0f s",
@@ -117,7 +112,7 @@ class OutboxKeeper:
             try:
                 return Recording.RECORDED if await outbox.record(outcome, now) else Recording.DUPLICATE
             except OutboxError as exc:
-                self._trouble(f"outbox {self.path} cannot commit: {exc}")
+                self.trouble(f"outbox {self.path} cannot commit: {exc}")
         return self._keep(outcome, now)
 
     def _keep(self, outcome: CallOutcome, now: float) -> Recording:
@@ -144,7 +139,7 @@ class OutboxKeeper:
         try:
             await outbox.run(outbox.record_many, batch)
         except Exception as exc:  # sqlite3.Error, OSError: the disk is still full, say
-            self._trouble(f"outbox {self.path} cannot commit: {exc}")
+            self.trouble(f"outbox {self.path} cannot commit: {exc}")
             return False
         for _ in batch:
             self._spool.popleft()
