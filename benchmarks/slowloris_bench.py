@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 import procstat
-from fastagi_bench import Case, DEMO_CALLERS, child_env, crmroute_config_file, expected_routes, free_port, run_loadgen, wait_for_port
+from fastagi_bench import (
+    DEMO_CALLERS, Case, child_env, crmroute_config_file, expected_routes, free_port, run_loadgen, stop_process, wait_for_port,
+)
 
 HERE = Path(__file__).resolve().parent
 # The defaults an admin gets, region ES for the demo numbers.
@@ -102,12 +104,7 @@ def run(options) -> dict:
                 held = stop_slowloris(attacker)
             held["cpu_share"] = round(attacker_cpu / attacked["elapsed_s"], 3) if attacked["elapsed_s"] else 0.0
         finally:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server)
     quiet_p99 = quiet["latency_ms"]["p99"]
     return {
         "slowloris_connections": options.slowloris,
