@@ -193,6 +193,8 @@ class FastAgiServer:
             await _wait_for_tasks(tasks, FALLBACK_S, None)
         for connection in [*self._sessions, *self._connecting]:
             connection.abort()
+        for repeated in (self.refused_peers, self.ended_sessions, self._accept_errors):
+            repeated.flush()  # what was being counted is told before the server goes
         await self.app.aclose()
 
     def stop_now(self) -> None:
