@@ -65,7 +65,7 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
     # The HTTP libraries log every request at INFO (callers' numbers in the URLs); our own lines say what matters.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    asyncio.run(run_server(config, host=host, port=port, hangup_seen=early_hangup.seen))
+    asyncio.run(run_server(config, host=host, port=port, hangup_seen=early_hangup.seen, exiting=True))
 
 
 @cli.command()

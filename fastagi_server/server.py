@@ -246,10 +246,14 @@ async def serve(
     port: int | None = None,
     on_ready: Callable[[FastAgiServer], None] | None = None,
     hangup_seen: bool = False,
+    exiting: bool = False,
 ) -> None:
     """Run the server until SIGTERM or SIGINT; SIGHUP reloads the config file (see :mod:`.signals`).
 
     ``hangup_seen``: a SIGHUP came before the event loop ran (it is carried out once serving).
+    ``exiting``: the process ends with the server, so those signals are ignored
+    from the end of the shutdown on (a late one would turn a clean stop into
+    "killed by a signal").
     """
     loop = asyncio.get_running_loop()
     signals = ServerSignals(loop, hangup_seen=hangup_seen)  # before anything slow
@@ -271,7 +275,7 @@ async def serve(
         await server.shutdown(now=signals.now)
         logger.info("stopped")
     finally:
-        signals.remove()
+        signals.remove(ignore=exiting)
 
 
 async def _wait_for_tasks(tasks: list[asyncio.Task[None]], timeout: float, now: asyncio.Event | None) -> None:

@@ -90,6 +90,9 @@ class ServerSignals:
         else:
             self._reload()
 
-    def remove(self) -> None:
+    def remove(self, *, ignore: bool = False) -> None:
+        """Give the signals back their default action, or (``ignore``) have them ignored."""
         for signum in (*STOP_SIGNALS, signal.SIGHUP):
             self._loop.remove_signal_handler(signum)
+            if ignore:
+                signal.signal(signum, signal.SIG_IGN)
