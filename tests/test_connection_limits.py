@@ -148,3 +148,75 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_one(tmp_path):
     with ServeProcess(write_config(tmp_path), preexec_fn=limit_open_files(256, 1024)) as serve:
         assert "at most 896 connections open" in serve.log  # 1024 less the descriptors kept for the rest
         assert serve.stop() == 0
+
+
+ACCEPT_ERRORS_CHILD = r"""
+import asyncio, logging, os, sys
+sys.path.insert(0, sys.argv[1])
+from conftest import make_config
+from fastagi_server.app import App
+from fastagi_server.server import FastAgiServer
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+async def main():
+    server = FastAgiServer(App.from_config(make_config({"limits": {"header_timeout_ms": 60000}})), warning_interval_s=60)
+    await server.start("127.0.0.1", 0)
+    print(server.port, flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    filler = []
+    while line := (await reader.readline()).strip():
+        if line == b"fill":  # every descriptor left taken: the next accept fails with EMFILE
+            try:
+                while True:
+                    filler.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                pass
+        elif line == b"free":
+            for fd in filler:
+                os.close(fd)
+            filler.clear()
+        print("done", flush=True)
+    await server.shutdown(grace_ms=100)
+
+asyncio.run(main())
+"""
+
+
+def test_failed_accepts_pause_and_are_summarised(tmp_path):
+    """Descriptors exhausted by something else: the accepts that fail are told in a
+    few lines, without tracebacks, and accepting resumes once descriptors are free."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "child.py"
+    script.write_text(ACCEPT_ERRORS_CHILD)
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(Path(__file__).parent)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=limit_open_files(128, 128),
+    )
+    try:
+        port = int(child.stdout.readline())
+        child.stdin.write(b"fill\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == b"done\n"
+
+        async def waiting_calls():
+            calls = [asyncio.ensure_future(AsteriskPeer().call(port, asterisk_headers(uniqueid=f"1700000002.{i}"), timeout=30)) for i in range(5)]
+            await asyncio.sleep(1.0)  # the listener retries every 0.1 s meanwhile, each time failing
+            child.stdin.write(b"free\n")
+            child.stdin.flush()
+            return await asyncio.gather(*calls)
+
+        results = run(waiting_calls())
+        assert [r.variables.get("CRM_ROUTE_STATUS") for r in results] == ["OWNER"] * 5
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+    log = child.stderr.read().decode()
+    failed = [line for line in log.splitlines() if "accept failed" in line or "accept errors" in line]
+    assert 1 <= len(failed) <= 11, log
+    assert "Traceback" not in log and "out of system resource" not in log
