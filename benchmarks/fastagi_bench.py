@@ -191,6 +191,16 @@ def run_loadgen(case: Case, port: int, sessions: int, options) -> dict:
     return json.loads(done.stdout)
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def measure(case: Case, options) -> dict:
     """Start the server, warm it up, run the timed sessions, stop it."""
     port = free_port()
@@ -205,12 +215,7 @@ def measure(case: Case, options) -> dict:
         cpu = procstat.cpu_seconds(proc.pid) - cpu_before
         memory = procstat.memory_kib(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     completed = load["completed"] or 1
     return {
         "name": case.name,

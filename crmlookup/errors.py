@@ -30,7 +30,15 @@ class CrmAuthError(CrmError):
 
 
 class CrmRateLimited(CrmError):
-    """The CRM asked us to slow down."""
+    """The CRM asked us to slow down.
+
+    ``retry_after``: how many seconds to leave it alone (from its ``Retry-After``
+    header, or the back-off chosen for it); None when nothing says.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class CrmBadResponse(CrmError):

@@ -22,8 +22,3 @@ def state_directory() -> Path:
     base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
     return base / "crmroute"
 
-
-def private_directory(path: Path) -> Path:
-    """``path``, created if missing with mode 0700 (what is kept there is the service's own)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     # routes a call never needs them (each costs milliseconds of import per call).
     from crmlookup.mirror.backend import MirroredBackend
     from crmlookup.writer import CrmWriter
-    from dialplan.outbox import Outbox, OutboxCallHistory, SyncWorker
+    from dialplan.outbox import Outbox, OutboxCallHistory, OutboxKeeper, Recording, SyncWorker
+    from dialplan.outcome import CallOutcome
 
 logger = logging.getLogger("crmroute.server")
 
@@ -36,47 +37,63 @@ class App:
     router: Router
     # The server: it keeps the CRM's mirror fresh and reads the CRM's metadata ahead.
     serving: bool = False
-    # Opened on first use: a lookup or a config check never touches the outbox file.
-    _outbox: Outbox | None = field(default=None, repr=False)
+    # Made on first use: a lookup or a config check never touches the outbox file.
+    _keeper: OutboxKeeper | None = field(default=None, repr=False)
     _writer: CrmWriter | None = field(default=None, repr=False)
     _worker: SyncWorker | None = field(default=None, repr=False)
     _worker_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _keeper_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _worker_stop: asyncio.Event | None = field(default=None, repr=False)
     _warming: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
-    def from_config(cls, config: Config, history: CallHistory | None = None, *, serving: bool = False) -> "App":
+    def from_config(
+        cls, config: Config, history: CallHistory | None = None, *, serving: bool = False, require_outbox: bool = False
+    ) -> "App":
         """Open the backend and build the router.
 
         ``history`` (recorded call outcomes) serves the LastAgent rule; when a
-        policy uses that rule and none is given, the outbox's own is opened.
-        ``serving``: this is the server, which keeps the CRM's mirror up to
-        date (:meth:`start_mirror`); every other process only reads it.
-        Raises CrmError if the backend cannot open, OutboxError if the outbox
-        cannot, ValueError if the routing policy needs something missing.
+        policy uses that rule and none is given, the outbox's own is used: an
+        outbox that cannot be opened is logged, not raised (routing goes on
+        without that rule until it opens), unless ``require_outbox`` (a
+        configuration check). ``serving``: this is the server, which keeps the
+        CRM's mirror up to date (:meth:`start_mirror`); every other process
+        only reads it. Raises CrmError if the backend cannot open, ValueError
+        if the routing policy needs something missing.
         """
-        outbox = None
+        keeper = None
         if history is None and last_agent_keys(config.routing):
-            from dialplan.outbox import Outbox, OutboxCallHistory
+            from dialplan.outbox import OutboxCallHistory, OutboxError, OutboxKeeper
 
-            outbox = Outbox.open(config.outbox.resolved_path)
-            history = OutboxCallHistory(outbox)
+            keeper = OutboxKeeper(config.outbox.resolved_path)
+            try:
+                keeper.open_now()
+            except OutboxError as exc:
+                if require_outbox:
+                    raise
+                keeper.trouble(str(exc))  # a server tries again in the background
+            history = OutboxCallHistory(keeper)
         require_history(config.routing, history)  # before the backend is opened
         backend = open_backend(
             config.crm, config.directory, config.zoho, config.cache,
             deadline_ms=config.routing.deadline_ms, mirror=config.mirror, region=config.routing.default_region, keep_mirror=serving,
         )
         router = Router(config.routing, backend, history=history)
-        return cls(config=config, backend=backend, router=router, serving=serving, _outbox=outbox)
+        return cls(config=config, backend=backend, router=router, serving=serving, _keeper=keeper)
+
+    @property
+    def outbox_keeper(self) -> OutboxKeeper:
+        """The outbox as the server holds it (see :mod:`dialplan.outbox.keeper`)."""
+        if self._keeper is None:
+            from dialplan.outbox import OutboxKeeper
+
+            self._keeper = OutboxKeeper(self.config.outbox.resolved_path)
+        return self._keeper
 
     @property
     def outbox(self) -> Outbox:
-        """The outbox file (opened now if need be); raises OutboxError."""
-        if self._outbox is None:
-            from dialplan.outbox import Outbox
-
-            self._outbox = Outbox.open(self.config.outbox.resolved_path)
-        return self._outbox
+        """The outbox file, opened now if need be (the CLI, the sync worker); raises OutboxError."""
+        return self.outbox_keeper.open_now()
 
     @property
     def writer(self) -> CrmWriter:
@@ -103,7 +120,16 @@ class App:
         """Past calls, for the routing policy's "last agent" rule."""
         from dialplan.outbox import OutboxCallHistory
 
-        return OutboxCallHistory(self.outbox)
+        return OutboxCallHistory(self.outbox_keeper)
+
+    async def record_outcome(self, outcome: CallOutcome, now: float) -> Recording:
+        """Commit a call's outcome (or keep it in memory while the outbox cannot take it)."""
+        from dialplan.outbox import Recording
+
+        recording = await self.outbox_keeper.record(outcome, now)
+        if recording is Recording.RECORDED:
+            self.outcome_recorded()
+        return recording
 
     @property
     def mirror(self) -> MirroredBackend | None:
@@ -135,11 +161,21 @@ class App:
             new_cache.adopt(old_cache)
 
     def start_sync_worker(self) -> None:
-        """Deliver the outbox to the CRM in the background until :meth:`aclose`."""
-        if self._worker_task is None:
+        """Deliver the outbox to the CRM in the background until :meth:`aclose`.
+
+        The worker starts once the outbox opens: at once, or when a retry
+        succeeds (what is wrong with it is logged meanwhile); outcomes kept in
+        memory are committed as soon as it can take them.
+        """
+        if self._keeper_task is None:
+            self.writer  # a writer that cannot be made is a configuration error: raised now
             self._worker_stop = asyncio.Event()
-            self._worker_task = asyncio.get_running_loop().create_task(self.sync_worker.run(self._worker_stop))
-            logger.info("outbox %s: sync worker started (writer=%s)", self.outbox.path, self.writer.name)
+            self._keeper_task = asyncio.get_running_loop().create_task(self.outbox_keeper.run(self._worker_stop, self._outbox_opened))
+
+    def _outbox_opened(self, outbox: Outbox) -> None:
+        assert self._worker_stop is not None
+        self._worker_task = asyncio.get_running_loop().create_task(self.sync_worker.run(self._worker_stop))
+        logger.info("outbox %s: sync worker started (writer=%s)", outbox.path, self.writer.name)
 
     def outcome_recorded(self) -> None:
         """A new outcome is in the outbox: the running worker takes it up now."""
@@ -147,17 +183,18 @@ class App:
             self._worker.wake()
 
     async def _stop_sync_worker(self) -> None:
-        task, stop = self._worker_task, self._worker_stop
-        if task is None or stop is None:
+        stop = self._worker_stop
+        if stop is None:
             return
         stop.set()
+        tasks = [task for task in (self._worker_task, self._keeper_task) if task is not None]
         # A round in flight may finish; one cut short leaves its records
         # uncertain, and the next start looks for them before writing again.
-        done, _ = await asyncio.wait([task], timeout=self.config.server.shutdown_grace_ms / 1000)
-        if not done:
+        _done, pending = await asyncio.wait(tasks, timeout=self.config.server.shutdown_grace_ms / 1000)
+        for task in pending:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        self._worker_task = None
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._worker_task = self._keeper_task = None
 
     async def aclose(self) -> None:
         if self._warming is not None:
@@ -166,8 +203,8 @@ class App:
         await self._stop_sync_worker()
         if self._writer is not None:
             await self._writer.aclose()
-        if self._outbox is not None:
-            await self._outbox.aclose()
+        if self._keeper is not None:
+            await self._keeper.aclose()
         await self.backend.aclose()
 
 

@@ -1,7 +1,9 @@
 """One structured log line per call, in ``key=value`` form.
 
 Values are JSON-quoted when they hold spaces, quotes or control characters,
-so a caller name with a newline cannot forge a second log line.
+and every control or line-separator character is escaped
+(:func:`.logs.escape_log_text`), so a caller name with a newline, a U+2028 or
+a U+0085 cannot forge a second log line.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import logging
 import re
 from typing import TYPE_CHECKING, Mapping
+
+from .logs import escape_log_text
 
 if TYPE_CHECKING:
     from .session import AgiSession
@@ -33,11 +37,12 @@ def format_fields(fields: Mapping[str, object]) -> str:
 
 
 def _quoted(text: str) -> str:
-    # json.dumps(text, ensure_ascii=False) without its set-up; imported here so
-    # a process AGI, which logs no calls, never loads json.
+    # json.dumps(text, ensure_ascii=False) without its set-up (imported here so
+    # a process AGI, which logs no calls, never loads json); JSON leaves DEL,
+    # U+0085, U+2028 and U+2029 raw, so the one log escape follows.
     from json.encoder import encode_basestring
 
-    return encode_basestring(text)
+    return escape_log_text(encode_basestring(text))
 
 
 def session_fields(session: AgiSession) -> dict[str, str]:
@@ -73,4 +78,8 @@ def log_session_error(session: AgiSession, reason: str, ms: float | None = None)
     fields: dict[str, object] = {**session_fields(session), "error": reason}
     if ms is not None:
         fields["ms"] = f"{ms:.1f}"
-    call_logger.warning("session-ended %s", format_fields(fields))
+    repeats = session.ended_log
+    if repeats is None:
+        call_logger.warning("session-ended %s", format_fields(fields))
+    else:  # a server: a flood of them (silent peers, say) is summarised
+        repeats.warning(reason, "session-ended %s", format_fields(fields))

@@ -15,7 +15,9 @@ from . import __version__
 from .cli_options import CONFIG_OPTION, command_config
 from .commands import clean
 from .config import Config, demo_mode_notice, load_config
+from .logs import configure_logging
 from .mirror_cli import mirror
+from .signals import EarlyHangup
 from .outbox_cli import outbox
 
 if TYPE_CHECKING:
@@ -46,6 +48,9 @@ class CrmrouteGroup(click.Group):
 def cli(ctx: click.Context, debug: bool) -> None:
     """Route inbound Asterisk calls to the CRM owner of the caller."""
     ctx.obj = {"debug": debug}
+    if ctx.invoked_subcommand != "serve":  # serve sets up its own, at its configured level
+        # Warnings of any command (a CRM that refused, an outbox in trouble) go out escaped, like serve's.
+        configure_logging(logging.DEBUG if debug else logging.WARNING, "crmroute %(levelname)s %(name)s: %(message)s", sys.stderr)
 
 
 @cli.command()
@@ -55,6 +60,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.pass_context
 def serve(ctx: click.Context, config_path: str | None, host: str | None, port: int | None) -> None:
     """Run the FastAGI server until SIGTERM/SIGINT; SIGHUP reloads the config."""
+    early_hangup = EarlyHangup()  # before anything slow: a SIGHUP at start must not end the process
     from .server import serve as run_server
 
     from .calllog import skip_unused_record_fields
@@ -62,7 +68,7 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
     config = load_config(config_path)
     level = "DEBUG" if ctx.obj["debug"] else config.server.log_level.upper()
     skip_unused_record_fields()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(level, "%(asctime)s %(levelname)s %(name)s: %(message)s", sys.stderr)
     # The HTTP libraries log every request at INFO (callers' numbers in the URLs); our own lines say what matters.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -71,7 +77,7 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
         logging.getLogger("crmroute.server").warning("%s", notice)
     else:
         logging.getLogger("crmroute.server").info("configuration %s", config.source or "built-in defaults")
-    asyncio.run(run_server(config, host=host, port=port))
+    asyncio.run(run_server(config, host=host, port=port, hangup_seen=early_hangup.seen, exiting=True))
 
 
 @cli.command()

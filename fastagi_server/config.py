@@ -40,8 +40,16 @@ class ServerSettings:
     port: int = 4573
     # Peers allowed to connect (addresses or networks); loopback only by default.
     allowed_peers: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    # Sessions served at once; past this a call gets CRM_ROUTE_STATUS=ERROR at once.
+    # Sessions served at once (counted once their header block is complete); past
+    # this a call gets CRM_ROUTE_STATUS=ERROR at once.
     max_sessions: int = 500
+    # Connections still sending their header block, at most: past it the one that
+    # has waited longest is dropped (Asterisk sends its block at once; a peer that
+    # trickles it, or says nothing, is not a call).
+    max_connecting: int = 128
+    # Connections open at once, at most; capped below the open-file limit (raised to
+    # its hard limit at start). Past it, new connections wait in the kernel's queue.
+    max_connections: int = 4096
     # On SIGTERM/SIGINT, how long in-flight sessions may take to finish.
     shutdown_grace_ms: int = 5000
     log_level: str = "INFO"
@@ -51,6 +59,10 @@ class ServerSettings:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if not 1 <= self.max_sessions <= 100_000:
             raise ValueError(f"max_sessions must be between 1 and 100000, got {self.max_sessions}")
+        if not 1 <= self.max_connecting <= 100_000:
+            raise ValueError(f"max_connecting must be between 1 and 100000, got {self.max_connecting}")
+        if not 1 <= self.max_connections <= 1_000_000:
+            raise ValueError(f"max_connections must be between 1 and 1000000, got {self.max_connections}")
         if not 0 <= self.shutdown_grace_ms <= 600_000:
             raise ValueError(f"shutdown_grace_ms must be between 0 and 600000, got {self.shutdown_grace_ms}")
         for peer in self.allowed_peers:
@@ -173,7 +185,8 @@ def _build(cls: type, data: Any, where: str, problems: list[str] | None = None) 
         if f.name not in data:
             continue
         try:
-            values[f.name] = _convert(hints[f.name], data[f.name], _join(where, f.name), problems)
+            # A field kept out of reprs holds a credential: its errors never quote the value.
+            values[f.name] = _convert(hints[f.name], data[f.name], _join(where, f.name), problems, secret=not f.repr)
         except ConfigError as exc:
             _problem(problems, exc)
     try:
@@ -193,7 +206,9 @@ def _problem(problems: list[str] | None, error: ConfigError) -> None:
     problems.append(str(error))
 
 
-def _convert(kind: Any, value: Any, where: str, problems: list[str] | None = None) -> Any:
+def _convert(kind: Any, value: Any, where: str, problems: list[str] | None = None, *, secret: bool = False) -> Any:
+    """``value`` as the setting type ``kind``; ConfigError naming ``where`` (and, unless
+    ``secret``, quoting the value) when it is of another type."""
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
     if is_dataclass(kind):
@@ -201,22 +216,13 @@ def _convert(kind: Any, value: Any, where: str, problems: list[str] | None = Non
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        return _convert(next(a for a in args if a is not type(None)), value, where, problems)
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {_kind(value)}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {_kind(value)}")
-        return value
+        return _convert(next(a for a in args if a is not type(None)), value, where, problems, secret=secret)
+    expected = _scalar_expected(kind, value)
+    if expected:
+        raise ConfigError(f"{where}: expected {expected}, got {_kind(value, secret)}")
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {_kind(value)}")
         return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {_kind(value)}")
+    if kind in (bool, int, str):
         return value
     if origin is tuple:
         item = args[0]
@@ -237,9 +243,28 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _kind(value: Any) -> str:
+def _scalar_expected(kind: Any, value: Any) -> str:
+    """What a scalar setting of type ``kind`` expects, when ``value`` is not that; else ""."""
+    if kind is bool:
+        return "" if isinstance(value, bool) else "true or false"
+    if kind is int:
+        return "" if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if kind is float:
+        return "" if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if kind is str:
+        return "" if isinstance(value, str) else "a string"
+    return ""
+
+
+_TOML_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _kind(value: Any, secret: bool = False) -> str:
+    """What ``value`` is, for an error: its type, and its text unless it is a credential's."""
     if isinstance(value, Mapping):
         return "a table"
     if isinstance(value, list):
         return "a list"
+    if secret:
+        return f"{_TOML_KINDS.get(type(value), 'a ' + type(value).__name__)} (value not shown: a credential)"
     return f"{type(value).__name__} {value!r}"[:80]

@@ -92,11 +92,13 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         peername = transport.get_extra_info("peername")
         self.peer = format_peer(peername)
         if not self._server.admits(peername):
-            logger.warning("refused peer=%s reason=%s", self.peer, "not in server.allowed_peers")
+            host = str(peername[0]) if isinstance(peername, tuple) else self.peer
+            self._server.refused_peers.warning(host, "refused peer=%s reason=%s", self.peer, "not in server.allowed_peers")
             self.closed = True
             transport.abort()
             return
-        self.over_capacity = not self._server.session_opened(self)
+        self.ended_log = self._server.ended_sessions
+        self._server.connection_opened(self)
         limits = self._limits
         now = self._loop.time()
         self._header_deadline = now + limits.header_timeout_ms / 1000
@@ -157,7 +159,7 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         self.closed = True
         self._cancel_timers()
         self._fail_reply(AgiConnectionClosed("peer closed the connection"))
-        self._server.session_closed(self)
+        self._server.connection_closed(self)
 
     # -- AgiSession ---------------------------------------------------------
 
@@ -229,6 +231,7 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         self.env = AgiEnvironment(headers)
         self.script = self.env.script
         self.arguments = self.env.arguments
+        self.over_capacity = not self._server.headers_received(self)
         self._task = self._loop.create_task(self._run())
 
     def _line_received(self, line: str) -> None:
@@ -342,6 +345,21 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         self._cancel_timers()
         if self._transport is not None:
             self._transport.close()
+
+    def drop(self, reason: str) -> None:
+        """Drop a connection still sending its header block, with one log line."""
+        if self.closed:
+            return
+        log_session_error(self, reason)
+        self.abort()
+
+    def stop_now(self) -> None:
+        """The server stops at once: a handler still running is cancelled, and
+        gives the fallback answer first if it has not answered yet."""
+        if self._task is not None and not self._task.done() and self.end_reason != "server stopping now":
+            self.end_reason = "server stopping now"
+            self.fallback_on_cancel = not self.answered
+            self._task.cancel()
 
     def abort(self) -> None:
         """Drop the connection now (shutdown after the grace period)."""

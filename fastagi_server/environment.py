@@ -156,7 +156,10 @@ _SPLIT_AT_SEPARATOR = methodcaller("split", ": ", 1)
 def parse_header_block(block: str) -> dict[str, str]:
     """The header lines of a block (without its empty last line), LF or CRLF, into a dict.
 
-    Raises :class:`AgiProtocolError` naming the first malformed line.
+    Raises :class:`AgiProtocolError` naming the first malformed line, or the
+    first key sent twice: Asterisk never repeats one, so a repeat is a value
+    that smuggled a line break (a caller name ``Eve\nagi_network_script:
+    outcome``) and must not override what Asterisk said.
     """
     if not block:
         return {}
@@ -169,6 +172,19 @@ def parse_header_block(block: str) -> dict[str, str]:
         headers = dict(map(_SPLIT_AT_SEPARATOR, lines))
     except ValueError:  # a line without ": "
         headers = None
-    if headers is not None and all(map(str.isidentifier, headers)):
-        return headers
-    return dict(map(parse_header_line, lines))
+    if headers is None or not all(map(str.isidentifier, headers)):
+        headers = dict(map(parse_header_line, lines))
+    if len(headers) != len(lines):
+        raise AgiProtocolError(f"header {repeated_key(lines)!r} sent twice in one header block")
+    return headers
+
+
+def repeated_key(lines: list[str]) -> str:
+    """The first key of ``lines`` that an earlier line already had ("" when none is)."""
+    seen = set()
+    for line in lines:
+        key = parse_header_line(line)[0]
+        if key in seen:
+            return key
+        seen.add(key)
+    return ""

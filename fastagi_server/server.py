@@ -5,30 +5,52 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import signal
+import socket
 from typing import Callable
 
 from .app import App
 from .config import Config, load_config
-from .connection import FastAgiConnection
-from .handlers import run_session
+from .calllog import call_logger
+from .connection import FastAgiConnection, format_peer
+from .listener import Listener, bind, connection_budget, raise_open_file_limit
+from .logs import RepeatedWarning
+from .handlers import FALLBACK_TIMEOUT_S, run_session
+from .signals import ServerSignals
 
 logger = logging.getLogger("crmroute.server")
 
+# After the grace period (or a second stop signal), how long sessions still
+# running may take to give the fallback answer before they are dropped.
+FALLBACK_S = FALLBACK_TIMEOUT_S + 0.5
+
 
 class FastAgiServer:
-    """Listens for FastAGI connections; see :func:`serve` for the signal handling."""
+    """Listens for FastAGI connections; see :func:`serve` for the signal handling.
 
-    def __init__(self, app: App, *, sync_worker: bool = False):
+    A connection first sends its header block: until it is complete it counts
+    against ``server.max_connecting`` only (the one that has waited longest is
+    dropped past it), then as a session against ``server.max_sessions``. All
+    connections together stay within a budget under the open-file limit
+    (:mod:`.listener`).
+    """
+
+    def __init__(self, app: App, *, sync_worker: bool = False, warning_interval_s: float = 10.0):
         self.app = app
         # Whether each app (the first, and each one a reload builds) runs the outbox's sync worker.
         self._sync_worker = sync_worker
-        self._sessions: set[FastAgiConnection] = set()
+        self._sessions: set[FastAgiConnection] = set()  # header block complete
+        self._connecting: dict[FastAgiConnection, None] = {}  # header block not complete yet, oldest first
         self._served = 0  # sessions counted against max_sessions
-        self._server: asyncio.Server | None = None
+        self._open = 0  # connections accepted and not yet closed
+        self._budget = 0  # connections allowed open at once (set at start)
+        self._listener: Listener | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop it serves on, once started
         self._allowed = app.config.server.allowed_networks
         self._admitted: dict[str, bool] = {}
+        # Warnings a peer can make come by the thousand: the first few, then a summary per interval.
+        self.refused_peers = RepeatedWarning(logger, "refused peers", interval_s=warning_interval_s)
+        self.ended_sessions = RepeatedWarning(call_logger, "session-ended", interval_s=warning_interval_s)
+        self._accept_errors = RepeatedWarning(logger, "accept errors", interval_s=warning_interval_s)
 
     # -- connection bookkeeping (called by FastAgiConnection) ----------------
 
@@ -55,19 +77,60 @@ class FastAgiServer:
             address = address.ipv4_mapped
         return any(address in network for network in self._allowed)
 
-    def session_opened(self, session: FastAgiConnection) -> bool:
-        """Register a session; False when it is over ``max_sessions`` (answered at once, not queued)."""
+    def connection_opened(self, connection: FastAgiConnection) -> None:
+        """An admitted connection, still to send its header block."""
+        self._connecting[connection] = None
+        limit = self.app.config.server.max_connecting
+        if len(self._connecting) > limit:
+            self._drop_oldest_connecting(f"more than {limit} connections still sending their header block")
+
+    def headers_received(self, session: FastAgiConnection) -> bool:
+        """The header block is complete: count the session; False when it is over
+        ``max_sessions`` (answered at once, not queued)."""
+        self._connecting.pop(session, None)
         self._sessions.add(session)
         if self._served >= self.app.config.server.max_sessions:
             return False
         self._served += 1
         return True
 
-    def session_closed(self, session: FastAgiConnection) -> None:
-        if session in self._sessions:
-            self._sessions.discard(session)
-            if not session.over_capacity:
+    def connection_closed(self, connection: FastAgiConnection) -> None:
+        """Called once per accepted connection, whatever ended it."""
+        self._connecting.pop(connection, None)
+        if connection in self._sessions:
+            self._sessions.discard(connection)
+            if not connection.over_capacity:
                 self._served -= 1
+        self._open -= 1
+        if self._listener is not None and self._open < self._budget:
+            self._listener.resume()
+
+    def _drop_oldest_connecting(self, reason: str) -> None:
+        oldest = next(iter(self._connecting))
+        del self._connecting[oldest]
+        oldest.drop(reason)
+
+    def _accepted(self, sock: socket.socket) -> None:
+        """A new connection from the listener: within the budget, or the listener pauses."""
+        self._open += 1
+        if self._open >= self._budget:
+            assert self._listener is not None
+            self._listener.pause()  # resumed as connections close
+            if self._connecting:  # a peer still sending headers gives way to a call that may be waiting
+                self._drop_oldest_connecting(f"{self._budget} connections open (server.max_connections or the open-file limit)")
+        assert self.loop is not None
+        self.loop.create_task(self._connect(sock))
+
+    async def _connect(self, sock: socket.socket) -> None:
+        assert self.loop is not None
+        try:
+            await self.loop.connect_accepted_socket(lambda: FastAgiConnection(self), sock)
+        except OSError as exc:  # the peer left before the transport was made
+            logger.debug("connection lost while being set up: %s", exc)
+            sock.close()
+            self._open -= 1
+            if self._listener is not None and self._open < self._budget:
+                self._listener.resume()
 
     async def dispatch(self, session: FastAgiConnection) -> None:
         await run_session(session, session.app, over_capacity=session.over_capacity)
@@ -78,51 +141,70 @@ class FastAgiServer:
         """Bind and start accepting (``port=0`` picks a free port; see :attr:`port`)."""
         settings = self.app.config.server
         loop = self.loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: FastAgiConnection(self),
-            host if host is not None else settings.host,
-            port if port is not None else settings.port,
-            reuse_address=True,
-            backlog=1024,
-        )
+        self._budget = connection_budget(settings.max_connections)
+        sockets = bind(host if host is not None else settings.host, port if port is not None else settings.port)
+        self._listener = Listener(loop, sockets, self._accepted, self._accept_errors)
         if self._sync_worker:
             self.app.start_sync_worker()
         self.app.start_mirror()
         logger.info(
-            "listening on %s (backend=%s, peers allowed: %s)",
-            ", ".join(self.addresses), self.app.backend.name, ", ".join(settings.allowed_peers),
+            "listening on %s (backend=%s, peers allowed: %s; at most %d connections open)",
+            ", ".join(self.addresses), self.app.backend.name, ", ".join(settings.allowed_peers), self._budget,
         )
+        if self._budget < settings.max_sessions + settings.max_connecting:
+            logger.warning(
+                "the open-file limit allows %d connections open at once, fewer than max_sessions + max_connecting (%d)",
+                self._budget, settings.max_sessions + settings.max_connecting,
+            )
 
     @property
     def addresses(self) -> list[str]:
-        if self._server is None:
+        if self._listener is None:
             return []
-        return [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in self._server.sockets]
+        return [format_peer(s.getsockname()) for s in self._listener.sockets]
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "server not started"
-        return self._server.sockets[0].getsockname()[1]
+        assert self._listener is not None, "server not started"
+        return self._listener.sockets[0].getsockname()[1]
 
     @property
     def active_sessions(self) -> int:
-        return len(self._sessions)
+        """Connections open: sessions, and connections still sending their header block."""
+        return len(self._sessions) + len(self._connecting)
 
-    async def shutdown(self, grace_ms: int | None = None) -> None:
-        """Stop accepting, let sessions in flight finish within the grace period, then drop the rest."""
+    async def shutdown(self, grace_ms: int | None = None, now: asyncio.Event | None = None) -> None:
+        """Stop accepting, let sessions in flight finish within the grace period, then end the rest.
+
+        ``now`` set (a second stop signal) cuts the grace period short. Sessions
+        still running then get the fallback answer if they have not answered
+        (within :data:`FALLBACK_S`), and are dropped.
+        """
         if grace_ms is None:
             grace_ms = self.app.config.server.shutdown_grace_ms
-        if self._server is not None:
-            self._server.close()
-        tasks = [s.task for s in self._sessions if s.task is not None and not s.task.done()]
+        if self._listener is not None:
+            self._listener.close()
+        tasks = self._running_tasks()
         if tasks:
             logger.info("shutting down: waiting up to %d ms for %d session(s)", grace_ms, len(tasks))
-            await asyncio.wait(tasks, timeout=grace_ms / 1000)
-        for session in list(self._sessions):
-            session.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+            await _wait_for_tasks(tasks, grace_ms / 1000, now)
+        tasks = self._running_tasks()
+        if tasks:
+            self.stop_now()
+            await _wait_for_tasks(tasks, FALLBACK_S, None)
+        for connection in [*self._sessions, *self._connecting]:
+            connection.abort()
+        for repeated in (self.refused_peers, self.ended_sessions, self._accept_errors):
+            repeated.flush()  # what was being counted is told before the server goes
         await self.app.aclose()
+
+    def stop_now(self) -> None:
+        """End every session now; those that have not answered give the fallback answer first."""
+        for session in list(self._sessions):
+            session.stop_now()
+
+    def _running_tasks(self) -> list[asyncio.Task[None]]:
+        return [s.task for s in self._sessions if s.task is not None and not s.task.done()]
 
     async def reload(self, path: str | None) -> bool:
         """Re-read the config and swap the app; on any error keep the old one."""
@@ -166,21 +248,46 @@ async def serve(
     host: str | None = None,
     port: int | None = None,
     on_ready: Callable[[FastAgiServer], None] | None = None,
+    hangup_seen: bool = False,
+    exiting: bool = False,
 ) -> None:
-    """Run the server until SIGTERM or SIGINT; SIGHUP reloads the config file."""
-    server = FastAgiServer(App.from_config(config, serving=True), sync_worker=True)
-    await server.start(host, port)
+    """Run the server until SIGTERM or SIGINT; SIGHUP reloads the config file (see :mod:`.signals`).
+
+    ``hangup_seen``: a SIGHUP came before the event loop ran (it is carried out once serving).
+    ``exiting``: the process ends with the server, so those signals are ignored
+    from the end of the shutdown on (a late one would turn a clean stop into
+    "killed by a signal").
+    """
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload(config.source or None)))
-    if on_ready is not None:
-        on_ready(server)
+    signals = ServerSignals(loop, hangup_seen=hangup_seen)  # before anything slow
+    raise_open_file_limit()  # more connections fit under a higher limit (see .listener)
     try:
-        await stop.wait()
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
-        await server.shutdown()
+        server = FastAgiServer(App.from_config(config, serving=True), sync_worker=True)
+        if signals.stop.is_set():
+            await server.app.aclose()
+            return
+        await server.start(host, port)
+
+        def reload() -> None:
+            loop.create_task(server.reload(config.source or None))
+
+        signals.serving(reload, server.stop_now)
+        if on_ready is not None:
+            on_ready(server)
+        await signals.stop.wait()
+        await server.shutdown(now=signals.now)
         logger.info("stopped")
+    finally:
+        signals.remove(ignore=exiting)
+
+
+async def _wait_for_tasks(tasks: list[asyncio.Task[None]], timeout: float, now: asyncio.Event | None) -> None:
+    """Until every task is done, ``timeout`` seconds pass, or ``now`` is set; never cancels the tasks."""
+    waiters: list[asyncio.Future] = [asyncio.ensure_future(asyncio.wait(tasks))]
+    if now is not None:
+        waiters.append(asyncio.ensure_future(now.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -11,6 +11,7 @@ from typing import Mapping
 
 from . import commands
 from .environment import AgiEnvironment
+from .logs import RepeatedWarning
 from .replies import AgiReply, parse_reply
 
 
@@ -26,6 +27,13 @@ class AgiSession(ABC):
     # Set once Asterisk reports the caller hung up (the ``HANGUP`` line or SIGHUP).
     # Variables can still be set on the dead channel; most other commands fail.
     hung_up: bool = False
+    # Set once the handler started setting channel variables (the contract, or the
+    # fallback): from then on no fallback may override what it sent.
+    answered: bool = False
+    # Set when the server cancels the handler and wants the fallback answer given first (stopping now).
+    fallback_on_cancel: bool = False
+    # Where the server counts repeated "session-ended" lines (None: each is logged).
+    ended_log: RepeatedWarning | None = None
 
     @abstractmethod
     async def _exchange(self, command: str) -> str:
@@ -50,6 +58,7 @@ class AgiSession(ABC):
         Usually one ``EXEC MSet`` (see :func:`.commands.set_variables`); it works
         on a dead channel too, like ``SET VARIABLE``.
         """
+        self.answered = True
         for command in commands.set_variables(variables):
             await self.command(command)
 

@@ -20,15 +20,22 @@ import io
 import os
 import signal
 import sys
-from typing import BinaryIO, TextIO
+import threading
+from typing import TYPE_CHECKING, BinaryIO, Callable, TextIO
 
 from asterisk.agi import AGI
 
-from .errors import AgiConnectionClosed, AgiLimitExceeded
+from .errors import AgiConnectionClosed, AgiLimitExceeded, AgiProtocolError
 from .environment import AgiEnvironment
 from .limits import SessionLimits
 from .replies import is_usage_end, is_usage_start
 from .session import AgiSession
+from .signals import EarlyHangup
+
+if TYPE_CHECKING:
+    # asyncio is imported in main(), after the SIGHUP handler is in place: a
+    # hang-up during start-up must find it there as early as can be.
+    import asyncio
 
 
 class StdinReader:
@@ -40,6 +47,7 @@ class StdinReader:
         self._limits = limits
         self.in_headers = True
         self.header_lines = 0
+        self._keys: set[str] = set()  # header keys seen: pyst2 would let a repeat override the first
 
     def readline(self) -> str:
         limit = self._limits.max_line_bytes
@@ -56,7 +64,16 @@ class StdinReader:
                 self.header_lines += 1
                 if self.header_lines > self._limits.max_headers:
                     raise AgiLimitExceeded(f"more than {self._limits.max_headers} header lines")
+                self._note_key(line)
         return line.decode("utf-8", "replace")
+
+    def _note_key(self, line: bytes) -> None:
+        """Refuse a key sent twice (see :func:`.environment.parse_header_block`)."""
+        key = line.split(b":", 1)[0].strip()
+        text = key.decode("utf-8", "replace")
+        if text in self._keys:
+            raise AgiProtocolError(f"header {text!r} sent twice in one header block")
+        self._keys.add(text)
 
 
 class QuietAGI(AGI):
@@ -89,6 +106,7 @@ class StdioSession(AgiSession):
         self.arguments = arguments
         self.peer = "stdio"
         self._hangup_line = False
+        self._owed: asyncio.Future[str] | None = None  # a reply still to be read, its waiter gone
 
     @property
     def hung_up(self) -> bool:  # type: ignore[override]
@@ -98,12 +116,32 @@ class StdioSession(AgiSession):
         return self._reader.readline().rstrip("\r\n")
 
     async def _exchange(self, command: str) -> str:
+        """Write the command, then wait for its reply without blocking the event loop.
+
+        The reply is read by a thread, so the routing deadline can stop waiting
+        for it (a slow device-state answer); that reply is still read, and
+        dropped, before the next command is written: one command, one reply.
+        """
+        import asyncio  # loaded by main() already (see the module's imports)
+
+        if self._owed is not None:
+            owed, self._owed = self._owed, None
+            await owed  # the reply to a command whose waiter gave up; raises what ended the session
         # Not pyst2's execute(): it refuses to send anything after SIGHUP, but a
         # dead channel still takes SET VARIABLE, which the hangup handler needs.
         try:
             self._agi.send_command(command)
         except BrokenPipeError:
             raise AgiConnectionClosed("stdout closed") from None
+        reply = read_in_thread(self._read_reply)
+        try:
+            return await asyncio.shield(reply)
+        except asyncio.CancelledError:
+            self._owed = reply
+            raise
+
+    def _read_reply(self) -> str:
+        """One reply (a ``520`` usage block joined with newlines), ``HANGUP`` lines noted and skipped."""
         line = self._readline()
         while line == "HANGUP":
             self._hangup_line = True
@@ -120,6 +158,41 @@ class StdioSession(AgiSession):
 
     def close(self) -> None:
         self._devnull.close()
+        if self._owed is not None and self._owed.done() and not self._owed.cancelled():
+            self._owed.exception()  # a late reply nobody needs: its error, if any, is not news
+
+
+def read_in_thread(read: Callable[[], str]) -> asyncio.Future[str]:
+    """``read()`` on a thread of its own; its result (or error) settles the returned future.
+
+    A daemon thread, not an executor's: a process whose Asterisk never answers
+    must still be able to exit (the session limit ends it) while a read is blocked.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def settle(outcome: str | BaseException) -> None:
+        if future.done():
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    def work() -> None:
+        try:
+            outcome: str | BaseException = read()
+        except Exception as exc:  # handed to whoever awaits the reply
+            outcome = exc
+        try:
+            loop.call_soon_threadsafe(settle, outcome)
+        except RuntimeError:  # the loop is gone: nobody waits any more
+            pass
+
+    threading.Thread(target=work, name="agi-stdin", daemon=True).start()
+    return future
 
 
 def parse_argv(argv: list[str]) -> tuple[str | None, str, tuple[str, ...]]:
@@ -170,22 +243,6 @@ def _session_timed_out(signum: int, frame: object) -> None:
     raise AgiLimitExceeded("session time limit reached")
 
 
-class EarlyHangup:
-    """Records a SIGHUP that arrives before pyst2 installs its own handler.
-
-    Asterisk sends SIGHUP when the caller hangs up, which may be while this
-    process is still starting; the default action would kill it before it
-    could set a single variable.
-    """
-
-    def __init__(self) -> None:
-        self.seen = False
-        signal.signal(signal.SIGHUP, self._record)
-
-    def _record(self, signum: int, frame: object) -> None:
-        self.seen = True
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``crmroute-agi``: one call, then exit. Returns the exit status."""
     early_hangup = EarlyHangup()
@@ -195,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import App
     from .config import demo_mode_notice, load_config
     from .handlers import answer_fallback, run_session
+    from .logs import configure_logging
 
     args = sys.argv[1:] if argv is None else argv
     options = leading_options(args)
@@ -212,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     config_path, script, arguments = parse_argv(args)
     # Asterisk passes stderr on (its console, or the journal): our own lines only,
     # at server.log_level once the configuration is read; other libraries' warnings.
-    logging.basicConfig(level=logging.WARNING, format="crmroute-agi %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(logging.WARNING, "crmroute-agi %(levelname)s %(name)s: %(message)s", sys.stderr)
     log = logging.getLogger("crmroute.stdio")
     try:
         config = load_config(config_path)
@@ -251,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(run())
-    except (AgiLimitExceeded, AgiConnectionClosed) as exc:
+    except (AgiLimitExceeded, AgiConnectionClosed, AgiProtocolError) as exc:
         log.warning("session-ended peer=stdio error=%r", str(exc))
         return 1
     finally:

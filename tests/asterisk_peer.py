@@ -243,7 +243,10 @@ class AsteriskPeer:
     ``device_states`` answers ``${DEVICE_STATE(PJSIP/101)}`` and
     ``extension_states`` ``${EXTENSION_STATE(101@ctx)}``; both say ``UNKNOWN``
     for what they do not list, as Asterisk does. ``state_delay`` slows only
-    those answers (a PBX under load), ``reply_delay`` every answer.
+    those answers (a PBX under load), ``state_delays`` the answer about one
+    device (``{"PJSIP/103": 2.0}``, instead of ``state_delay``), ``reply_delay``
+    every answer. With ``state_gate`` (an :class:`asyncio.Event`) state answers
+    wait until it is set; :attr:`state_asked` is set once a state question came.
     """
 
     def __init__(
@@ -256,10 +259,15 @@ class AsteriskPeer:
         dead_channel_rejects: bool = True,
         reply_delay: float = 0.0,
         channel_variables: dict[str, str] | None = None,
+        state_delays: dict[str, float] | None = None,
+        state_gate: asyncio.Event | None = None,
     ):
         self.device_states = device_states or {}
         self.extension_states = extension_states or {}
         self.state_delay = state_delay
+        self.state_delays = state_delays or {}
+        self.state_gate = state_gate
+        self.state_asked = asyncio.Event()
         # Send "HANGUP" before replying to the N-th command (0 = right after the headers).
         self.hangup_before_command = hangup_before_command
         self.dead_channel_rejects = dead_channel_rejects
@@ -312,13 +320,24 @@ class AsteriskPeer:
                 if self.reply_delay:
                     await asyncio.sleep(self.reply_delay)
                 argv = parse_args(command.rstrip(b"\n").decode("utf-8", "replace"))
-                if self.state_delay and is_state_query(argv):
-                    await asyncio.sleep(self.state_delay)
+                if is_state_query(argv):
+                    self.state_asked.set()
+                    if self.state_gate is not None:
+                        await self.state_gate.wait()
+                    delay = next((d for device, d in self.state_delays.items() if f"({device})" in argv[3]), self.state_delay)
+                    if delay:
+                        await asyncio.sleep(delay)
                 result.commands.append(argv)
                 reply = self.reply(argv, result)
                 result.timeline.append((loop.time(), "reply", reply))
-                writer.write(reply.encode("utf-8") + b"\n")
-                await writer.drain()
+                try:
+                    writer.write(reply.encode("utf-8") + b"\n")
+                    await writer.drain()
+                except (ConnectionError, OSError):
+                    # The server closed as soon as it had sent its last command:
+                    # Asterisk ran the command, its reply is lost, nothing more happens.
+                    result.closed_by_server = True
+                    return
 
     @staticmethod
     def _take_commands(pending: bytes) -> list[bytes]:

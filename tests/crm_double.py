@@ -50,9 +50,7 @@ class CrmDouble:
             raise CrmUnavailable("connection refused")
         if self.rate_limited:
             self.rate_limited -= 1
-            error = CrmRateLimited("too many requests")
-            error.retry_after = self.retry_after  # type: ignore[attr-defined]
-            raise error
+            raise CrmRateLimited("too many requests", retry_after=self.retry_after)
 
     async def create(self, kind: WriteKind, entries: Sequence[Entry]) -> list[WriteResult]:
         self.requests.append(("create", kind.value, len(entries)))

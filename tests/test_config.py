@@ -97,3 +97,19 @@ def test_unreadable_files(tmp_path):
         load_config(binary)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path)
+
+
+@pytest.mark.parametrize("key", ["client_id", "client_secret", "refresh_token"])
+@pytest.mark.parametrize("value", [98765432101234, 9876.5, True])
+def test_a_credential_of_the_wrong_type_is_not_echoed(key, value):
+    """The error names the key and the type wanted, never the credential's text."""
+    with pytest.raises(ConfigError) as raised:
+        config_from_dict({"zoho": {key: value}})
+    message = str(raised.value)
+    assert f"zoho.{key}: expected a string" in message
+    assert str(value) not in message and repr(value) not in message and "9876" not in message
+
+
+def test_other_wrong_types_still_quote_the_value():
+    with pytest.raises(ConfigError, match=r"server.port: expected an integer, got str '4573'"):
+        config_from_dict({"server": {"port": "4573"}})

@@ -204,7 +204,7 @@ def test_a_slow_crm_gives_timeout_within_the_deadline_and_the_late_answer_fills_
     slow, answered_in, again, after_lookup, at_end = run(scenario())
 
     assert slow["CRM_ROUTE_STATUS"] == "TIMEOUT"
-    assert int(slow["CRM_LOOKUP_MS"]) <= deadline_ms + 50
+    assert int(slow["CRM_LOOKUP_MS"]) < deadline_ms + 1000  # the deadline, not the 5 s answer (room for a busy machine)
     assert answered_in < deadline_ms / 1000 + 1.0  # the whole AGI exchange, with room for a slow machine
     assert (again["CRM_ROUTE_STATUS"], again["CRM_TARGET"]) == ("OWNER", "PJSIP/101")
     assert at_end == after_lookup, "the next call was served from the cache"

@@ -45,7 +45,8 @@ def test_answered_call_is_recorded_in_one_round_trip(tmp_path, call_log):
 
     result = run(scenario())
     assert result.closed_by_server
-    assert len(result.commands) == 1
+    # One read of the channel; then, once committed, the dialplan is told.
+    assert len(result.commands) == 2 and result.commands[1] == ["SET", "VARIABLE", "CRM_OUTCOME", "recorded"]
     argv = result.commands[0]
     assert argv[:3] == ["GET", "FULL", "VARIABLE"] and len(argv) == 4
     assert "${DIALSTATUS:0:64}" in argv[3] and "${CHANNEL(linkedid):0:64}" in argv[3]
@@ -130,8 +131,10 @@ def test_a_value_holding_the_separator_falls_back_to_one_read_each(tmp_path):
             return await AsteriskPeer(channel_variables=hostile).call(server.port, outcome_headers())
 
     result = run(scenario())
-    assert all(argv[:3] == ["GET", "FULL", "VARIABLE"] and len(argv) == 4 for argv in result.commands)
-    assert len(result.commands) == 1 + 16  # the joined read, then one per reading
+    reads = result.commands[:-1]
+    assert all(argv[:3] == ["GET", "FULL", "VARIABLE"] and len(argv) == 4 for argv in reads)
+    assert len(reads) == 1 + 16  # the joined read, then one per reading
+    assert result.variables["CRM_OUTCOME"] == "recorded"
     [(_, _, o)] = stored(tmp_path)
     assert o["route"]["record_name"] == "Evil |~| Name"
     assert o["route"]["record_id"] == 'L-1001")} ${SHELL(id)}'
@@ -147,7 +150,7 @@ def test_long_values_are_cut_by_asterisk_not_by_us(tmp_path):
             return await AsteriskPeer(channel_variables=long).call(server.port, outcome_headers())
 
     result = run(scenario())
-    assert len(result.commands) == 1
+    assert [argv[:2] for argv in result.commands] == [["GET", "FULL"], ["SET", "VARIABLE"]]
     [(_, _, o)] = stored(tmp_path)
     assert o["route"]["record_name"] == "x" * 64 and o["route"]["owner_id"] == "u" * 64
 
@@ -188,7 +191,10 @@ def test_an_unwritable_outbox_is_logged_with_the_whole_outcome(tmp_path, caplog)
             return await AsteriskPeer(channel_variables=ANSWERED_CHANNEL).call(server.port, outcome_headers())
 
     result = run(scenario())
-    assert result.closed_by_server and len(result.commands) == 1  # no fallback variables on the dead channel
+    # No fallback route on the dead channel; the dialplan learns the outcome is not on disk.
+    assert result.closed_by_server and [argv[:2] for argv in result.commands] == [["GET", "FULL"], ["SET", "VARIABLE"]]
+    assert result.variables["CRM_OUTCOME"] == "failed"
+    # Kept in memory while the server ran; logged whole when it stopped with the outbox still unusable.
     lost = [r.getMessage() for r in caplog.records if "NOT recorded" in r.getMessage()]
     assert lost and '"call_id": "1700000000.1"' in lost[0]
 
@@ -230,7 +236,7 @@ def test_classic_agi_process_records_the_outcome(tmp_path):
         proc.stdin.write(peer.reply(argv, result).encode() + b"\n")
         proc.stdin.flush()
     assert proc.wait(timeout=30) == 0, proc.stderr.read()
-    assert len(commands) == 1
+    assert len(commands) == 2 and result.variables["CRM_OUTCOME"] == "recorded"
     [(_, _, o)] = stored(tmp_path)
     assert o["answered"] and o["did"] == "900"
 
@@ -267,6 +273,6 @@ def test_outcomes_are_recorded_even_past_max_sessions(tmp_path):
             return result
 
     result = run(scenario())
-    assert [argv[:3] for argv in result.commands] == [["GET", "FULL", "VARIABLE"]]
+    assert [argv[:3] for argv in result.commands] == [["GET", "FULL", "VARIABLE"], ["SET", "VARIABLE", "CRM_OUTCOME"]]
     [(call_id, _, o)] = stored(tmp_path)
     assert call_id == "1700000000.1" and o["answered"]

@@ -103,10 +103,11 @@ class Case:
     record: str = ""  # CRM_RECORD_ID expected, when the case says
     extension_states: dict[str, str] = field(default_factory=dict)
     policy: str = ""  # the policy the log line names, when the case says
+    limits: dict = field(default_factory=dict)
 
 
 def route(directory: str, case: Case, peer: AsteriskPeer | None = None):
-    config = make_config({"routing": merged(ROUTING, case.routing), "directory": {"path": directory}})
+    config = make_config({"routing": merged(ROUTING, case.routing), "directory": {"path": directory}, "limits": case.limits})
     history = RecordedAnswers()
     for caller, extension, ago in case.answered:
         history.answered(caller, extension, ago)
@@ -379,23 +380,26 @@ def test_a_silent_peer_ends_the_session_and_the_server_goes_on(directory, call_l
 
 
 def test_deadline_holds_on_a_slow_peer(directory, call_log):
-    """Each state answer takes 250 ms and the deadline is 600 ms: two owners are
-    found busy, the third question is cut short by the deadline, and the third
-    owner rings unchecked, the reason saying so. The variables are set only
-    after the late answer came, so every reply is matched to its own command."""
-    deadline_ms = 600
+    """Two state answers come at once, the third takes far longer than the
+    1000 ms deadline: two owners are found busy, the third question is cut
+    short by the deadline, and the third owner rings unchecked, the reason
+    saying so. The variables are set only after the late answer came, so
+    every reply is matched to its own command. (Every margin is wide: a busy
+    machine cannot turn the answers' order around the deadline.)"""
+    deadline_ms = 1000
     case = Case(
         "x", CHAIN, "", "", states={"PJSIP/101": "INUSE", "PJSIP/102": "BUSY"},
-        routing={"deadline_ms": deadline_ms},
+        routing={"deadline_ms": deadline_ms}, limits={"reply_timeout_ms": 5000},
     )
-    peer = AsteriskPeer(device_states=case.states, state_delay=0.25)
+    peer = AsteriskPeer(device_states=case.states, state_delays={"PJSIP/101": 0.02, "PJSIP/102": 0.02, "PJSIP/103": 2.0})
     result = route(directory, case, peer)
     v = result.variables
     assert (v["CRM_ROUTE_STATUS"], v["CRM_TARGET"]) == ("OWNER", "PJSIP/103")
     assert "101 INUSE" in v["CRM_ROUTE_REASON"] and "102 BUSY" in v["CRM_ROUTE_REASON"]
     assert "state unchecked (deadline)" in v["CRM_ROUTE_REASON"]
-    # On time: the decision is measured by the router, before any variable is set.
-    assert deadline_ms - 100 <= int(v["CRM_LOOKUP_MS"]) <= deadline_ms + 150
+    # On time: the decision is measured by the router, before any variable is
+    # set; it did not wait for the answer that came 2 s after the question.
+    assert deadline_ms - 100 <= int(v["CRM_LOOKUP_MS"]) < 1900
     assert asked_devices(result) == [device("101"), device("102"), device("103")]
     # One command, one reply: the contract left only after the late third answer.
     third_reply = [t for t, kind, line in result.timeline if kind == "reply" and line == "200 result=1 (UNKNOWN)"][0]
@@ -406,29 +410,32 @@ def test_deadline_holds_on_a_slow_peer(directory, call_log):
 
 
 def test_slow_crm_leaves_no_time_for_checks(directory):
-    """The CRM answers just before the deadline: the owner rings unchecked."""
+    """The CRM answers late, but well within the deadline; the state question
+    that follows is answered long after the deadline: the owner rings
+    unchecked. The margins (600 ms before the deadline, 1 s after it) hold on
+    a busy machine."""
     from routing_fixtures import StaticBackend
     from crmlookup.records import Match, Owner
 
-    config = make_config({"routing": {"default_region": "ES", "deadline_ms": 300}})
-    backend = StaticBackend([Match("Leads", "L-9", "Slow", Owner("u9", "Zed", "", ("109",)))], delay=0.29)
+    config = make_config({"routing": {"default_region": "ES", "deadline_ms": 800}, "limits": {"reply_timeout_ms": 5000}})
+    backend = StaticBackend([Match("Leads", "L-9", "Slow", Owner("u9", "Zed", "", ("109",)))], delay=0.2)
 
     async def scenario():
         async with agi_server(app=build_app(config, backend=backend)) as server:
-            peer = AsteriskPeer(device_states={"PJSIP/109": "INUSE"}, state_delay=0.2)
+            peer = AsteriskPeer(device_states={"PJSIP/109": "INUSE"}, state_delay=2.0)
             return await peer.call(server.port, asterisk_headers(caller=CHAIN))
 
     result = run(scenario())
     v = result.variables
     assert v["CRM_TARGET"] == "PJSIP/109"
     assert "state unchecked (deadline)" in v["CRM_ROUTE_REASON"]
-    assert int(v["CRM_LOOKUP_MS"]) <= 300 + 150
+    assert int(v["CRM_LOOKUP_MS"]) < 2000  # the decision did not wait for the state answer
 
 
 def test_slow_history_does_not_cost_the_crm_answer(directory):
     history = RecordedAnswers(delay=5)
     history.answered(CHAIN, "103", 60)
-    config = make_config({"routing": merged(ROUTING, {"deadline_ms": 300}), "directory": {"path": directory}})
+    config = make_config({"routing": merged(ROUTING, {"deadline_ms": 1000}), "directory": {"path": directory}})
 
     async def scenario():
         async with agi_server(app=build_app(config, history=history, now=MONDAY_10)) as server:
@@ -437,7 +444,7 @@ def test_slow_history_does_not_cost_the_crm_answer(directory):
     v = run(scenario()).variables
     # The history never answered in time; the CRM did, and its contact owner rings.
     assert (v["CRM_ROUTE_STATUS"], v["CRM_TARGET"], v["CRM_RECORD_ID"]) == ("OWNER", "PJSIP/102", "C-1")
-    assert int(v["CRM_LOOKUP_MS"]) <= 300 + 150
+    assert int(v["CRM_LOOKUP_MS"]) < 4000  # the deadline, not the history's 5 s
 
 
 def test_failing_history_is_a_reason_not_an_error(directory, call_log):

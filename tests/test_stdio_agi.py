@@ -253,3 +253,24 @@ def test_a_routed_call_logs_its_line(tmp_path):
     agi.send(stdio_headers())
     _, _, stderr = agi.run_to_end()
     assert "crmroute.call" not in stderr
+
+
+def test_the_routing_deadline_holds_on_a_slow_state_answer(tmp_path):
+    """A device-state answer that takes 2.5 s does not hold a 500 ms decision:
+    the owner rings unchecked, and the late answer is read before the contract."""
+    config = tmp_path / "crmroute.toml"
+    config.write_text("[routing]\ndeadline_ms = 500\n[limits]\nreply_timeout_ms = 8000\n")
+
+    def slow_state_answer(count, agi):
+        if count == 0:
+            time.sleep(2.5)
+
+    agi = StdioAsterisk([f"--config={config}", "route", "900"])
+    agi.send(stdio_headers())
+    result, code, stderr = agi.run_to_end(slow_state_answer)
+    assert code == 0, stderr
+    v = result.variables
+    assert (v["CRM_ROUTE_STATUS"], v["CRM_TARGET"]) == ("OWNER", "PJSIP/101")
+    assert "state unchecked (deadline)" in v["CRM_ROUTE_REASON"]
+    assert int(v["CRM_LOOKUP_MS"]) < 2000  # the deadline, not the 2.5 s answer
+    assert [argv[:2] for argv in result.commands] == [["GET", "FULL"], ["EXEC", "MSet"]]

@@ -382,3 +382,41 @@ def test_a_call_routed_by_a_deal_is_linked_to_the_deal_and_its_contact_and_named
     assert task["Who_Id"] == {"id": contact["id"]} and task["What_Id"] == {"id": deal["id"]}
     # The org's users were read once, for the lookup and the writer alike.
     assert len([r for r in sim.api_requests() if r.path.endswith("/users")]) == 1
+
+
+def test_retry_after_header_holds_the_worker_and_the_breaker(org, tmp_path):
+    """Zoho's Retry-After reaches the worker as the rate-limit error's own field:
+    the outcome waits as long as the breaker does, not the worker's own back-off."""
+    sim = org["sim"]
+    cfg = config(sim, tmp_path, backoff_initial_ms=10, backoff_max_ms=120_000)
+    record_over_tcp(cfg, [("1700000000.1", KNOWN, channel(org=org))])
+    sim.add_fault(r"^/crm/v8/Calls$", 429, method="POST", times=1, headers={"Retry-After": "42"})
+
+    async def scenario():
+        app = App.from_config(cfg)
+        try:
+            started = time.time()
+            result = await app.sync_worker.round()
+            row = app.outbox.list_rows()[0]
+            return started, result, row
+        finally:
+            await app.aclose()
+
+    started, result, row = run(scenario())
+    assert result.retry_after == pytest.approx(42, abs=1)
+    assert row.state == "failed" and row.next_attempt_at - started == pytest.approx(42, abs=5)
+    assert [r.status for r in posts(sim, "Calls")] == [429]
+
+
+def test_rate_limit_error_carries_the_breaker_wait():
+    """While the breaker is open after a 429, each refused request says how long is left."""
+    from crmlookup.circuit import CircuitBreaker
+    from crmlookup.errors import CrmRateLimited
+    from crmlookup.zoho.api import ZohoApi
+
+    breaker = CircuitBreaker(failure_threshold=5, open_s=30, backoff_initial_s=1, backoff_max_s=120)
+    breaker.record_rate_limited(42)
+    api = ZohoApi(None, None, breaker, max_concurrency=1)  # type: ignore[arg-type]
+    with pytest.raises(CrmRateLimited) as raised:
+        api._check_breaker(None)
+    assert raised.value.retry_after == pytest.approx(42, abs=1)

@@ -124,6 +124,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+from collections import Counter
 import itertools
 import json
 import random
@@ -504,11 +505,13 @@ class Fault:
     only its answer is lost: the fault replaces it (the uncertain write).
     ``skip``: so many matching requests are served normally before it hits
     (the fourth page of a listing fails: ``skip=3``).
+    ``headers``: sent with the answer (``{"Retry-After": "42"}`` with a 429).
     """
 
     path: str
     status: int = 500
     body: dict[str, Any] | bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     method: str = ""
     times: int | None = None
@@ -529,6 +532,46 @@ class PathLatency:
 
     def applies(self, method: str, path: str) -> bool:
         return (not self.method or self.method == method) and re.search(self.path, path) is not None
+
+
+class Stall:
+    """A CRM that stalls: requests whose path matches ``path`` (a regular
+    expression) wait until the test lets them go, all at once or taking turns
+    between clients (each client process has its own access token)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._changed = threading.Condition()
+        self._waiting: list[tuple[str, threading.Event]] = []
+        self._open = False
+
+    def hold(self, client: str) -> None:
+        with self._changed:
+            if self._open:
+                return
+            released = threading.Event()
+            self._waiting.append((client, released))
+            self._changed.notify_all()
+        released.wait()
+
+    def waiting(self) -> Counter[str]:
+        """Requests held, per client."""
+        with self._changed:
+            return Counter(client for client, _ in self._waiting)
+
+    def release_taking_turns(self, pause_s: float = 0.001) -> None:
+        """Let every request go, one client's then the next's in turn, and stop holding new ones."""
+        with self._changed:
+            self._open = True
+            queues: dict[str, list[threading.Event]] = {}
+            for client, released in self._waiting:
+                queues.setdefault(client, []).append(released)
+            self._waiting = []
+        while any(queues.values()):
+            for queue in queues.values():
+                if queue:
+                    queue.pop(0).set()
+                    time.sleep(pause_s)
 
 
 @dataclass(frozen=True)
@@ -1219,6 +1262,8 @@ class ZohoSimulator:
         self.latencies: list[PathLatency] = []
         self.max_in_flight_seen = 0
         self._credits: collections.Counter[str] = collections.Counter()
+        # API requests whose path matches it wait until the test lets them go (see Stall).
+        self.stall: Stall | None = None
         self._records: dict[str, dict[str, dict[str, Any]]] = {module: {} for module in MODULES}
         self._deleted: dict[str, dict[str, dict[str, Any]]] = {module: {} for module in MODULES}
         self._order: dict[str, dict[str, int]] = {module: {} for module in MODULES}
@@ -1688,7 +1733,7 @@ class ZohoSimulator:
             time.sleep(fault.delay_s)
         if fault.close:
             raise ConnectionAbortedError("fault: connection dropped")
-        return _Reply(fault.status, fault.body)
+        return _Reply(fault.status, fault.body, fault.headers)
 
     def _served(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> _Reply:
         try:
@@ -1705,6 +1750,9 @@ class ZohoSimulator:
             return self._token(query, headers, body)
         if not path.startswith(API + "/"):
             return _Reply(404)
+        stall = self.stall
+        if stall is not None and re.search(stall.path, path):
+            stall.hold(headers.get("authorization", ""))
         if self.latency_s:
             time.sleep(self.latency_s)
         token = self._authenticate(headers)

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from ..errors import DirectoryError
+from ..files import create_private_file, ensure_private_directory
 from ..phone import PhoneNumber
 from ..sqlite_thread import ConnectionThread
-from ..state import private_directory, state_directory
+from ..state import state_directory
 from ..records import LookupResult, Match, Owner
 from .importer import ImportSummary, import_csv, utf8_lines
 from .schema import ensure_schema, has_links, is_directory
@@ -57,13 +58,18 @@ _MODULES_WITH_STATUS = frozenset({"Leads", "Deals"})
 
 
 def open_connection(path: str | Path, *, create: bool = False) -> sqlite3.Connection:
-    """Open a directory file; with ``create`` a missing file gets an empty directory.
+    """Open a directory file; with ``create`` a missing file gets an empty directory (mode 0600).
 
     Raises :class:`DirectoryError` when the file is missing or is not a directory.
     """
     path = Path(path)
     if not create and not path.is_file():
         raise DirectoryError(f"directory file not found: {path}")
+    try:
+        if create:
+            create_private_file(path)
+    except OSError as exc:
+        raise DirectoryError(f"cannot create directory {path}: {exc.strerror or exc}") from None
     try:
         conn = sqlite3.connect(path, check_same_thread=False)
         if create:
@@ -105,8 +111,8 @@ def open_demo_file(path: Path) -> sqlite3.Connection:
     processes starting at once never see half of it.
     """
     if not path.exists():
-        private_directory(path.parent)
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        create_private_file(temporary)  # its folder too: callers' data, the service's own
         conn = sqlite3.connect(temporary)
         try:
             _fill_with_demo_data(conn)

@@ -154,7 +154,7 @@ class ZohoApi:
         if trace is not None:
             trace.append(f"circuit open: {message}")
         if "429" in self._breaker.reason:
-            raise CrmRateLimited(message)
+            raise CrmRateLimited(message, retry_after=wait)
         raise CrmUnavailable(message)
 
     def _interpret(self, reply: Reply) -> dict[str, Any] | None:
@@ -169,7 +169,7 @@ class ZohoApi:
         if status == 429:
             backoff = self._breaker.record_rate_limited(_retry_after(reply))
             logger.warning("Zoho rate limit: %s; backing off %.1f s", problem, backoff)
-            raise CrmRateLimited(problem)
+            raise CrmRateLimited(problem, retry_after=backoff)
         if status >= 500:
             self._breaker.record_failure(problem)
             raise CrmUnavailable(problem)

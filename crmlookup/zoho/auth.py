@@ -142,7 +142,7 @@ class TokenSource:
             self._minted.popleft()
         if len(self._minted) >= REFRESH_LIMIT:
             wait = REFRESH_WINDOW_S - (now - self._minted[0])
-            raise CrmRateLimited(f"{REFRESH_LIMIT} access tokens minted in {REFRESH_WINDOW_S / 60:.0f} minutes; next in {wait:.0f} s")
+            raise CrmRateLimited(f"{REFRESH_LIMIT} access tokens minted in {REFRESH_WINDOW_S / 60:.0f} minutes; next in {wait:.0f} s", retry_after=wait)
         request = self._client.build_request(
             "POST",
             self._url,

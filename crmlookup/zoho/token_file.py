@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import AsyncIterator
 
-from ..state import private_directory, state_directory
+from ..files import ensure_private_directory, open_private_file
+from ..state import state_directory
 
 TOKEN_FILE = "zoho-token.json"
 
@@ -54,8 +55,8 @@ class TokenFile:
         token is then minted without it, and the failure logged.
         """
         try:
-            private_directory(self.path.parent)
-            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            ensure_private_directory(self.path.parent)
+            fd = open_private_file(f"{self.path}.lock", os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             logger.warning("cannot lock zoho.token_cache_file %s (%s): the token is not shared with other processes", self.path, exc.strerror or exc)
             yield
@@ -85,7 +86,7 @@ class TokenFile:
         data = json.dumps({"access_token": value, "api_domain": api_domain, "expires_at": time.time() + seconds_left})
         temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = open_private_file(temporary)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(data)
             os.replace(temporary, self.path)

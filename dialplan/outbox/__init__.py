@@ -14,11 +14,14 @@ from .settings import OutboxSettings, OutcomeSettings, default_outbox_path
 
 if TYPE_CHECKING:
     from .history import OutboxCallHistory
+    from .keeper import OutboxKeeper, Recording
     from .store import Outbox, OutboxError, OutboxState
     from .worker import FlushSummary, SyncWorker
 
 _LAZY = {
     "OutboxCallHistory": ".history",
+    "OutboxKeeper": ".keeper",
+    "Recording": ".keeper",
     "Outbox": ".store",
     "OutboxError": ".store",
     "OutboxState": ".store",
@@ -31,9 +34,11 @@ __all__ = [
     "Outbox",
     "OutboxCallHistory",
     "OutboxError",
+    "OutboxKeeper",
     "OutboxSettings",
     "OutboxState",
     "OutcomeSettings",
+    "Recording",
     "SyncWorker",
     "default_outbox_path",
 ]

@@ -9,14 +9,17 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from .keeper import OutboxKeeper
 from .store import Outbox
 
 
 class OutboxCallHistory:
-    """:class:`dialplan.history.CallHistory` over an :class:`Outbox`."""
+    """:class:`dialplan.history.CallHistory` over an :class:`Outbox`, or the one an
+    :class:`OutboxKeeper` has open (OutboxError while it has none: the router
+    then routes without the LastAgent rule)."""
 
-    def __init__(self, outbox: Outbox, clock: Callable[[], float] = time.time):
-        self._outbox = outbox
+    def __init__(self, outbox: Outbox | OutboxKeeper, clock: Callable[[], float] = time.time):
+        self._current: Callable[[], Outbox] = outbox.current if isinstance(outbox, OutboxKeeper) else lambda: outbox
         self._clock = clock
 
     async def last_answered_extension(self, caller_e164: str, max_age_s: float) -> str | None:
@@ -24,4 +27,5 @@ class OutboxCallHistory:
         if not caller_e164:
             return None
         since = self._clock() - max_age_s
-        return await self._outbox.run(self._outbox.last_answered_extension, caller_e164, since)
+        outbox = self._current()
+        return await outbox.run(outbox.last_answered_extension, caller_e164, since)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
+from crmlookup.files import create_private_file
 from crmlookup.sqlite_thread import ConnectionThread
 
 from ..outcome import CallOutcome
@@ -80,6 +81,13 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 MAX_ERROR_LENGTH = 1000
+
+# The lead write of another outcome of one caller (parameters: caller, this
+# outcome's id), done or under way, that still counts: its outcome is not dead.
+_OTHER_LEAD_OF_CALLER = (
+    "FROM writes w JOIN outcomes o ON o.id = w.outcome_id "
+    "WHERE o.caller_e164 = ? AND o.id != ? AND o.state != 'dead' AND w.step = 'lead' AND w.state IN ('done', 'sent')"
+)
 
 
 class OutboxError(Exception):
@@ -168,7 +176,8 @@ class Outbox:
 
     @classmethod
     def open(cls, path: str | Path, *, create: bool = True) -> "Outbox":
-        """Open (or, with ``create``, create) the outbox at ``path``; raises :class:`OutboxError`.
+        """Open (or, with ``create``, create: mode 0600, a new folder 0700) the outbox at ``path``;
+        raises :class:`OutboxError`.
 
         The admin's commands open it with ``create=False``: one looking at the
         wrong file must say so, not show a new empty outbox.
@@ -177,7 +186,7 @@ class Outbox:
         if not create and not path.is_file():
             raise OutboxError(f"no outbox at {path}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(path)
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(f"cannot open outbox {path}: {exc}") from exc
@@ -315,15 +324,35 @@ class Outbox:
     def lead_for_caller(self, caller_e164: str, exclude_id: int) -> tuple[WriteState, str, str] | None:
         """A lead another live outcome created (or is creating) for this caller: (state, lead id, owner id)."""
         row = self._conn.execute(
-            "SELECT w.state, w.crm_id, o.context FROM writes w JOIN outcomes o ON o.id = w.outcome_id "
-            "WHERE o.caller_e164 = ? AND o.id != ? AND o.state != 'dead' AND w.step = 'lead' AND w.state IN ('done', 'sent') "
-            "ORDER BY w.state = 'done' DESC, o.id LIMIT 1",
+            f"SELECT w.state, w.crm_id, o.context {_OTHER_LEAD_OF_CALLER} ORDER BY w.state = 'done' DESC, o.id LIMIT 1",
             (caller_e164, exclude_id),
         ).fetchone()
         if row is None:
             return None
         context = json.loads(row[2]) if row[2] else {}
         return WriteState(row[0]), row[1], str(context.get("lead_owner_id", ""))
+
+    def claim_leads(self, leads: Sequence[tuple[int, str]], now: float) -> set[int]:
+        """Mark the lead of each ``(outcome_id, caller_e164)`` as being sent, unless
+        another live outcome already created (or is creating) one for that caller;
+        returns the ids refused.
+
+        The check and the mark are one transaction, so two workers on one
+        outbox (``serve`` and ``crmroute outbox flush``) can never both create
+        a lead for the same caller.
+        """
+        refused = set()
+        with self._transaction():
+            for outcome_id, caller in leads:
+                if caller and self._conn.execute(f"SELECT 1 {_OTHER_LEAD_OF_CALLER} LIMIT 1", (caller, outcome_id)).fetchone():
+                    refused.add(outcome_id)
+                    continue
+                self._conn.execute(
+                    "INSERT INTO writes (outcome_id, step, state, crm_id, error, updated_at) VALUES (?, 'lead', 'sent', '', '', ?) "
+                    "ON CONFLICT (outcome_id, step) DO UPDATE SET state = 'sent', crm_id = '', error = '', updated_at = excluded.updated_at",
+                    (outcome_id, now),
+                )
+        return refused
 
     def release_orphans(self, now: float) -> int:
         """Make outcomes claimed by a process of this machine that no longer runs due at once.

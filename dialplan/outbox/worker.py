@@ -38,6 +38,7 @@ from ..hours import BusinessHours
 from ..policy import Policy, PolicyBook
 from ..settings import RoutingSettings, owner_key
 from .context import ExtensionDirectory, CrmContext, resolve_context
+from .keeper import first_of
 from .plan import PlannedWrite, Step, lead_name, plan_writes, zone
 from .settings import OutboxSettings, OutcomeSettings
 from .store import Finish, Outbox, OutboxItem, OutboxState, WriteRow, WriteState, chunks
@@ -158,7 +159,7 @@ class SyncWorker:
             wait = await self._step()
             if wait > 0:
                 self._wake.clear()
-                await _wait_any(stop, self._wake, wait)
+                await first_of(stop, self._wake, timeout=wait)
 
     async def _step(self) -> float:
         """One round if one is due; returns how long to wait before the next."""
@@ -340,7 +341,9 @@ class SyncWorker:
                 await self._mark(step, [(a, WriteState.DONE, found[e.key], "") for a, e in chunk if e.key in found])
             todo = [(a, e) for a, e in todo if a.open and a.item.writes.get(step, _NOT_WRITTEN).state is not WriteState.DONE]
             for chunk in chunks(todo, self._batch):
-                await self._mark(step, [(a, WriteState.SENT, "", "") for a, _ in chunk])
+                chunk = await self._mark_sent(step, chunk)
+                if not chunk:
+                    continue
                 results = await self._create(step, kind, chunk)
                 wrote = True
                 if len(results) != len(chunk) or any(r.key != e.key for r, (_, e) in zip(results, chunk)):
@@ -366,6 +369,29 @@ class SyncWorker:
             for attempt, _ in chunk:
                 attempt.item.writes.pop(step, None)
             raise
+
+    async def _mark_sent(self, step: str, chunk: list[tuple[_Attempt, Entry]]) -> list[tuple[_Attempt, Entry]]:
+        """Mark the chunk's writes as sent; returns the part that may go.
+
+        A lead goes only if no other outcome of its caller, in this process
+        or another working on the same outbox, has one written or under way
+        (checked and marked in one transaction); the others wait a round and
+        are then logged on that lead.
+        """
+        if step != Step.LEAD:
+            await self._mark(step, [(a, WriteState.SENT, "", "") for a, _ in chunk])
+            return chunk
+        leads = [(a.item.id, a.item.outcome.caller_e164) for a, _ in chunk]
+        refused = await self._outbox.run(self._outbox.claim_leads, leads, self._clock())
+        now = self._clock()
+        going = []
+        for attempt, entry in chunk:
+            if attempt.item.id in refused:
+                attempt.deferred, attempt.plan = True, None
+            else:
+                attempt.item.writes[step] = WriteRow(step, WriteState.SENT, "", "", now)
+                going.append((attempt, entry))
+        return going
 
     async def _mark(self, step: str, marks: Sequence[tuple[_Attempt, WriteState, str, str]]) -> None:
         if not marks:
@@ -488,18 +514,6 @@ def _fail_open(attempts: list[_Attempt], error: str, retry_at: float = 0.0) -> N
 
 
 def _retry_after(exc: CrmRateLimited, default: float) -> float:
-    value = getattr(exc, "retry_after", None)
-    try:
-        seconds = float(value) if value is not None else default
-    except (TypeError, ValueError):
-        seconds = default
+    """How long the CRM asked us to wait (``default`` when it did not say), within 0.1 s to an hour."""
+    seconds = exc.retry_after if exc.retry_after is not None else default
     return min(max(seconds, 0.1), 3600.0)
-
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

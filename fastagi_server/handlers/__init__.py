@@ -31,6 +31,8 @@ HANDLERS: dict[str, Handler] = {
     "route": route_call,
     "outcome": record_outcome,
 }
+# How long a call the server stops serving may take to get the fallback answer.
+FALLBACK_TIMEOUT_S = 1.0
 # Served even past server.max_sessions: recording an outcome never waits on the
 # CRM, and turning it away would lose the call's outcome.
 ALWAYS_SERVED = frozenset({"outcome"})
@@ -59,7 +61,10 @@ async def run_session(session: AgiSession, app: App, *, over_capacity: bool = Fa
             logger.warning("unknown AGI script %r from peer=%s (known: %s)", script, session.peer, ", ".join(sorted(HANDLERS)))
             result = await answer_fallback(session, f"unknown AGI script {script!r}")
     except asyncio.CancelledError:
-        log_session_error(session, getattr(session, "end_reason", "") or "cancelled", _ms_since(started))
+        reason = getattr(session, "end_reason", "") or "cancelled"
+        if session.fallback_on_cancel and script not in ALWAYS_SERVED:
+            await _last_fallback(session, reason)
+        log_session_error(session, reason, _ms_since(started))
         return
     except AgiError as exc:
         log_session_error(session, str(exc) or type(exc).__name__, _ms_since(started))
@@ -73,6 +78,14 @@ async def run_session(session: AgiSession, app: App, *, over_capacity: bool = Fa
         log_session_error(session, f"internal error: {exc!r}", _ms_since(started))
         return
     log_call(session, result, _ms_since(started))
+
+
+async def _last_fallback(session: AgiSession, reason: str) -> None:
+    """The fallback answer for a call the server stops serving, if it can be given in time."""
+    try:
+        await asyncio.wait_for(answer_fallback(session, reason), FALLBACK_TIMEOUT_S)
+    except (AgiError, TimeoutError, asyncio.CancelledError):
+        pass  # the server drops the connection next: the dialplan goes on without our variables
 
 
 def _ms_since(started: float) -> float:

@@ -8,7 +8,6 @@ worker, never while Asterisk waits.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -25,6 +24,8 @@ logger = logging.getLogger("crmroute.outcome")
 
 # Asterisk's channel can stop answering in these ways; what the headers tell is still recorded.
 _READ_FAILURES = (AgiCommandError, AgiConnectionClosed, AgiLimitExceeded, AgiProtocolError)
+# Set once the outcome is committed (or could not be): what the dialplan may test.
+OUTCOME_VARIABLE = "CRM_OUTCOME"
 
 
 async def read_channel(session: AgiSession) -> tuple[dict[str, str], bool]:
@@ -54,7 +55,12 @@ def dialled_number(session: AgiSession) -> str:
 
 
 async def record_outcome(session: AgiSession, app: App) -> dict[str, str]:
-    """Record this call's outcome in the outbox (once per call) and return at once."""
+    """Record this call's outcome in the outbox (once per call), then tell the dialplan.
+
+    ``CRM_OUTCOME`` is set after the commit: ``recorded`` when the outcome is
+    on disk (now, or by an earlier attempt for this call), ``failed`` when it
+    is not (kept in memory until the outbox can take it, or not recordable).
+    """
     env = session.env
     readings, complete = await read_channel(session)
     ended_at = time.time()
@@ -74,23 +80,22 @@ async def record_outcome(session: AgiSession, app: App) -> dict[str, str]:
         )
     except InvalidOutcome as exc:
         logger.warning("outcome not recorded: %s (peer=%s)", exc, session.peer)
+        await tell_dialplan(session, committed=False)
         return {"outcome": "IGNORED", "reason": str(exc)}
-    # Loaded with the first outcome: a process AGI that routes a call never needs the outbox.
-    from dialplan.outbox import OutboxError
-
-    try:
-        new = await app.outbox.record(outcome, ended_at)
-    except OutboxError as exc:
-        # The one place an outcome can be lost: say so loudly, with everything
-        # needed to enter it by hand.
-        logger.error("outcome NOT recorded: %s; outcome=%s", exc, json.dumps(outcome.to_dict(), ensure_ascii=False))
-        return {"outcome": "LOST", "reason": str(exc)}
-    if new:
-        app.outcome_recorded()
+    recording = await app.record_outcome(outcome, ended_at)
+    await tell_dialplan(session, committed=recording.committed)
     return {
         "caller": outcome.caller_e164 or outcome.caller,
-        "outcome": "recorded" if new else "duplicate",
+        "outcome": recording.value,
         "dialstatus": outcome.dial_status,
         "answered_by": outcome.answered_extension,
         "route": outcome.route.status,
     }
+
+
+async def tell_dialplan(session: AgiSession, *, committed: bool) -> None:
+    """``CRM_OUTCOME=recorded|failed``; a channel that is gone by now changes nothing."""
+    try:
+        await session.set_variable(OUTCOME_VARIABLE, "recorded" if committed else "failed")
+    except _READ_FAILURES as exc:
+        logger.debug("CRM_OUTCOME not set for %s: %s", session.env.unique_id, exc)
