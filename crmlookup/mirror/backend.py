@@ -88,7 +88,10 @@ class MirroredBackend:
             index = LocalDirectory(open_readonly(path), str(path), name=live.name, source="mirror")
         except MirrorFileError as exc:
             if refresher is not None:
-                raise
+                refresher.close()
+            if feed is not None:
+                # Routing never depends on the mirror: the calls are looked up live meanwhile.
+                logger.error("mirror: %s; calls are looked up live (fix the file or mirror.path, then reload)", exc)
             return cls(live, settings, None, status, unavailable=str(exc))
         state = dict(index.connection.execute("SELECT key, value FROM mirror_state").fetchall())
         # A mirror normalised for another region answers wrongly until the refresher has redone it.

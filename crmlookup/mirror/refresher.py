@@ -343,6 +343,10 @@ class MirrorRefresher:
                 deleted += await self._thread.run(self._store.delete, module, gone)
         return deleted
 
+    def close(self) -> None:
+        """Close the file without a running loop (the mirror could not be opened after all)."""
+        self._thread.close()
+
     async def aclose(self) -> None:
         await self._thread.aclose()
 
