@@ -557,12 +557,17 @@ def test_failed_refreshes_back_off_and_a_rate_limit_is_waited_out(zoho, team, tm
     assert sum("works again" in m for m in messages) == 1
 
 
-def test_a_mirror_file_that_cannot_be_made_leaves_routing_live(zoho, team, tmp_path, caplog):
+@pytest.mark.parametrize("spoil, mirror, logged", [
+    ("state", {"path": "{tmp}/state/mirror.sqlite"}, "calls are looked up live"),  # a file where its folder should be
+    ("mirror.sqlite", {}, "cannot open the mirror"),  # not a database
+])
+def test_a_mirror_file_serve_cannot_open_leaves_routing_live(zoho, team, tmp_path, caplog, spoil, mirror, logged):
     zoho.add_record("Contacts", team["carla"], Full_Name="Pedro", Last_Name="Gil", Phone=CALLER)
-    (tmp_path / "state").write_text("a file where the mirror's folder should be")
+    (tmp_path / spoil).write_bytes(b"this is not a database, " * 200)
+    mirror = {key: value.format(tmp=tmp_path) for key, value in mirror.items()}
 
     async def scenario():
-        app = App.from_config(mirror_config(zoho, tmp_path, mirror={"path": str(tmp_path / "state" / "mirror.sqlite")}), serving=True)
+        app = App.from_config(mirror_config(zoho, tmp_path, mirror=mirror), serving=True)
         try:
             return await app.router.decide(InboundCall(caller=CALLER))
         finally:
@@ -572,22 +577,4 @@ def test_a_mirror_file_that_cannot_be_made_leaves_routing_live(zoho, team, tmp_p
     decision = run(scenario())
 
     assert (decision.source, decision.extensions) == ("live", ["103"])
-    assert any("calls are looked up live" in r.getMessage() for r in caplog.records)
-
-
-def test_a_mirror_file_that_is_not_a_database_leaves_routing_live(zoho, team, tmp_path, caplog):
-    zoho.add_record("Contacts", team["carla"], Full_Name="Pedro", Last_Name="Gil", Phone=CALLER)
-    (tmp_path / "mirror.sqlite").write_bytes(b"this is not a database, " * 200)
-
-    async def scenario():
-        app = App.from_config(mirror_config(zoho, tmp_path), serving=True)
-        try:
-            return await app.router.decide(InboundCall(caller=CALLER))
-        finally:
-            await app.aclose()
-
-    caplog.set_level(logging.ERROR, logger="crmroute.mirror")
-    decision = run(scenario())
-
-    assert (decision.source, decision.extensions) == ("live", ["103"])
-    assert any("cannot open the mirror" in r.getMessage() for r in caplog.records)
+    assert any(logged in r.getMessage() for r in caplog.records)
