@@ -176,6 +176,10 @@ class MirrorRefresher:
                 failures += 1
                 delay = float(self._settings.retry_max_s)
                 self._report(failures, exc, delay)
+            except Exception:  # a defect of ours must not end the refreshing for good
+                failures += 1
+                delay = float(self._settings.retry_max_s)
+                logger.exception("mirror: refresh failed unexpectedly; next attempt in %.0f s", delay)
             await self._thread.run(self._store.put, {keys.NEXT_REFRESH_AT: str(self._clock() + delay)})
             await self._sleep(stop, delay)
 
