@@ -71,6 +71,8 @@ class MirroredBackend:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._warned_unreadable = False
+        # Calls that waited for the CRM because the mirror could not answer them (for the benchmarks and status).
+        self.calls_waited_for_crm = 0
 
     @classmethod
     def open(cls, settings: MirrorSettings, live: CrmBackend, region: str, *, feed: ChangeFeed | None = None) -> MirroredBackend:
@@ -122,6 +124,7 @@ class MirroredBackend:
                 if result.known:
                     return self._from_mirror(result)
                 return await self._not_in_mirror(number, modules, result)
+        self.calls_waited_for_crm += 1
         result = await self.live.lookup(number, modules)
         result.steps.insert(0, f"mirror: not used ({self._why_not_ready()}); asking {self.name}")
         result.source = result.source or "live"
@@ -146,6 +149,7 @@ class MirroredBackend:
             queued = self._ask_later(number, tuple(modules))
             mirrored.steps.insert(0, f"{unknown}; {self.name} is asked in the background (what it finds goes into the mirror)" if queued else f"{unknown}; too many numbers wait to be asked of {self.name}: not asked")
             return mirrored
+        self.calls_waited_for_crm += 1
         ask = asyncio.ensure_future(self.live.lookup(number, modules))
         wait_s = self.settings.miss_wait_ms / 1000 if self._refresher is not None else None
         try:
