@@ -125,6 +125,13 @@ def test_deleted_records_stop_matching(mirror):
     assert lookup(mirror, "928000001").known is False
 
 
+def test_the_users_list_names_an_owner_and_a_records_lookup_does_not_rename_them(mirror):
+    mirror.apply_users([MirrorUser("u1", "Ana García", "ana@example.com", True)])
+    mirror.apply([contact(owner=Owner("u1", "García", ""))], RULE, "ES")  # what a COQL lookup may carry
+
+    assert lookup(mirror, "928000001").matches[0].owner.name == "Ana García"
+
+
 def test_users_give_extensions_and_an_inactive_user_rings_nowhere(mirror):
     mirror.apply([contact()], RULE, "ES")
     mirror.apply_users([MirrorUser("u1", "Ana G.", "ana@example.com", True, ("101", "102"))])

@@ -333,3 +333,27 @@ def test_a_token_file_that_cannot_be_made_costs_the_sharing_not_the_lookup(org, 
     (tmp_path / "file").write_text("")
     d = with_app(org, lambda app: decide(app, NUMBERS[0]), zoho={"token_cache_file": str(tmp_path / "file" / "token.json")})
     assert d.status.value == "OWNER"
+
+
+def test_a_shared_token_minted_for_other_credentials_is_not_used(tmp_path):
+    """Every process of a user shares one token file: one configured for another org
+    (a sandbox, a new refresh token) must never call that other org with its token."""
+    from zoho_simulator import ZohoSimulator
+
+    with ZohoSimulator() as first, ZohoSimulator(refresh_token="1000.other-org.123") as second:
+        for sim, ext in ((first, "101"), (second, "202")):
+            owner = sim.add_user("Rep", "rep@example.com", Extension=ext)
+            sim.add_record("Contacts", owner, Full_Name="Pedro", Last_Name="Gil", Phone="+34928000000")
+
+        async def route(sim):
+            app = App.from_config(zoho_config(sim, zoho={"user_extension_field": "Extension"}))
+            try:
+                return await decide(app, "+34928000000")
+            finally:
+                await app.aclose()
+
+        on_first, on_second, first_again = run(route(first)), run(route(second)), run(route(first))
+
+        assert on_first.extensions == ["101"] and first_again.extensions == ["101"]
+        assert on_second.extensions == ["202"], "the second org was asked, with a token of its own"
+        assert len(second.token_requests()) == 1

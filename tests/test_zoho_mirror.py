@@ -231,26 +231,29 @@ def test_a_reconcile_removes_what_the_crm_no_longer_has_and_keeps_what_it_has(zo
 
 # -- the live path when the mirror does not know a number -----------------------------
 
-def test_a_number_the_mirror_does_not_know_is_asked_in_the_background_and_kept(zoho, team, tmp_path):
+def test_numbers_the_mirror_does_not_know_bring_one_early_refresh_however_many_call(zoho, team, tmp_path):
     async def scenario():
-        async with Router(mirror_config(zoho, tmp_path)) as router:
+        async with Router(mirror_config(zoho, tmp_path, mirror={"miss_refresh_s": 1})) as router:
             await router.sync()
             zoho.add_record("Leads", team["ana"], Full_Name="Brand new", Last_Name="N", Phone="+34928000008", Lead_Status="New")
             zoho.reset_log()
             first = await router.decide("+34928000008")
-            for _ in range(200):  # the background lookup lands within a round trip
-                if await _known(router, "+34928000008"):
+            others = [await router.decide(f"+3492899{n:04d}") for n in range(20)]  # unknown callers meanwhile
+            refresher = router.mirror.refresher
+            for _ in range(500):  # the early refresh runs about a second after the last one
+                if refresher._quick is not None and refresher._quick.done():
                     break
                 await asyncio.sleep(0.01)
-            searches = sorted(r.path for r in api_calls(zoho, "lookup"))
+            requests = sorted(r.path for r in zoho.api_requests())
             second = await router.decide("+34928000008")
-            return first, searches, second
+            return first, others, requests, second
 
-    first, searches, second = run(scenario())
+    first, others, requests, second = run(scenario())
 
-    assert first.status.value == "NOMATCH" and first.source == "mirror"
-    assert any("asked in the background" in step for step in first.steps)
-    assert searches == ["/crm/v8/Accounts/search", "/crm/v8/Contacts/search", "/crm/v8/Leads/search", "/crm/v8/coql"], "one request per module"
+    assert first.status.value == "NOMATCH" and first.source == "mirror", "the call is answered at once"
+    assert any("changes since the last refresh are asked for in" in step for step in first.steps)
+    assert all(d.source == "mirror" for d in others)
+    assert requests == ["/crm/v8/Accounts", "/crm/v8/Contacts", "/crm/v8/Deals", "/crm/v8/Leads"], "one listing per module, for all 21 callers"
     assert (second.match.module, second.extensions, second.source) == ("Leads", ["101"], "mirror")
 
 
@@ -555,3 +558,26 @@ def test_failed_refreshes_back_off_and_a_rate_limit_is_waited_out(zoho, team, tm
     messages = [r.getMessage() for r in caplog.records]
     assert sum("refresh failed" in m for m in messages) == 1, messages
     assert sum("works again" in m for m in messages) == 1
+
+
+@pytest.mark.parametrize("spoil, mirror, logged", [
+    ("state", {"path": "{tmp}/state/mirror.sqlite"}, "calls are looked up live"),  # a file where its folder should be
+    ("mirror.sqlite", {}, "cannot open the mirror"),  # not a database
+])
+def test_a_mirror_file_serve_cannot_open_leaves_routing_live(zoho, team, tmp_path, caplog, spoil, mirror, logged):
+    zoho.add_record("Contacts", team["carla"], Full_Name="Pedro", Last_Name="Gil", Phone=CALLER)
+    (tmp_path / spoil).write_bytes(b"this is not a database, " * 200)
+    mirror = {key: value.format(tmp=tmp_path) for key, value in mirror.items()}
+
+    async def scenario():
+        app = App.from_config(mirror_config(zoho, tmp_path, mirror=mirror), serving=True)
+        try:
+            return await app.router.decide(InboundCall(caller=CALLER))
+        finally:
+            await app.aclose()
+
+    caplog.set_level(logging.ERROR, logger="crmroute.mirror")
+    decision = run(scenario())
+
+    assert (decision.source, decision.extensions) == ("live", ["103"])
+    assert any(logged in r.getMessage() for r in caplog.records)

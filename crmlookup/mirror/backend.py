@@ -5,11 +5,14 @@
   request, whatever state the CRM is in. Past ``stale_after_s`` without a
   good refresh, the route reason says how old the mirror is.
 * A number the mirror does not know may belong to a record created since the
-  last refresh: the CRM is asked (one round trip, every search at once).
-  ``crmroute serve`` answers the call from the mirror at once, or waits up
-  to ``miss_wait_ms``; what the CRM finds goes into the mirror for the next
-  call. Processes that only read the mirror (``crmroute lookup``, a
-  process AGI) wait for the answer, within the caller's deadline.
+  last refresh. ``crmroute serve`` answers the call from the mirror at once
+  and brings the next refresh forward (to ``miss_refresh_s`` after the last
+  one at the latest): however many unknown callers ring, that costs one
+  refresh. With ``miss_wait_ms`` the call waits that long for the CRM asked
+  live instead (one round trip, every search at once), and what the CRM
+  finds goes into the mirror. Processes that only read the mirror
+  (``crmroute lookup``, a process AGI) ask the CRM live, within the caller's
+  deadline.
 * Until the first load is done, or when the file cannot be read, every
   lookup asks the CRM, as without a mirror.
 """
@@ -36,13 +39,6 @@ from .store import MirrorFileError, MirrorStore, open_readonly
 
 logger = logging.getLogger("crmroute.mirror")
 
-# Numbers the mirror does not know are asked in the background this many at a
-# time: no call waits for them, and a burst of unknown callers (a campaign, a
-# robocaller) must not take the CRM's concurrency from the calls that do wait.
-BACKGROUND_LOOKUPS = 2
-# Past this many numbers waiting to be asked, new ones are not (the next call asks again).
-MAX_BACKGROUND_QUEUE = 1000
-
 
 class MirroredBackend:
     """Wraps the CRM's (cached) live backend; is a :class:`~crmlookup.backend.CrmBackend` itself."""
@@ -65,12 +61,11 @@ class MirroredBackend:
         self._refresher = refresher
         self._unavailable = unavailable
         self._background: set[asyncio.Future[LookupResult]] = set()
-        self._queued: set[str] = set()
-        self._queue: asyncio.Queue[tuple[PhoneNumber, tuple[str, ...]]] | None = None
-        self._askers: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._warned_unreadable = False
+        # Calls that waited for the CRM because the mirror could not answer them (for the benchmarks and status).
+        self.calls_waited_for_crm = 0
 
     @classmethod
     def open(cls, settings: MirrorSettings, live: CrmBackend, region: str, *, feed: ChangeFeed | None = None) -> MirroredBackend:
@@ -88,7 +83,10 @@ class MirroredBackend:
             index = LocalDirectory(open_readonly(path), str(path), name=live.name, source="mirror")
         except MirrorFileError as exc:
             if refresher is not None:
-                raise
+                refresher.close()
+            if feed is not None:
+                # Routing never depends on the mirror: the calls are looked up live meanwhile.
+                logger.error("mirror: %s; calls are looked up live (fix the file or mirror.path, then reload)", exc)
             return cls(live, settings, None, status, unavailable=str(exc))
         state = dict(index.connection.execute("SELECT key, value FROM mirror_state").fetchall())
         # A mirror normalised for another region answers wrongly until the refresher has redone it.
@@ -119,6 +117,7 @@ class MirroredBackend:
                 if result.known:
                     return self._from_mirror(result)
                 return await self._not_in_mirror(number, modules, result)
+        self.calls_waited_for_crm += 1
         result = await self.live.lookup(number, modules)
         result.steps.insert(0, f"mirror: not used ({self._why_not_ready()}); asking {self.name}")
         result.source = result.source or "live"
@@ -140,9 +139,12 @@ class MirroredBackend:
     async def _not_in_mirror(self, number: PhoneNumber, modules: Sequence[str], mirrored: LookupResult) -> LookupResult:
         unknown = f"mirror: {number.e164} is not in the mirror"
         if self._refresher is not None and self.settings.miss_wait_ms == 0:
-            queued = self._ask_later(number, tuple(modules))
-            mirrored.steps.insert(0, f"{unknown}; {self.name} is asked in the background (what it finds goes into the mirror)" if queued else f"{unknown}; too many numbers wait to be asked of {self.name}: not asked")
+            # Answered now; a record created since the last refresh arrives with the next
+            # one, brought forward: a cost that does not grow with the callers asking.
+            when = self._refresher.refresh_soon()
+            mirrored.steps.insert(0, f"{unknown}; {when}")
             return mirrored
+        self.calls_waited_for_crm += 1
         ask = asyncio.ensure_future(self.live.lookup(number, modules))
         wait_s = self.settings.miss_wait_ms / 1000 if self._refresher is not None else None
         try:
@@ -158,35 +160,6 @@ class MirroredBackend:
         result.steps.insert(0, f"{unknown}; asked {self.name}")
         result.source = result.source or "live"
         return result
-
-    def _ask_later(self, number: PhoneNumber, modules: tuple[str, ...]) -> bool:
-        """Queue a number for the background askers; False when the queue is full."""
-        if number.e164 in self._queued:
-            return True
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._askers = [asyncio.get_running_loop().create_task(self._asker(), name="mirror miss") for _ in range(BACKGROUND_LOOKUPS)]
-        if len(self._queued) >= MAX_BACKGROUND_QUEUE:
-            return False
-        self._queued.add(number.e164)
-        self._queue.put_nowait((number, modules))
-        return True
-
-    async def _asker(self) -> None:
-        assert self._queue is not None
-        while True:
-            number, modules = await self._queue.get()
-            try:
-                await self.live.lookup(number, modules)  # what it finds reaches the mirror through the CRM client
-            except CrmError as exc:
-                logger.debug("mirror: asking about %s failed: %s", number.e164, exc)
-            finally:
-                self._queued.discard(number.e164)
-
-    @property
-    def waiting_to_be_asked(self) -> int:
-        """Numbers the mirror did not know, still to be asked of the CRM in the background."""
-        return len(self._queued)
 
     def _keep(self, ask: asyncio.Future[LookupResult]) -> None:
         """Let a lookup nobody waits for finish, and read its outcome (a failure is only logged)."""
@@ -236,12 +209,10 @@ class MirroredBackend:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for asker in self._askers:
-            asker.cancel()
         for ask in list(self._background):
             ask.cancel()
-        if self._background or self._askers:
-            await asyncio.gather(*self._background, *self._askers, return_exceptions=True)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._refresher is not None:
             await self._refresher.aclose()
         if self._index is not None:

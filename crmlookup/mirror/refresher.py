@@ -126,6 +126,10 @@ class MirrorRefresher:
         self._clock = clock
         self._wake = asyncio.Event()
         self._prepared = False
+        self._pass_started = float("-inf")  # wall clock
+        self._soon: asyncio.TimerHandle | None = None
+        self._quick: asyncio.Task[None] | None = None
+        self._passing = asyncio.Lock()  # one pass at a time, of whatever kind
 
     # -- what the lookups see -------------------------------------------------
 
@@ -154,6 +158,51 @@ class MirrorRefresher:
         """Start the next pass now (a reload, an admin's ``mirror sync`` of the running server)."""
         self._wake.set()
 
+    def refresh_soon(self) -> str:
+        """A call came from a number the mirror does not know, perhaps a record created since
+        the last refresh: list what changed, ``miss_refresh_s`` after the last pass began at
+        the latest. Once, however many callers asked; says when, for the call's steps."""
+        if not self._settings.miss_refresh_s:
+            return "not in the CRM as of the last refresh"
+        if self._soon is not None or (self._quick is not None and not self._quick.done()):
+            return "the changes since the last refresh are being asked for already"
+        delay = max(0.0, self._pass_started + self._settings.miss_refresh_s - self._clock())
+        self._soon = asyncio.get_running_loop().call_later(delay, self._start_quick_pass)
+        return f"the changes since the last refresh are asked for in {delay:.0f} s"
+
+    def _start_quick_pass(self) -> None:
+        self._soon = None
+        if self._passing.locked():
+            return  # a pass is listing the changes right now
+        self._quick = asyncio.get_running_loop().create_task(self._quick_pass(), name="mirror quick pass")
+
+    async def _quick_pass(self) -> None:
+        """The records changed since each module's watermark, stored; the watermarks stay (the
+        next refresh lists them again at no extra request, and checks deletions and users)."""
+        async with self._passing:
+            self._pass_started = self._clock()
+            rule = self.status.rule
+            if rule is None:
+                return
+            summary = PassSummary("quick refresh")
+            sent_before = Counter(self._feed.requests_sent())
+            try:
+                state = await self._thread.run(self._state)
+                await _all(self._list(module, rule, summary, since=since) for module, since in self._sinces(state).items())
+            except Exception as exc:  # the next regular pass will say what is wrong
+                logger.debug("mirror: quick refresh failed: %s", exc)
+            finally:
+                await self._count_credits(sent_before, summary)
+            logger.info("mirror: %s", summary.describe())
+
+    def _sinces(self, state: dict[str, str]) -> dict[str, float | None]:
+        """Per module, when to list changes from: its watermark, less the overlap."""
+        sinces = {}
+        for module in self._feed.modules:
+            watermark = _float(state.get(f"watermark:{module}"))
+            sinces[module] = watermark - self._settings.overlap_s if watermark is not None else None
+        return sinces
+
     async def run(self, stop: asyncio.Event) -> None:
         """Pass after pass until ``stop`` is set."""
         failures = 0
@@ -176,11 +225,17 @@ class MirrorRefresher:
                 failures += 1
                 delay = float(self._settings.retry_max_s)
                 self._report(failures, exc, delay)
+            except Exception:  # a defect of ours must not end the refreshing for good
+                failures += 1
+                delay = float(self._settings.retry_max_s)
+                logger.exception("mirror: refresh failed unexpectedly; next attempt in %.0f s", delay)
             await self._thread.run(self._store.put, {keys.NEXT_REFRESH_AT: str(self._clock() + delay)})
             await self._sleep(stop, delay)
 
     async def _sleep(self, stop: asyncio.Event, delay: float) -> None:
         self._wake.clear()
+        if self._soon is not None and self._soon.when() - asyncio.get_running_loop().time() >= delay:
+            self._cancel_soon()  # the regular pass comes first anyway
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
         try:
             await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
@@ -207,32 +262,23 @@ class MirrorRefresher:
 
     async def sync(self, *, full: bool = False) -> PassSummary:
         """One pass: the first load if it is not done, else a reconcile (when due or ``full``), else a refresh."""
-        started = self._clock()
+        async with self._passing:
+            return await self._sync(full)
+
+    async def _sync(self, full: bool) -> PassSummary:
+        started = self._pass_started = self._clock()
+        self._cancel_soon()
         sent_before = Counter(self._feed.requests_sent())
         await self._thread.run(self._store.put, {keys.LAST_ATTEMPT_AT: str(started)})
+        summary = PassSummary("pass")  # until the pass knows its kind
         try:
-            state = await self._thread.run(self._state)
-            reconcile_due = started - float(state.get(keys.LAST_RECONCILE_AT) or 0) >= self._settings.reconcile_s
-            loading = state.get(keys.LOAD_COMPLETE) != "1"
-            rule = await self._feed.prepare(fresh=full or loading or reconcile_due or not self._prepared)
-            self._prepared = True
-            self.status.rule = rule
-            await self._thread.run(self._store.rejudge, rule)
-            if loading:
-                summary = await self._load(rule)
-            elif full or reconcile_due:
-                summary = await self._reconcile(rule)
-            else:
-                summary = await self._refresh(rule, state)
+            summary = await self._pass(full, started)
         except Exception as exc:
             self.status.last_error = str(exc)
             await self._thread.run(self._store.put, {keys.LAST_ERROR: f"{type(exc).__name__}: {exc}"[:500]})
             raise
         finally:
-            spent = Counter(self._feed.requests_sent())
-            spent.subtract(sent_before)
-            await self._thread.run(self._store.add_credits, {purpose: n for purpose, n in spent.items() if n > 0})
-        summary.credits = spent["mirror"] + spent["metadata"]
+            await self._count_credits(sent_before, summary)
         summary.seconds = self._clock() - started
         finished = self._clock()
         await self._thread.run(self._store.put, {keys.LAST_REFRESH_AT: str(finished), keys.LAST_ERROR: None})
@@ -241,6 +287,20 @@ class MirrorRefresher:
         self.status.last_error = ""
         logger.info("mirror: %s", summary.describe())
         return summary
+
+    async def _pass(self, full: bool, started: float) -> PassSummary:
+        state = await self._thread.run(self._state)
+        reconcile_due = started - float(state.get(keys.LAST_RECONCILE_AT) or 0) >= self._settings.reconcile_s
+        loading = state.get(keys.LOAD_COMPLETE) != "1"
+        rule = await self._feed.prepare(fresh=full or loading or reconcile_due or not self._prepared)
+        self._prepared = True
+        self.status.rule = rule
+        await self._thread.run(self._store.rejudge, rule)
+        if loading:
+            return await self._load(rule)
+        if full or reconcile_due:
+            return await self._reconcile(rule)
+        return await self._refresh(rule, state)
 
     async def _load(self, rule: OpenRule) -> PassSummary:
         summary = PassSummary("first load")
@@ -279,8 +339,7 @@ class MirrorRefresher:
         return summary
 
     async def _refresh_module(self, module: str, rule: OpenRule, state: dict[str, str], summary: PassSummary) -> None:
-        watermark = _float(state.get(f"watermark:{module}"))
-        since = watermark - self._settings.overlap_s if watermark is not None else None
+        since = self._sinces(state)[module]
         cursor = await self._list(module, rule, summary, since=since)
         gone = await self._feed.deleted(module, _moment(since))
         if gone:
@@ -343,7 +402,27 @@ class MirrorRefresher:
                 deleted += await self._thread.run(self._store.delete, module, gone)
         return deleted
 
+    async def _count_credits(self, sent_before: Counter[str], summary: PassSummary) -> None:
+        """Store what was spent since ``sent_before`` (by purpose: lookups made meanwhile too)."""
+        spent = Counter(self._feed.requests_sent())
+        spent.subtract(sent_before)
+        await self._thread.run(self._store.add_credits, {purpose: n for purpose, n in spent.items() if n > 0})
+        summary.credits = spent["mirror"] + spent["metadata"]
+
+    def _cancel_soon(self) -> None:
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
+
+    def close(self) -> None:
+        """Close the file without a running loop (the mirror could not be opened after all)."""
+        self._thread.close()
+
     async def aclose(self) -> None:
+        self._cancel_soon()
+        if self._quick is not None:
+            self._quick.cancel()
+            await asyncio.gather(self._quick, return_exceptions=True)
         await self._thread.aclose()
 
 

@@ -29,9 +29,11 @@ class MirrorSettings:
     # Changes are asked for from this long before the last refresh began, so a
     # clock difference between Zoho and us loses nothing.
     overlap_s: int = 120
-    # How long a call from a number the mirror does not know waits for the
-    # CRM's answer (a record created since the last refresh). 0: not at all;
-    # the answer still goes into the mirror, for the next call.
+    # A number the mirror does not know may be a record created since the last
+    # refresh: the next refresh comes at most this long after the last one (0: as usual).
+    miss_refresh_s: int = 30
+    # How long a call from a number the mirror does not know waits for the CRM
+    # asked live (what it finds goes into the mirror); 0: not at all.
     miss_wait_ms: int = 0
     # Past this age (no successful refresh), the route reason says how old the mirror is.
     stale_after_s: int = 600
@@ -43,6 +45,7 @@ class MirrorSettings:
             ("refresh_s", 5, 86_400),
             ("reconcile_s", 600, 30 * 86_400),
             ("overlap_s", 0, 86_400),
+            ("miss_refresh_s", 0, 86_400),
             ("miss_wait_ms", 0, 60_000),
             ("stale_after_s", 10, 30 * 86_400),
             ("retry_max_s", 5, 86_400),

@@ -242,11 +242,12 @@ class MirrorStore:
                 [(record.module, record.id, module, parent_id) for module, parent_id in record.parents],
             )
         if record.owner is not None:
-            # Known as the owner of a record: named now, given extensions by the users list.
+            # Known as the owner of a record: named from it until the users list (which has the
+            # last word, and the extensions) says more; a record's lookup may carry less than a full name.
             conn.execute(
                 "INSERT INTO users (id, name, email) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "name = CASE WHEN excluded.name != '' THEN excluded.name ELSE users.name END, "
-                "email = CASE WHEN excluded.email != '' THEN excluded.email ELSE users.email END",
+                "name = CASE WHEN users.name = '' THEN excluded.name ELSE users.name END, "
+                "email = CASE WHEN users.email = '' THEN excluded.email ELSE users.email END",
                 (record.owner.id, record.owner.name, record.owner.email),
             )
 

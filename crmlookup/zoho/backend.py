@@ -49,7 +49,7 @@ from .metadata import ActiveUsers, DealStages
 from .query import MAX_CRITERIA, coql_any_of, criteria_any_of
 from .records import lookup_id, lookup_name, more_records, owner, record_id, records_of, text
 from .settings import ENV_PREFIX, ZohoSettings
-from .token_file import TokenFile, default_token_file
+from .token_file import TokenFile, credentials_fingerprint, default_token_file
 
 logger = logging.getLogger("crmroute.zoho")
 
@@ -109,7 +109,10 @@ class ZohoBackend:
             client_secret=secrets["client_secret"],
             refresh_token=secrets["refresh_token"],
             default_api_domain=settings.default_api_domain,
-            token_file=TokenFile(settings.token_cache_file or default_token_file()),
+            token_file=TokenFile(
+                settings.token_cache_file or default_token_file(),
+                credentials_fingerprint(settings.accounts_server, *(secrets[name].reveal() for name in ("client_id", "refresh_token"))),
+            ),
         )
         breaker = CircuitBreaker(
             failure_threshold=settings.breaker_failures,

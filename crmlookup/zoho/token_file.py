@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -37,11 +38,23 @@ def default_token_file() -> Path:
     return state_directory() / TOKEN_FILE
 
 
-class TokenFile:
-    """Reads and writes ``{"access_token", "api_domain", "expires_at"}`` (expires_at: Unix time)."""
+def credentials_fingerprint(accounts_server: str, client_id: str, refresh_token: str) -> str:
+    """Which credentials a shared token was minted with, as a one-way digest.
 
-    def __init__(self, path: str | Path):
+    The file is shared by every process of a user: one configured for another
+    org (a sandbox, a new refresh token) must mint its own, not call that
+    other org with a token found there.
+    """
+    return hashlib.sha256("\n".join((accounts_server, client_id, refresh_token)).encode("utf-8")).hexdigest()[:32]
+
+
+class TokenFile:
+    """Reads and writes ``{"access_token", "api_domain", "expires_at", "for"}`` (expires_at: Unix time;
+    ``for``: the :func:`credentials_fingerprint` of the credentials it was minted with)."""
+
+    def __init__(self, path: str | Path, credentials: str = ""):
         self.path = Path(path)
+        self._credentials = credentials
 
     def __repr__(self) -> str:
         return f"TokenFile({str(self.path)!r})"
@@ -75,6 +88,8 @@ class TokenFile:
             return None
         if not isinstance(data, dict):
             return None
+        if data.get("for", "") != self._credentials:
+            return None  # minted for other credentials (another org, a new refresh token)
         value, domain, expires_at = data.get("access_token"), data.get("api_domain"), data.get("expires_at")
         if not isinstance(value, str) or not value or not isinstance(domain, str) or not isinstance(expires_at, (int, float)):
             return None
@@ -83,7 +98,7 @@ class TokenFile:
 
     def save(self, value: str, api_domain: str, seconds_left: float) -> None:
         """Write the token for the next process; a failure is logged, never fatal."""
-        data = json.dumps({"access_token": value, "api_domain": api_domain, "expires_at": time.time() + seconds_left})
+        data = json.dumps({"access_token": value, "api_domain": api_domain, "expires_at": time.time() + seconds_left, "for": self._credentials})
         temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
             fd = open_private_file(temporary)
