@@ -17,7 +17,6 @@ read-only connections. The file is in WAL mode so a lookup never waits for a wri
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -27,6 +26,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import DirectoryError
+from ..files import create_private_file
 from ..local_directory.schema import ensure_schema
 from ..phone import InvalidNumber, normalise
 from .records import MirrorRecord, MirrorUser, OpenRule
@@ -77,20 +77,6 @@ class MirrorFileError(DirectoryError):
 
 def utc_day(at: float | None = None) -> str:
     return datetime.fromtimestamp(time.time() if at is None else at, timezone.utc).date().isoformat()
-
-
-def create_private_file(path: Path) -> None:
-    """Create ``path`` (and its directory) readable by its owner only, if it does not exist.
-
-    Callers' numbers and names are in it: neither the file nor the folder is
-    for other users of the machine.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
 
 
 def open_writable(path: Path) -> sqlite3.Connection:
