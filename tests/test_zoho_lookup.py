@@ -410,7 +410,7 @@ def test_scope_mismatch_is_an_auth_error_without_a_useless_refresh(zoho, team):
     assert [d.status.value for d in decisions] == ["ERROR"] * 6
     assert "OAUTH_SCOPE_MISMATCH" in decisions[0].reason
     assert len(zoho.token_requests()) == 1
-    assert len(zoho.api_requests()) <= 3 + 3, "the refusals it takes to open the breaker, and at most the rest of one round trip"
+    assert len(zoho.api_requests()) <= 2 * 4, "the refusals it takes to open the breaker: at most two lookups' searches"
 
 
 def test_paging_info_is_read_and_only_one_page_is_fetched(zoho, team):

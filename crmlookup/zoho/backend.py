@@ -217,9 +217,10 @@ class _Lookup:
                     return LookupResult(matches=matches, steps=self.trace, source="live")
             self.trace.append(f"zoho: no open record in {', '.join(self.modules)}")
             return LookupResult(matches=[], steps=self.trace, source="live", passed_over=list(dict.fromkeys(self.passed_over)))
-        except BaseException:
-            # Cut short, or a search the order needs failed: the CRM is struggling
-            # or the caller gave up; what has not been sent yet is not sent.
+        except asyncio.CancelledError:
+            # Cut short (the lookup was abandoned): what has not been sent yet is not sent.
+            # A search that failed leaves the others to finish: they are on their way
+            # already, and what they meet (Zoho's errors) is what opens the circuit breaker.
             for task in tasks.values():
                 task.cancel()
             raise
