@@ -116,6 +116,11 @@ class App:
             )
         return self._worker
 
+    @property
+    def running_sync_worker(self) -> SyncWorker | None:
+        """The sync worker once it runs (None before; reading this never makes one)."""
+        return self._worker if self._worker_task is not None else None
+
     def call_history(self) -> OutboxCallHistory:
         """Past calls, for the routing policy's "last agent" rule."""
         from dialplan.outbox import OutboxCallHistory

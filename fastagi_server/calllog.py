@@ -70,7 +70,7 @@ def log_call(session: AgiSession, result: Mapping[str, object], ms: float) -> No
     """The one line for a call that was answered."""
     if call_logger.isEnabledFor(logging.INFO):
         fields = {**session_fields(session), **result, "ms": f"{ms:.1f}"}
-        call_logger.info("call %s", format_fields(fields))
+        call_logger.info("call %s", format_fields(fields), extra={"fields": fields})  # the fields: for JSON logs
 
 
 def log_session_error(session: AgiSession, reason: str, ms: float | None = None) -> None:

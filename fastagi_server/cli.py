@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import __version__
 from .cli_options import CONFIG_OPTION, command_config
 from .commands import clean
 from .config import Config, demo_mode_notice, load_config
@@ -19,6 +18,7 @@ from .logs import configure_logging
 from .mirror_cli import mirror
 from .signals import EarlyHangup
 from .outbox_cli import outbox
+from .status_cli import status
 
 if TYPE_CHECKING:
     from crmlookup.errors import DirectoryImportError
@@ -41,8 +41,17 @@ class CrmrouteGroup(click.Group):
             raise click.ClickException(message) from exc
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from .version import version_text  # asks git: only when --version is given
+
+    click.echo(version_text())
+    ctx.exit()
+
+
 @click.group(cls=CrmrouteGroup)
-@click.version_option(__version__, prog_name="crmroute")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version, help="Show the version and the build (commit) it came from, and exit.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -68,7 +77,7 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
     config = load_config(config_path)
     level = "DEBUG" if ctx.obj["debug"] else config.server.log_level.upper()
     skip_unused_record_fields()
-    configure_logging(level, "%(asctime)s %(levelname)s %(name)s: %(message)s", sys.stderr)
+    configure_logging(level, "%(asctime)s %(levelname)s %(name)s: %(message)s", sys.stderr, as_json=config.server.log_format == "json")
     # The HTTP libraries log every request at INFO (callers' numbers in the URLs); our own lines say what matters.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -347,6 +356,7 @@ def _import_notes(summary: ImportSummary) -> list[str]:
 
 cli.add_command(outbox)
 cli.add_command(mirror)
+cli.add_command(status)
 
 
 def main() -> None:

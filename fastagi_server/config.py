@@ -53,6 +53,8 @@ class ServerSettings:
     # On SIGTERM/SIGINT, how long in-flight sessions may take to finish.
     shutdown_grace_ms: int = 5000
     log_level: str = "INFO"
+    # "text" (one line per record, key=value for calls) or "json" (one object per line, for log shippers).
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -65,17 +67,74 @@ class ServerSettings:
             raise ValueError(f"max_connections must be between 1 and 1000000, got {self.max_connections}")
         if not 0 <= self.shutdown_grace_ms <= 600_000:
             raise ValueError(f"shutdown_grace_ms must be between 0 and 600000, got {self.shutdown_grace_ms}")
-        for peer in self.allowed_peers:
-            try:
-                ipaddress.ip_network(peer, strict=False)
-            except ValueError:
-                raise ValueError(f"allowed_peers: {peer!r} is not an IP address or network") from None
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be {' or '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        check_peers(self.allowed_peers)
 
     @property
     def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(ipaddress.ip_network(peer, strict=False) for peer in self.allowed_peers)
+        return networks(self.allowed_peers)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The ``[metrics]`` section: Prometheus metrics and the health checks, on their own HTTP listener."""
+
+    # host:port to serve /metrics, /healthz and /readyz on ("127.0.0.1:9464"); empty: not served.
+    listen: str = ""
+    # Peers allowed to connect (addresses or networks); loopback only by default.
+    allowed_peers: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            host_and_port(self.listen)
+        check_peers(self.allowed_peers)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) of ``listen``."""
+        return host_and_port(self.listen)
+
+    @property
+    def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return networks(self.allowed_peers)
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def host_and_port(listen: str) -> tuple[str, int]:
+    """``127.0.0.1:9464`` or ``[::1]:9464`` as (host, port); ValueError naming the key otherwise."""
+    host, colon, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen must be host:port (e.g. 127.0.0.1:9464), got {listen!r}")
+    return host, int(port)
+
+
+def check_peers(peers: tuple[str, ...]) -> None:
+    for peer in peers:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            raise ValueError(f"allowed_peers: {peer!r} is not an IP address or network") from None
+
+
+def networks(peers: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(peer, strict=False) for peer in peers)
+
+
+def address_allowed(host: str, allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    """Whether a peer's address (``192.0.2.1``, ``fe80::1%eth0``, an IPv4-mapped IPv6 one) is in ``allowed``."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in allowed)
 
 
 @dataclass(frozen=True)
@@ -83,6 +142,7 @@ class Config:
     """The whole configuration; ``Config()`` is the working default (demo directory)."""
 
     server: ServerSettings = field(default_factory=ServerSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     limits: SessionLimits = field(default_factory=SessionLimits)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     crm: CrmSettings = field(default_factory=CrmSettings)

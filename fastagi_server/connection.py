@@ -292,6 +292,7 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
             if self._reply.done() and self._owed is None:
                 self._limit_hit(reason)  # abandoned and never answered: nothing more can be sent
                 return
+            self._server.limit_hit(reason)
             self._fail_reply(AgiLimitExceeded(reason))
             owed = False
         deadlines = [self._session_deadline]
@@ -310,6 +311,7 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         """A limit was violated: end the session with one log line naming the reason."""
         if self.closed:
             return
+        self._server.limit_hit(reason)
         if self._task is not None and not self._task.done():
             # The handler is running: it logs the reason as it unwinds.
             self.end_reason = reason

@@ -34,3 +34,22 @@ class SessionLimits:
             ("reply_timeout_ms", 10, 600_000),
             ("session_timeout_ms", 100, 3_600_000),
         ))
+
+
+# How each limit's reason begins (the session's log line), and the setting it comes from.
+_REASON_PREFIXES = (
+    ("line longer than", "max_line_bytes"),
+    ("more than", "max_headers"),
+    ("usage reply longer than", "max_headers"),
+    ("no complete header block within", "header_timeout_ms"),
+    ("no reply to", "reply_timeout_ms"),
+    ("session longer than", "session_timeout_ms"),
+)
+
+
+def limit_name(reason: str) -> str:
+    """The setting behind a limit's reason (``header_timeout_ms``...), a bounded metric label; "other" if none."""
+    for prefix, name in _REASON_PREFIXES:
+        if reason.startswith(prefix):
+            return name
+    return "other"

@@ -51,14 +51,43 @@ class EscapingFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def configure_logging(level: int | str, format: str, stream: TextIO) -> None:
-    """Send every log record to ``stream`` through :class:`EscapingFormatter`.
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers (``server.log_format = "json"``).
+
+    ``time``, ``level``, ``logger``, and ``message``; a call's line carries its
+    fields as keys of their own instead (``event``: ``call``), so a shipper
+    needs no key=value parser. Every line separator inside a value is escaped
+    as JSON (:func:`escape_log_text` covers what ``json`` leaves raw).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        entry: dict[str, object] = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name}
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry["event"] = str(record.msg).split(" ", 1)[0]
+            entry.update((key, value) for key, value in fields.items() if value is not None and value != "")
+        else:
+            entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return escape_log_text(json.dumps(entry, ensure_ascii=False, default=str))
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{moment}.{int(record.msecs):03d}Z"
+
+
+def configure_logging(level: int | str, format: str, stream: TextIO, *, as_json: bool = False) -> None:
+    """Send every log record to ``stream`` through :class:`EscapingFormatter` (or
+    :class:`JsonFormatter` with ``as_json``).
 
     Like :func:`logging.basicConfig`, it does nothing when the root logger
     already has a handler (a host program's, a test runner's).
     """
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(EscapingFormatter(format))
+    handler.setFormatter(JsonFormatter() if as_json else EscapingFormatter(format))
     logging.basicConfig(level=level, handlers=[handler])
 
 
@@ -90,9 +119,11 @@ class RepeatedWarning:
         self._logged = 0
         self._held: Counter[str] = Counter()
         self._timer: asyncio.TimerHandle | None = None
+        self.count = 0  # every warning since the start, logged or held (the server's metrics read it)
 
     def warning(self, key: str, message: str, *args: object) -> None:
         """Log ``message % args`` now, or count it under ``key`` for the summary."""
+        self.count += 1
         now = self._clock()
         if now >= self._window_ends:
             self.flush()

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
-from typing import Callable
+from collections import Counter
+from typing import TYPE_CHECKING, Callable
 
 from .app import App
-from .config import Config, load_config
+from .config import Config, address_allowed, load_config
 from .calllog import call_logger
 from .connection import FastAgiConnection, format_peer
 from .listener import Listener, bind, connection_budget, raise_open_file_limit
+from .notify import SystemdNotifier
 from .logs import RepeatedWarning
-from .handlers import FALLBACK_TIMEOUT_S, run_session
+from .handlers import FALLBACK_TIMEOUT_S, HANDLERS, run_session
+from .limits import limit_name
 from .signals import ServerSignals
+from .version import build_info
+
+if TYPE_CHECKING:
+    from .metrics import ServerMetrics
+    from .monitor import MonitorServer
 
 logger = logging.getLogger("crmroute.server")
 
@@ -51,6 +58,14 @@ class FastAgiServer:
         self.refused_peers = RepeatedWarning(logger, "refused peers", interval_s=warning_interval_s)
         self.ended_sessions = RepeatedWarning(call_logger, "session-ended", interval_s=warning_interval_s)
         self._accept_errors = RepeatedWarning(logger, "accept errors", interval_s=warning_interval_s)
+        self.stopping = False
+        self.build = build_info()
+        # Sessions and connections ended by a limit, by the limit's setting (for the metrics).
+        self.limits_hit: Counter[str] = Counter()
+        # The metrics and health listener, when [metrics] listen names one.
+        self.metrics: ServerMetrics | None = None
+        self.monitor: MonitorServer | None = None
+        self.refused_on_monitor = RepeatedWarning(logger, "refused metrics peers", interval_s=warning_interval_s)
 
     # -- connection bookkeeping (called by FastAgiConnection) ----------------
 
@@ -69,19 +84,18 @@ class FastAgiServer:
         return admitted
 
     def _in_allowed_networks(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._allowed)
+        return address_allowed(host, self._allowed)
+
+    def limit_hit(self, reason: str) -> None:
+        """A session's limit ended it (or its command): counted by the setting behind it."""
+        self.limits_hit[limit_name(reason)] += 1
 
     def connection_opened(self, connection: FastAgiConnection) -> None:
         """An admitted connection, still to send its header block."""
         self._connecting[connection] = None
         limit = self.app.config.server.max_connecting
         if len(self._connecting) > limit:
+            self.limits_hit["max_connecting"] += 1
             self._drop_oldest_connecting(f"more than {limit} connections still sending their header block")
 
     def headers_received(self, session: FastAgiConnection) -> bool:
@@ -90,6 +104,7 @@ class FastAgiServer:
         self._connecting.pop(session, None)
         self._sessions.add(session)
         if self._served >= self.app.config.server.max_sessions:
+            self.limits_hit["max_sessions"] += 1
             return False
         self._served += 1
         return True
@@ -116,6 +131,7 @@ class FastAgiServer:
         if self._open >= self._budget:
             assert self._listener is not None
             self._listener.pause()  # resumed as connections close
+            self.limits_hit["max_connections"] += 1
             if self._connecting:  # a peer still sending headers gives way to a call that may be waiting
                 self._drop_oldest_connecting(f"{self._budget} connections open (server.max_connections or the open-file limit)")
         assert self.loop is not None
@@ -133,7 +149,7 @@ class FastAgiServer:
                 self._listener.resume()
 
     async def dispatch(self, session: FastAgiConnection) -> None:
-        await run_session(session, session.app, over_capacity=session.over_capacity)
+        await run_session(session, session.app, over_capacity=session.over_capacity, observer=self.metrics.calls if self.metrics else None)
 
     # -- life cycle -------------------------------------------------------
 
@@ -147,6 +163,8 @@ class FastAgiServer:
         if self._sync_worker:
             self.app.start_sync_worker()
         self.app.start_mirror()
+        if self.app.config.metrics.listen:
+            self._start_monitor()
         logger.info(
             "listening on %s (backend=%s, peers allowed: %s; at most %d connections open)",
             ", ".join(self.addresses), self.app.backend.name, ", ".join(settings.allowed_peers), self._budget,
@@ -157,9 +175,35 @@ class FastAgiServer:
                 self._budget, settings.max_sessions + settings.max_connecting,
             )
 
+    def _start_monitor(self) -> None:
+        """Serve /metrics, /healthz and /readyz on ``metrics.listen``; one that cannot bind stops the start."""
+        from .metrics import ServerMetrics
+        from .monitor import MonitorServer
+
+        settings = self.app.config.metrics
+        self.metrics = ServerMetrics(self, HANDLERS, self.build)
+        try:
+            self.monitor = MonitorServer(settings.address, self.metrics, settings.allowed_networks, self.refused_on_monitor)
+        except OSError as exc:
+            if self._listener is not None:
+                self._listener.close()
+            raise OSError(exc.errno, f"metrics.listen {settings.listen}: {exc.strerror}") from None
+        self.monitor.start()
+        logger.info("metrics and health on %s (/metrics, /healthz, /readyz; peers allowed: %s)", self.monitor.url, ", ".join(settings.allowed_peers))
+
+    @property
+    def sessions_in_flight(self) -> int:
+        """Sessions being served (header block complete)."""
+        return len(self._sessions)
+
+    @property
+    def connections_connecting(self) -> int:
+        return len(self._connecting)
+
     @property
     def addresses(self) -> list[str]:
-        if self._listener is None:
+        """Where it listens (empty once it stopped listening)."""
+        if self._listener is None or self.stopping:
             return []
         return [format_peer(s.getsockname()) for s in self._listener.sockets]
 
@@ -182,6 +226,7 @@ class FastAgiServer:
         """
         if grace_ms is None:
             grace_ms = self.app.config.server.shutdown_grace_ms
+        self.stopping = True  # /readyz says so from now on
         if self._listener is not None:
             self._listener.close()
         tasks = self._running_tasks()
@@ -194,9 +239,11 @@ class FastAgiServer:
             await _wait_for_tasks(tasks, FALLBACK_S, None)
         for connection in [*self._sessions, *self._connecting]:
             connection.abort()
-        for repeated in (self.refused_peers, self.ended_sessions, self._accept_errors):
+        for repeated in (self.refused_peers, self.ended_sessions, self._accept_errors, self.refused_on_monitor):
             repeated.flush()  # what was being counted is told before the server goes
         await self.app.aclose()
+        if self.monitor is not None:
+            await asyncio.to_thread(self.monitor.stop)
 
     def stop_now(self) -> None:
         """End every session now; those that have not answered give the fallback answer first."""
@@ -228,6 +275,8 @@ class FastAgiServer:
         self._admitted = {}
         if (config.server.host, config.server.port) != (old_app.config.server.host, old_app.config.server.port):
             logger.warning("server.host/server.port changes take effect on restart only")
+        if config.metrics != old_app.config.metrics:
+            logger.warning("[metrics] changes take effect on restart only")
         logger.info("configuration reloaded from %s", config.source or "built-in defaults")
         asyncio.get_running_loop().create_task(self._close_when_idle(old_app))
         return True
@@ -257,10 +306,13 @@ async def serve(
     ``exiting``: the process ends with the server, so those signals are ignored
     from the end of the shutdown on (a late one would turn a clean stop into
     "killed by a signal").
+    Under systemd (``Type=notify``) it says READY once listening, STOPPING
+    when the shutdown starts, and keeps the watchdog fed (:mod:`.notify`).
     """
     loop = asyncio.get_running_loop()
     signals = ServerSignals(loop, hangup_seen=hangup_seen)  # before anything slow
     raise_open_file_limit()  # more connections fit under a higher limit (see .listener)
+    systemd = SystemdNotifier()
     try:
         server = FastAgiServer(App.from_config(config, serving=True), sync_worker=True)
         if signals.stop.is_set():
@@ -268,16 +320,25 @@ async def serve(
             return
         await server.start(host, port)
 
-        def reload() -> None:
-            loop.create_task(server.reload(config.source or None))
+        async def reload() -> None:
+            systemd.reloading()
+            await server.reload(config.source or None)
+            systemd.ready(f"serving on {', '.join(server.addresses)}")
 
-        signals.serving(reload, server.stop_now)
+        signals.serving(lambda: loop.create_task(reload()), server.stop_now)
+        systemd.ready(f"serving on {', '.join(server.addresses)}")
+        stopped = asyncio.Event()  # fed through the shutdown too: sessions may take the grace period
+        watchdog = loop.create_task(systemd.keep_alive(stopped), name="systemd watchdog")
         if on_ready is not None:
             on_ready(server)
         await signals.stop.wait()
+        systemd.stopping()
         await server.shutdown(now=signals.now)
+        stopped.set()
+        await watchdog
         logger.info("stopped")
     finally:
+        systemd.close()
         signals.remove(ignore=exiting)
 
 

@@ -119,7 +119,7 @@ class MirroredBackend:
                 return await self._not_in_mirror(number, modules, result)
         self.calls_waited_for_crm += 1
         result = await self.live.lookup(number, modules)
-        result.steps.insert(0, f"mirror: not used ({self._why_not_ready()}); asking {self.name}")
+        result.steps.insert(0, f"mirror: not used ({self.why_not_ready()}); asking {self.name}")
         result.source = result.source or "live"
         return result
 
@@ -177,7 +177,8 @@ class MirroredBackend:
             logger.error("mirror: cannot read %s (%s); calls are looked up live", self._index.description if self._index else "", exc)
         self._unavailable = f"the file cannot be read: {exc}"
 
-    def _why_not_ready(self) -> str:
+    def why_not_ready(self) -> str:
+        """Why calls are not answered from the mirror now (for --explain and the readiness check)."""
         if self.status.ready:
             return self._unavailable or "unavailable"
         return self._unavailable or "its first load is not done"

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
+from ..condition import Condition
+from ..durations import age_text
 from ..errors import CrmAuthError, CrmError
 from ..sqlite_thread import ConnectionThread
 from . import store as keys
@@ -130,6 +132,8 @@ class MirrorRefresher:
         self._soon: asyncio.TimerHandle | None = None
         self._quick: asyncio.Task[None] | None = None
         self._passing = asyncio.Lock()  # one pass at a time, of whatever kind
+        # Stale past stale_after_s without a good pass; fresh again at the next one.
+        self.freshness = Condition(logger, "mirror stale", "mirror fresh again")
 
     # -- what the lookups see -------------------------------------------------
 
@@ -213,6 +217,7 @@ class MirrorRefresher:
                 if failures:
                     logger.warning("mirror: refreshing works again after %d failed attempt(s)", failures)
                 failures = 0
+                self.freshness.recovered()
             except CrmAuthError as exc:
                 failures += 1
                 delay = float(self._settings.retry_max_s)
@@ -229,8 +234,18 @@ class MirrorRefresher:
                 failures += 1
                 delay = float(self._settings.retry_max_s)
                 logger.exception("mirror: refresh failed unexpectedly; next attempt in %.0f s", delay)
+            self.check_freshness()
             await self._thread.run(self._store.put, {keys.NEXT_REFRESH_AT: str(self._clock() + delay)})
             await self._sleep(stop, delay)
+
+    def check_freshness(self) -> bool:
+        """Whether the mirror is fresh (a good pass within ``stale_after_s``); going stale is logged once."""
+        age = self.status.age_s(self._clock())
+        if not self.status.ready or age is None or age < self._settings.stale_after_s:
+            return True
+        why = f"; refreshing fails: {self.status.last_error}" if self.status.last_error else ""
+        self.freshness.failing(f"last refreshed {age_text(age)} ago{why}; calls are answered from it as it is")
+        return False
 
     async def _sleep(self, stop: asyncio.Event, delay: float) -> None:
         self._wake.clear()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +23,9 @@ from typing import Any, Mapping
 import httpx
 
 from ..circuit import CircuitBreaker
-from ..errors import CrmAuthError, CrmBadResponse, CrmRateLimited, CrmTimeout, CrmUnavailable
+from ..condition import Condition
+from ..errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited, CrmTimeout, CrmUnavailable
+from ..stats import RequestStats, result_of_status
 from .auth import AccessToken, TokenSource
 from .http import Reply, describe_error, encode_query, error_code, exchange, json_object
 
@@ -52,6 +55,7 @@ class ZohoApi:
         *,
         max_concurrency: int,
         api_domain_override: str = "",
+        stats: RequestStats | None = None,
     ):
         self._client = client
         self._tokens = tokens
@@ -60,6 +64,10 @@ class ZohoApi:
         self._api_domain_override = api_domain_override
         # Requests sent, by purpose ("lookup", "mirror", "write"...): each costs the org API credits.
         self.sent: Counter[str] = Counter()
+        # The same requests by result and latency, for the server's metrics.
+        self.stats = stats if stats is not None else RequestStats("zoho")
+        # Down once the breaker opens for failures; back at the next answer that is not an error.
+        self.reachable = Condition(logger, "Zoho CRM down", "Zoho CRM answers again")
 
     async def get(
         self,
@@ -112,9 +120,13 @@ class ZohoApi:
         if per_record and reply.status == 400:
             body = _records_answer(reply)
             if body is not None:
-                self._breaker.record_success()
+                self._succeeded()
                 return Answer(body, reply.status, _server_time(reply))
         return Answer(self._interpret(reply), reply.status, _server_time(reply))
+
+    @property
+    def tokens(self) -> TokenSource:
+        return self._tokens
 
     def retry_in(self) -> float:
         """Seconds until the circuit breaker lets requests through again (0: it does now)."""
@@ -130,9 +142,9 @@ class ZohoApi:
         trace: list[str] | None,
         purpose: str,
     ) -> tuple[Reply, AccessToken]:
-        self._check_breaker(trace)
+        self._check_breaker(trace, purpose)
         async with self._slots:
-            self._check_breaker(trace)  # it may have opened while we queued
+            self._check_breaker(trace, purpose)  # it may have opened while we queued
             # Taken once a slot is ours, so requests that queued behind a refresh use the new token.
             token = await self._tokens.get(trace)
             url = (self._api_domain_override or token.api_domain) + API_PREFIX + path
@@ -140,16 +152,24 @@ class ZohoApi:
                 url += "?" + encode_query(params)
             request = self._client.build_request(method, url, json=json_body, headers={**(headers or {}), "Authorization": token.header})
             self.sent[purpose] += 1
+            started = time.perf_counter()
             try:
-                return await exchange(self._client, request, trace), token
+                reply = await exchange(self._client, request, trace)
             except (CrmTimeout, CrmUnavailable) as exc:
-                self._breaker.record_failure(str(exc))
+                self.stats.record(purpose, "timeout" if isinstance(exc, CrmTimeout) else "unreachable", time.perf_counter() - started)
+                self._failed(str(exc))
                 raise
+            except CrmError:
+                self.stats.record(purpose, "bad_response", time.perf_counter() - started)
+                raise
+            self.stats.record(purpose, result_of_status(reply.status), time.perf_counter() - started)
+            return reply, token
 
-    def _check_breaker(self, trace: list[str] | None) -> None:
+    def _check_breaker(self, trace: list[str] | None, purpose: str = "lookup") -> None:
         wait = self._breaker.retry_in()
         if wait <= 0:
             return
+        self.stats.record(purpose, "circuit_open", None)
         message = f"not calling Zoho for {wait:.1f} s more: {self._breaker.reason}"
         if trace is not None:
             trace.append(f"circuit open: {message}")
@@ -160,10 +180,10 @@ class ZohoApi:
     def _interpret(self, reply: Reply) -> dict[str, Any] | None:
         status = reply.status
         if status in (204, 304):
-            self._breaker.record_success()
+            self._succeeded()
             return None
         if 200 <= status < 300:
-            self._breaker.record_success()
+            self._succeeded()
             return json_object(reply)
         problem = f"{reply.label}: {describe_error(reply)}"
         if status == 429:
@@ -171,7 +191,7 @@ class ZohoApi:
             logger.warning("Zoho rate limit: %s; backing off %.1f s", problem, backoff)
             raise CrmRateLimited(problem, retry_after=backoff)
         if status >= 500:
-            self._breaker.record_failure(problem)
+            self._failed(problem)
             raise CrmUnavailable(problem)
         if status in (401, 403):
             # OAUTH_SCOPE_MISMATCH, NO_PERMISSION, a token refused twice: a new token will not help,
@@ -180,6 +200,16 @@ class ZohoApi:
             self._breaker.record_failure(problem)
             raise CrmAuthError(problem, code=error_code(reply))
         raise CrmBadResponse(problem, code=error_code(reply))
+
+    def _succeeded(self) -> None:
+        self._breaker.record_success()
+        self.reachable.recovered()
+
+    def _failed(self, problem: str) -> None:
+        """A timeout, a refused connection or a server error: the CRM is down once the breaker opens."""
+        self._breaker.record_failure(problem)
+        if self._breaker.is_open:
+            self.reachable.failing(f"{self._breaker.reason}; calls are answered from the cache and the mirror meanwhile")
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -26,7 +26,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..errors import CrmAuthError, CrmRateLimited, CrmUnavailable
+from ..condition import Condition
 from ..secrets import Secret
+from ..stats import RequestStats, result_of_status
 from .http import Reply, clip, exchange, json_object
 from .token_file import TokenFile
 
@@ -72,6 +74,7 @@ class TokenSource:
         default_api_domain: str,
         token_file: TokenFile | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stats: RequestStats | None = None,
     ):
         self._client = client
         self._url = accounts_server.rstrip("/") + TOKEN_PATH
@@ -88,6 +91,8 @@ class TokenSource:
         self._paused_until = 0.0
         self._pause_error: CrmAuthError | CrmRateLimited | None = None
         self.refreshes = 0
+        self.stats = stats if stats is not None else RequestStats("zoho")
+        self.credentials = Condition(logger, "Zoho refused the credentials", "Zoho accepts the credentials again")
 
     def __repr__(self) -> str:
         return f"TokenSource({self._url!r})"
@@ -154,9 +159,21 @@ class TokenSource:
             },
         )
         self._minted.append(now)
-        reply = await exchange(self._client, request, trace)
-        token = self._read(reply)
+        started = time.perf_counter()
+        try:
+            reply = await exchange(self._client, request, trace)
+        except Exception:
+            self.stats.record("token", "unreachable", time.perf_counter() - started)
+            raise
+        self.stats.record("token", result_of_status(reply.status), time.perf_counter() - started)
+        try:
+            token = self._read(reply)
+        except CrmAuthError:
+            self.stats.token_refusals += 1
+            raise
         self.refreshes += 1
+        self.stats.token_mints += 1
+        self.credentials.recovered()
         return token
 
     def _read(self, reply: Reply) -> AccessToken:
@@ -189,5 +206,10 @@ class TokenSource:
         """Remember a refusal so the next calls get it at once; returns ``error`` to raise."""
         self._paused_until = self._clock() + REFUSED_PAUSE_S
         self._pause_error = error
-        logger.error("%s (next try in %.0f s)", error, REFUSED_PAUSE_S)
+        if isinstance(error, CrmAuthError):
+            # Once when it starts (and once when a token is minted again), not at every retry.
+            if not self.credentials.failing(f"{error} (asked again every {REFUSED_PAUSE_S:.0f} s)"):
+                logger.debug("%s (next try in %.0f s)", error, REFUSED_PAUSE_S)
+        else:
+            logger.error("%s (next try in %.0f s)", error, REFUSED_PAUSE_S)
         return error

@@ -35,11 +35,13 @@ from urllib.parse import quote
 import httpx
 
 from ..circuit import CircuitBreaker
+from ..condition import Condition
 from ..errors import CrmError
 from ..mirror.records import MirrorRecord
 from ..phone import PhoneNumber
 from ..records import LookupResult, Match, Owner
 from ..secrets import read_secret
+from ..stats import RequestStats
 from .api import ZohoApi
 from .auth import TokenSource
 from .feed import BASE_FIELDS, NAME_FIELD, ZohoFeed
@@ -102,6 +104,7 @@ class ZohoBackend:
         )
         limits = httpx.Limits(max_connections=settings.max_concurrency + 2, max_keepalive_connections=settings.max_concurrency + 2)
         client = httpx.AsyncClient(timeout=timeout, limits=limits, headers={"Accept": "application/json"}, follow_redirects=False)
+        stats = RequestStats(cls.name)
         tokens = TokenSource(
             client,
             settings.accounts_server,
@@ -113,6 +116,7 @@ class ZohoBackend:
                 settings.token_cache_file or default_token_file(),
                 credentials_fingerprint(settings.accounts_server, *(secrets[name].reveal() for name in ("client_id", "refresh_token"))),
             ),
+            stats=stats,
         )
         breaker = CircuitBreaker(
             failure_threshold=settings.breaker_failures,
@@ -120,13 +124,23 @@ class ZohoBackend:
             backoff_initial_s=settings.backoff_initial_ms / 1000,
             backoff_max_s=settings.backoff_max_ms / 1000,
         )
-        api = ZohoApi(client, tokens, breaker, max_concurrency=settings.max_concurrency, api_domain_override=settings.api_domain)
+        api = ZohoApi(client, tokens, breaker, max_concurrency=settings.max_concurrency, api_domain_override=settings.api_domain, stats=stats)
         return cls(api, settings)
 
     @property
     def api(self) -> ZohoApi:
         """The authenticated API client, shared with the call-logging writer (one token, one pool)."""
         return self._api
+
+    @property
+    def conditions(self) -> dict[str, Condition]:
+        """What may be in trouble, by name, for the server's health: Zoho reachable, the credentials accepted."""
+        return {"crm": self._api.reachable, "credentials": self._api.tokens.credentials}
+
+    @property
+    def request_stats(self) -> RequestStats:
+        """The requests sent to Zoho (lookups, mirror, writes, tokens), for the server's metrics."""
+        return self._api.stats
 
     @property
     def settings(self) -> ZohoSettings:

@@ -22,6 +22,8 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
+from crmlookup.condition import Condition
+
 from ..outcome import CallOutcome
 from .store import Outbox, OutboxError
 
@@ -31,6 +33,8 @@ logger = logging.getLogger("crmroute.outbox")
 SPOOL_LIMIT = 10_000
 # How often an outbox that cannot be opened, or a spool that cannot be committed, is tried again.
 RETRY_S = 5.0
+# The meta row a readiness probe writes (a real commit: a full disk or a folder gone read-only shows).
+PROBE_KEY = "probe"
 
 
 class Recording(str, enum.Enum):
@@ -59,6 +63,8 @@ class OutboxKeeper:
         self.problem = ""  # why the outbox cannot be used, while it cannot
         self._spool: deque[tuple[CallOutcome, float]] = deque()
         self._spooled = asyncio.Event()
+        # Logged once when the outbox stops taking commits, once when it takes them again.
+        self._usable = Condition(logger, "outbox not usable", f"outbox {path}: commits work again", level=logging.ERROR, clock=clock)
 
     # -- the outbox ---------------------------------------------------------
 
@@ -66,6 +72,11 @@ class OutboxKeeper:
         """The open outbox; :class:`OutboxError` saying why when there is none."""
         if self._outbox is None:
             raise OutboxError(f"outbox {self.path} is not open: {self.problem or 'not opened yet'}")
+        return self._outbox
+
+    @property
+    def opened(self) -> Outbox | None:
+        """The outbox if it is open; never opens it."""
         return self._outbox
 
     def open_now(self) -> Outbox:
@@ -88,18 +99,37 @@ class OutboxKeeper:
 
     def _opened(self, outbox: Outbox) -> None:
         self._outbox = outbox
-        if self.problem:
-            logger.info("outbox %s: open again, outcomes are committed to it", self.path)
-            self.problem = ""
+        self._works_again()
+
+    def _works_again(self) -> None:
+        self.problem = ""
+        self._usable.recovered()
 
     def trouble(self, problem: str) -> None:
         """Log a new problem at ERROR (the same one again only at DEBUG)."""
-        if problem != self.problem:
-            logger.error("%s; routing goes on, outcomes are kept in memory (up to %d) and the outbox is tried again every %.0f s",
-                         problem, self._spool_limit, self._retry_s)
-        else:
-            logger.debug("%s (still)", problem)
+        told = f"{problem}; routing goes on, outcomes are kept in memory (up to {self._spool_limit}) and the outbox is tried again every {self._retry_s:.0f} s"
+        if not self._usable.failing(told):  # it was failing already: a new problem is told, the same one is not
+            if problem != self.problem:
+                logger.error("%s", told)
+            else:
+                logger.debug("%s (still)", problem)
         self.problem = problem
+
+    async def probe(self, now: float) -> str:
+        """Whether the outbox takes a commit now: "" when it does, else why not (the readiness check)."""
+        outbox = self._outbox
+        if outbox is None:
+            return self.problem or "not opened yet"
+        try:
+            await outbox.run(outbox.set_meta, PROBE_KEY, repr(now))
+        except Exception as exc:  # sqlite3.Error, OSError: a full disk, a folder that is no longer writable
+            self.trouble(f"outbox {self.path} cannot commit: {exc}")
+            return self.problem
+        if self.problem:
+            self._works_again()
+            if self._spool:
+                self._spooled.set()  # what waits in memory goes in now
+        return ""
 
     # -- outcomes -----------------------------------------------------------
 
@@ -144,9 +174,7 @@ class OutboxKeeper:
         for _ in batch:
             self._spool.popleft()
         logger.info("outbox %s: %d outcome(s) kept in memory are committed", self.path, len(batch))
-        if self.problem:
-            logger.info("outbox %s: commits work again", self.path)
-            self.problem = ""
+        self._works_again()
         return not self._spool
 
     async def run(self, stop: asyncio.Event, opened: Callable[[Outbox], None]) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from crmlookup.backend import CrmBackend
+from crmlookup.condition import Condition
 from crmlookup.errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited
 from crmlookup.writer import CrmWriter, Entry, RecordRef, WriteKind, WriteResult
 
@@ -61,8 +62,10 @@ class RoundResult:
     failed: int = 0
     dead: int = 0
     deferred: int = 0
+    refused: int = 0  # outcomes with a record the CRM refused for its data
     paused: str = ""  # why the queue paused, if it did
     retry_after: float = 0.0  # the CRM asked us to wait this long
+    error: str = ""  # the first outcome's error, when one failed
 
 
 @dataclass
@@ -73,6 +76,7 @@ class FlushSummary:
     delivered: int = 0
     failed: int = 0
     dead: int = 0
+    refused: int = 0
     paused: str = ""
 
     def add(self, result: RoundResult) -> None:
@@ -80,6 +84,7 @@ class FlushSummary:
         self.delivered += result.delivered
         self.failed += result.failed
         self.dead += result.dead
+        self.refused += result.refused
         self.paused = result.paused
 
 
@@ -139,6 +144,10 @@ class SyncWorker:
         self._paused_until = 0.0
         self._hold_until = 0.0
         self._purged_at = 0.0
+        # Every round since the start, for the server's metrics.
+        self.totals = FlushSummary()
+        # Stuck while rounds deliver nothing and fail; delivering again at the first delivery.
+        self.delivering = Condition(logger, "outbox stuck", "outbox delivering again")
 
     # -- running ----------------------------------------------------------------
 
@@ -232,12 +241,23 @@ class SyncWorker:
         finishes = self._finishes(attempts, result)
         await self._outbox.run(self._outbox.finish, finishes, self._clock())
         await self._note_pause(result, wrote)
+        self.totals.add(result)
         if result.delivered or result.failed or result.dead or result.paused:
             logger.info(
-                "outbox round: %d delivered, %d failed, %d dead, %d deferred%s",
-                result.delivered, result.failed, result.dead, result.deferred, f"; paused: {result.paused}" if result.paused else "",
+                "outbox round: %d delivered, %d failed, %d dead, %d deferred%s%s",
+                result.delivered, result.failed, result.dead, result.deferred,
+                f"; paused: {result.paused}" if result.paused else "",
+                f"; first error: {result.error}" if result.error and not result.paused else "",
             )
+        self._note_progress(result)
         return result
+
+    def _note_progress(self, result: RoundResult) -> None:
+        """The outbox is stuck while its rounds fail without delivering; logged when that starts and ends."""
+        if result.delivered:
+            self.delivering.recovered()
+        elif result.paused or result.failed:
+            self.delivering.failing(result.paused or f"{result.failed} outcome(s) failed, first error: {result.error}")
 
     async def _plan(self, attempts: list[_Attempt], now: float) -> None:
         """Resolve each outcome's CRM context (once) and plan its records."""
@@ -421,8 +441,12 @@ class SyncWorker:
             elif attempt.rejected and item.rejections + 1 >= self._settings.max_attempts:
                 finishes.append(Finish(item.id, item.lease_token, OutboxState.DEAD, attempt.error, now, rejected=True))
                 result.dead += 1
+                result.refused += 1
+                result.error = result.error or attempt.error
             else:
                 error = attempt.error or "not every record was written"
+                result.refused += attempt.rejected
+                result.error = result.error or error
                 retry_at = attempt.retry_at or now + self._backoff(item.attempts)
                 finishes.append(Finish(item.id, item.lease_token, OutboxState.FAILED, error, retry_at, rejected=attempt.rejected))
                 result.failed += 1

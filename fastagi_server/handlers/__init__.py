@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from dialplan import RouteStatus, fallback_variables
 
+from ..call_observer import CallObserver
 from ..calllog import log_call, log_session_error
 from ..errors import AgiError
 from ..session import AgiSession
@@ -44,8 +45,8 @@ async def answer_fallback(session: AgiSession, reason: str) -> dict[str, str]:
     return {"status": RouteStatus.ERROR.value, "reason": reason}
 
 
-async def run_session(session: AgiSession, app: App, *, over_capacity: bool = False) -> None:
-    """Run the handler the script names and log one line for the session.
+async def run_session(session: AgiSession, app: App, *, over_capacity: bool = False, observer: CallObserver | None = None) -> None:
+    """Run the handler the script names and log one line for the session (and tell ``observer``).
 
     Never raises: AGI errors, limits and bugs all end here with a log line,
     and, where the channel can still hear us, a safe fallback route.
@@ -65,9 +66,13 @@ async def run_session(session: AgiSession, app: App, *, over_capacity: bool = Fa
         if session.fallback_on_cancel and script not in ALWAYS_SERVED:
             await _last_fallback(session, reason)
         log_session_error(session, reason, _ms_since(started))
+        if observer is not None:
+            observer.call_failed(script)
         return
     except AgiError as exc:
         log_session_error(session, str(exc) or type(exc).__name__, _ms_since(started))
+        if observer is not None:
+            observer.call_failed(script)
         return
     except Exception as exc:  # a bug must not leave the call without a route
         logger.exception("handler %r failed for peer=%s", script, session.peer)
@@ -76,8 +81,13 @@ async def run_session(session: AgiSession, app: App, *, over_capacity: bool = Fa
         except (AgiError, ValueError):
             pass
         log_session_error(session, f"internal error: {exc!r}", _ms_since(started))
+        if observer is not None:
+            observer.call_failed(script)
         return
-    log_call(session, result, _ms_since(started))
+    elapsed = time.perf_counter() - started
+    log_call(session, result, elapsed * 1000)
+    if observer is not None:
+        observer.call_answered(script, result, elapsed)
 
 
 async def _last_fallback(session: AgiSession, reason: str) -> None:

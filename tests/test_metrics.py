@@ -1,0 +1,179 @@
+"""``/metrics`` over real HTTP while calls are routed: the counters move as the calls did.
+
+A real FastAGI server with its metrics listener on loopback, Asterisk-like
+peers over TCP, the Zoho simulator as the CRM, a real outbox file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import threading
+
+from asterisk_peer import AsteriskPeer, answered_call_channel, asterisk_headers, route_call
+from conftest import agi_server, make_config, run, zoho_config
+from fastagi_server.config import MetricsSettings
+from metrics_scrape import get, readiness, scrape, total, value
+
+KNOWN = "+34928000001"
+OTHER_KNOWN = "+34928000002"
+UNKNOWN = "+34928999999"
+
+
+def with_metrics(config, **settings):
+    return dataclasses.replace(config, metrics=MetricsSettings(listen="127.0.0.1:0", **settings))
+
+
+def test_counters_move_as_the_calls_did(zoho):
+    owner = zoho.add_user("Ana Rep", "ana@example.com", Extension="101")
+    zoho.add_record("Contacts", owner, Full_Name="Pedro Gil", Last_Name="Gil", Phone=KNOWN)
+    zoho.add_record("Contacts", owner, Full_Name="Lucía Romero", Last_Name="Romero", Phone=OTHER_KNOWN)
+    config = with_metrics(zoho_config(zoho, zoho={"user_extension_field": "Extension"}))
+    scrapes: list[dict] = []
+
+    async def scenario():
+        async with agi_server(config) as server:
+            base = server.monitor.url
+            before = await asyncio.to_thread(scrape, base)
+            stop = threading.Event()
+
+            def keep_scraping():  # Prometheus does not wait for a quiet moment
+                while not stop.is_set():
+                    scrapes.append(scrape(base))
+
+            scraper = threading.Thread(target=keep_scraping)
+            scraper.start()
+            try:
+                statuses = [
+                    (await route_call(server.port, caller=caller)).variables["CRM_ROUTE_STATUS"]
+                    for caller in (KNOWN, OTHER_KNOWN, UNKNOWN, KNOWN)
+                ]
+                peer = AsteriskPeer(channel_variables=answered_call_channel(0.0))
+                outcome = await peer.call(server.port, asterisk_headers(script="outcome", caller=KNOWN, uniqueid="1700000000.7", extension="s", arguments=("900",)))
+            finally:
+                stop.set()
+                await asyncio.to_thread(scraper.join)
+            after = await asyncio.to_thread(scrape, base)
+            return before, after, statuses, outcome.variables.get("CRM_OUTCOME")
+
+    before, after, statuses, recorded = run(scenario())
+    assert statuses == ["OWNER", "OWNER", "NOMATCH", "OWNER"]
+    assert recorded == "recorded"
+
+    def moved(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("crmroute_calls_total", script="route", policy="default", status="OWNER") == 3
+    assert moved("crmroute_calls_total", script="route", policy="default", status="NOMATCH") == 1
+    assert moved("crmroute_calls_total", script="outcome", policy="", status="recorded") == 1
+    assert moved("crmroute_decision_seconds_count") == 4
+    assert moved("crmroute_decision_seconds_bucket", le="2.0") == 4
+    # The second call from KNOWN is answered from the cache; the three others asked Zoho.
+    assert moved("crmroute_lookups_total", source="cache") == 1
+    assert moved("crmroute_lookups_total", source="live") == 3
+    # Every request Zoho saw (searches, metadata, the token) is counted, by what it was for.
+    assert total(after, "crmroute_crm_requests_total", backend="zoho") == len(zoho.log)
+    assert total(after, "crmroute_crm_requests_total", backend="zoho", operation="lookup", result="ok") >= 3
+    assert value(after, "crmroute_crm_requests_total", backend="zoho", operation="token", result="ok") == len(zoho.token_requests())
+    assert value(after, "crmroute_token_mints_total", backend="zoho") == len(zoho.tokens_issued) == 1
+    assert total(after, "crmroute_crm_request_seconds_count", backend="zoho") == len(zoho.log)
+    assert value(after, "crmroute_outbox_outcomes", state="pending") + value(after, "crmroute_outbox_outcomes", state="done") == 1
+    assert value(after, "crmroute_sessions_in_flight") == 0
+    assert value(after, "crmroute_build_info", version=_version(after), commit=_commit(after), source=_source(after)) == 1
+    # Scraped while the calls ran: no counter ever went back.
+    series = [before, *scrapes, after]
+    for earlier, later in zip(series, series[1:]):
+        assert value(later, "crmroute_calls_total", script="route", policy="default", status="OWNER") >= value(
+            earlier, "crmroute_calls_total", script="route", policy="default", status="OWNER")
+
+
+def _build_label(samples, label):
+    return next(dict(labels)[label] for name, labels in samples if name == "crmroute_build_info")
+
+
+def _version(samples):
+    return _build_label(samples, "version")
+
+
+def _commit(samples):
+    return _build_label(samples, "commit")
+
+
+def _source(samples):
+    return _build_label(samples, "source")
+
+
+def test_labels_stay_bounded_whatever_scripts_peers_ask_for():
+    async def scenario():
+        async with agi_server(with_metrics(make_config())) as server:
+            for n in range(5):
+                await route_call(server.port, script=f"probe-{n}")
+            return await asyncio.to_thread(scrape, server.monitor.url)
+
+    samples = run(scenario())
+    scripts = {dict(labels).get("script") for name, labels in samples if name == "crmroute_calls_total"}
+    assert scripts == {"other"}
+    assert value(samples, "crmroute_calls_total", script="other", policy="other", status="other") == 5
+
+
+def test_limits_and_refused_peers_are_counted():
+    config = with_metrics(make_config({"limits": {"header_timeout_ms": 50}, "server": {"allowed_peers": ["127.0.0.1/32"]}}))
+
+    async def scenario():
+        async with agi_server(config) as server:
+            for source in ("127.0.0.1", "127.0.0.2"):  # silent, then not allowed: both closed by the server
+                silent = socket.create_connection(("127.0.0.1", server.port), source_address=(source, 0))
+                try:
+                    await asyncio.to_thread(silent.recv, 1)
+                finally:
+                    silent.close()
+            return await asyncio.to_thread(scrape, server.monitor.url)
+
+    samples = run(scenario())
+    assert value(samples, "crmroute_limits_hit_total", limit="header_timeout_ms") == 1
+    assert value(samples, "crmroute_peers_refused_total", listener="agi") == 1
+    assert value(samples, "crmroute_peers_refused_total", listener="metrics") == 0
+
+
+def test_a_peer_outside_the_allow_list_gets_no_metrics():
+    config = with_metrics(make_config(), allowed_peers=("192.0.2.0/24",))
+
+    async def scenario():
+        async with agi_server(config) as server:
+            status = await asyncio.to_thread(_status_or_reset, server.monitor.url + "/metrics")
+            return status, server.refused_on_monitor.count
+
+    status, refused = run(scenario())
+    assert status == "reset"
+    assert refused == 1
+
+
+def _status_or_reset(url):
+    try:
+        return get(url)[0]
+    except OSError:  # the connection is closed before any answer
+        return "reset"
+
+
+def test_health_and_readiness_answer_json_and_unknown_paths_404():
+    async def scenario():
+        async with agi_server(with_metrics(make_config())) as server:
+            base = server.monitor.url
+            return await asyncio.to_thread(lambda: (get(base + "/healthz"), readiness(base), get(base + "/nothing")))
+
+    (health_status, _, health_body), (ready_status, ready), (missing, _, _) = run(scenario())
+    assert health_status == 200 and '"alive": true' in health_body
+    # An in-process server without the sync worker has not opened its outbox: not ready, and says why.
+    assert ready_status == 503 and ready["ready"] is False
+    assert ready["problems"] == ["outbox: not opened yet"]
+    assert ready["checks"]["listening"]["ok"] and ready["checks"]["backend"]["ok"]
+    assert missing == 404
+
+
+def test_metrics_off_when_listen_is_empty():
+    async def scenario():
+        async with agi_server(make_config()) as server:
+            return server.monitor, server.metrics
+
+    assert run(scenario()) == (None, None)
