@@ -177,3 +177,37 @@ def test_metrics_off_when_listen_is_empty():
             return server.monitor, server.metrics
 
     assert run(scenario()) == (None, None)
+
+
+def test_the_mirror_is_not_ready_until_its_first_load_then_its_age_and_size_show(zoho, tmp_path):
+    from fastagi_server.app import App
+    from test_zoho_mirror import mirror_config
+    from zoho_simulator import Stall
+
+    owner = zoho.add_user("Ana Rep", "ana@example.com", Extension="101")
+    for n in range(30):
+        zoho.add_record("Contacts", owner, Full_Name=f"C{n}", Last_Name="C", Phone=f"+349280{n:05d}")
+    zoho.stall = stall = Stall(r"/Contacts$")  # the first load waits until the test lets it go
+    config = with_metrics(mirror_config(zoho, tmp_path))
+
+    async def scenario():
+        async with agi_server(app=App.from_config(config, serving=True)) as server:
+            base = server.monitor.url
+            status, loading = await asyncio.to_thread(readiness, base)
+            stall.release_taking_turns()
+            for _ in range(600):
+                status_after, ready = await asyncio.to_thread(readiness, base)
+                if ready["checks"]["mirror"]["ok"]:
+                    break
+                await asyncio.sleep(0.05)
+            return status, loading, ready, await asyncio.to_thread(scrape, base)
+
+    status, loading, ready, samples = run(scenario())
+    assert status == 503 and not loading["checks"]["mirror"]["ok"]
+    assert "first load is not done" in loading["checks"]["mirror"]["detail"]
+    assert ready["checks"]["mirror"] == {"ok": True, "detail": "first load done"}
+    assert value(samples, "crmroute_mirror_ready") == 1
+    assert value(samples, "crmroute_mirror_records", module="Contacts") == 30
+    assert 0 <= value(samples, "crmroute_mirror_age_seconds") < 60
+    assert value(samples, "crmroute_mirror_file_bytes") > 0
+    assert total(samples, "crmroute_crm_requests_total", backend="zoho", operation="mirror") >= 1

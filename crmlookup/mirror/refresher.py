@@ -133,7 +133,7 @@ class MirrorRefresher:
         self._quick: asyncio.Task[None] | None = None
         self._passing = asyncio.Lock()  # one pass at a time, of whatever kind
         # Stale past stale_after_s without a good pass; fresh again at the next one.
-        self.freshness = Condition(logger, "mirror stale", "mirror fresh again")
+        self.freshness = Condition(logger, "mirror stale", "mirror fresh again", clock=clock)
 
     # -- what the lookups see -------------------------------------------------
 
@@ -217,7 +217,6 @@ class MirrorRefresher:
                 if failures:
                     logger.warning("mirror: refreshing works again after %d failed attempt(s)", failures)
                 failures = 0
-                self.freshness.recovered()
             except CrmAuthError as exc:
                 failures += 1
                 delay = float(self._settings.retry_max_s)
@@ -242,6 +241,7 @@ class MirrorRefresher:
         """Whether the mirror is fresh (a good pass within ``stale_after_s``); going stale is logged once."""
         age = self.status.age_s(self._clock())
         if not self.status.ready or age is None or age < self._settings.stale_after_s:
+            self.freshness.recovered()
             return True
         why = f"; refreshing fails: {self.status.last_error}" if self.status.last_error else ""
         self.freshness.failing(f"last refreshed {age_text(age)} ago{why}; calls are answered from it as it is")

@@ -92,7 +92,7 @@ class TokenSource:
         self._pause_error: CrmAuthError | CrmRateLimited | None = None
         self.refreshes = 0
         self.stats = stats if stats is not None else RequestStats("zoho")
-        self.credentials = Condition(logger, "Zoho refused the credentials", "Zoho accepts the credentials again")
+        self.credentials = Condition(logger, "Zoho refused the credentials", "Zoho accepts the credentials again", clock=clock)
 
     def __repr__(self) -> str:
         return f"TokenSource({self._url!r})"

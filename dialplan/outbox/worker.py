@@ -147,7 +147,7 @@ class SyncWorker:
         # Every round since the start, for the server's metrics.
         self.totals = FlushSummary()
         # Stuck while rounds deliver nothing and fail; delivering again at the first delivery.
-        self.delivering = Condition(logger, "outbox stuck", "outbox delivering again")
+        self.delivering = Condition(logger, "outbox stuck", "outbox delivering again", clock=clock)
 
     # -- running ----------------------------------------------------------------
 
