@@ -16,7 +16,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,14 @@ class Case:
     callers: list[dict] = field(default_factory=list)
     baseline: bool = False  # the floor the others are compared with
     peer: bool = False  # a library ours must beat
+    scrape: str = ""  # a /metrics URL read every SCRAPE_EVERY_S during the timed run, as Prometheus would
+
+
+# Scrapes of the metrics case: far more often than Prometheus's usual 15 s, so their cost shows.
+SCRAPE_EVERY_S = 1.0
+# The case whose CPU per session the metrics case is compared with (the same server, metrics off).
+METRICS_OFF = "crmroute route, demo directory ("
+METRICS_ON = "crmroute route, demo directory, metrics on"
 
 
 def free_port() -> int:
@@ -116,6 +126,11 @@ def cases(workdir: Path) -> list[Case]:
     found.append(Case(f"crmroute route, demo directory ({cache})", serve + [str(config)], "contract", expected))
     # What the one log line per call costs: the same without it.
     found.append(Case("crmroute route, demo directory, log_level WARNING", serve + [str(quiet)], "contract", expected))
+    # What the metrics cost: the same with [metrics] listen on, scraped every second meanwhile.
+    metrics_port = free_port()
+    metered = crmroute_config_file(workdir, "crmroute-metrics.toml", BENCH_CONFIG + f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+    found.append(Case(f"{METRICS_ON} (scraped every {SCRAPE_EVERY_S:.0f} s)", serve + [str(metered)], "contract", expected,
+                      scrape=f"http://127.0.0.1:{metrics_port}/metrics"))
     # What the device-state round trip costs: the same without it (where the call goes
     # does not change, since the load generator reports every phone free).
     unchecked_config = BENCH_CONFIG.replace("[routing]\n", "[routing]\ncheck_availability = false\n")
@@ -211,13 +226,15 @@ def measure(case: Case, options) -> dict:
         wait_for_port(port, proc)
         run_loadgen(case, port, options.warmup, options)
         cpu_before = procstat.cpu_seconds(proc.pid)
-        load = run_loadgen(case, port, options.sessions, options)
+        with Scraper(case.scrape) as scraper:
+            load = run_loadgen(case, port, options.sessions, options)
         cpu = procstat.cpu_seconds(proc.pid) - cpu_before
         memory = procstat.memory_kib(proc.pid)
     finally:
         stop_process(proc)
     completed = load["completed"] or 1
     return {
+        "scrapes": scraper.scrapes,
         "name": case.name,
         "baseline": case.baseline,
         "peer": case.peer,
@@ -227,6 +244,50 @@ def measure(case: Case, options) -> dict:
         "server_rss_kib": memory.get("rss", 0),
         "server_peak_rss_kib": memory.get("hwm", 0),
         **load,
+    }
+
+
+class Scraper:
+    """Reads ``url`` every :data:`SCRAPE_EVERY_S` on a thread of this process while in use (nothing without a URL)."""
+
+    def __init__(self, url: str):
+        self._url = url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.scrapes = 0
+
+    def __enter__(self) -> "Scraper":
+        if self._url:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._url:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            with urllib.request.urlopen(self._url, timeout=10) as response:
+                response.read()
+            self.scrapes += 1
+            if self._stop.wait(SCRAPE_EVERY_S):
+                return
+
+
+def metrics_overhead(results: list[dict]) -> dict:
+    """The metrics case against the same server without metrics, from this one run (goal: under 1.05 CPU per session)."""
+    off = next((r for r in results if r["name"].startswith(METRICS_OFF)), None)
+    on = next((r for r in results if r["name"].startswith(METRICS_ON)), None)
+    if off is None or on is None:
+        return {}
+    return {
+        "cpu_us_per_session_off": round(off["server_cpu_us_per_session"], 1),
+        "cpu_us_per_session_on": round(on["server_cpu_us_per_session"], 1),
+        "cpu_per_session_on_vs_off": _ratio(on["server_cpu_us_per_session"], off["server_cpu_us_per_session"]),
+        "sessions_per_s_on_vs_off": _ratio(on["sessions_per_s"], off["sessions_per_s"]),
+        "p99_session_on_vs_off": _ratio(on["latency_ms"]["p99"], off["latency_ms"]["p99"]),
+        "scrapes_during_the_run": on["scrapes"],
     }
 
 
@@ -280,7 +341,7 @@ def run(options) -> dict:
             for r in measured
         ]
         results.append(best)
-    return {"results": results, "ratios": ratios(results)}
+    return {"results": results, "ratios": ratios(results), "metrics_overhead": metrics_overhead(results)}
 
 
 def table(report: dict) -> str:
@@ -314,6 +375,9 @@ def table(report: dict) -> str:
         lines.append(f"{name}:")
         for key, value in entry.items():
             lines.append(f"  {key}: {value}")
+    if report.get("metrics_overhead"):
+        lines.append("metrics on against off (same run):")
+        lines.extend(f"  {key}: {value}" for key, value in report["metrics_overhead"].items())
     problems = [p for r in report["results"] for p in r["verification"]["problems"]]
     if problems:
         lines.append("verification problems: " + "; ".join(problems[:5]))

@@ -10,27 +10,35 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from dataclasses import dataclass, field
 
 # Upper bounds (seconds) of the latency buckets: from a quick local answer to
 # the longest read timeout an admin is likely to set.
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-@dataclass
 class LatencyCounts:
-    """A histogram: counts per bucket of :data:`LATENCY_BUCKETS_S` (the last one: above them all), and the sum."""
+    """A histogram: counts per bucket of ``bounds`` (upper bounds, seconds; the last count is
+    for what lies above them all), and the sum of what was observed."""
 
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
-    total_s: float = 0.0
+    __slots__ = ("bounds", "buckets", "total_s")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_S):
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
+        self.total_s = 0.0
 
     def observe(self, seconds: float) -> None:
-        self.buckets[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.buckets[bisect.bisect_left(self.bounds, seconds)] += 1
         self.total_s += seconds
 
     @property
     def count(self) -> int:
         return sum(self.buckets)
+
+    def copy(self) -> LatencyCounts:
+        twin = LatencyCounts(self.bounds)
+        twin.buckets, twin.total_s = list(self.buckets), self.total_s
+        return twin
 
 
 class RequestStats:
@@ -45,6 +53,13 @@ class RequestStats:
         self.token_mints = 0
         self.token_refusals = 0
 
+    def copy(self) -> RequestStats:
+        twin = RequestStats(self.backend)
+        twin.requests = Counter(self.requests)
+        twin.latency = {operation: counts.copy() for operation, counts in self.latency.items()}
+        twin.token_mints, twin.token_refusals = self.token_mints, self.token_refusals
+        return twin
+
     def record(self, operation: str, result: str, seconds: float | None) -> None:
         """One request; ``seconds`` None when none left (the circuit breaker was open)."""
         self.requests[(operation, result)] += 1
@@ -53,6 +68,15 @@ class RequestStats:
             if counts is None:
                 counts = self.latency[operation] = LatencyCounts()
             counts.observe(seconds)
+
+
+def result_of_error(exc: Exception) -> str:
+    """The result label of a request that got no usable answer."""
+    from .errors import CrmTimeout, CrmUnavailable
+
+    if isinstance(exc, CrmTimeout):
+        return "timeout"
+    return "unreachable" if isinstance(exc, CrmUnavailable) else "bad_response"
 
 
 def result_of_status(status: int) -> str:

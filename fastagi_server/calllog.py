@@ -45,6 +45,19 @@ def _quoted(text: str) -> str:
     return escape_log_text(encode_basestring(text))
 
 
+class CallFields:
+    """A call's fields as the log record's argument: ``key=value`` text when a text log writes
+    the line (:func:`format_fields`, as before), the fields themselves for a JSON log."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: Mapping[str, object]):
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return format_fields(self.fields)
+
+
 def session_fields(session: AgiSession) -> dict[str, str]:
     """What identifies a call in the log: script, unique id, caller, DID, peer."""
     env = getattr(session, "env", None)
@@ -70,7 +83,7 @@ def log_call(session: AgiSession, result: Mapping[str, object], ms: float) -> No
     """The one line for a call that was answered."""
     if call_logger.isEnabledFor(logging.INFO):
         fields = {**session_fields(session), **result, "ms": f"{ms:.1f}"}
-        call_logger.info("call %s", format_fields(fields), extra={"fields": fields})  # the fields: for JSON logs
+        call_logger.info("call %s", CallFields(fields))
 
 
 def log_session_error(session: AgiSession, reason: str, ms: float | None = None) -> None:

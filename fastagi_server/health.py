@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from crmlookup.condition import Condition
 from crmlookup.durations import age_text
 from crmlookup.factory import live_backend
-from crmlookup.stats import RequestStats
+from crmlookup.stats import LatencyCounts, RequestStats
 
 if TYPE_CHECKING:
     from dialplan.outbox import FlushSummary, Outbox, OutboxKeeper
@@ -72,10 +72,16 @@ class ServerState:
     notes: list[str]
     mirror: MirrorView | None = None
     outbox: OutboxView | None = None
+    # What the calls counted (empty when the server counts nothing: metrics off).
+    calls: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, int] = field(default_factory=dict)
+    decision: LatencyCounts | None = None
     limits_hit: dict[str, int] = field(default_factory=dict)
     peers_refused: dict[str, int] = field(default_factory=dict)
+    # Copies, made on the loop: of every CRM client and sync worker the server ran (see Carried).
     request_stats: list[RequestStats] = field(default_factory=list)
-    worker_totals: FlushSummary | None = None
+    worker_totals: list[FlushSummary] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
@@ -98,13 +104,30 @@ class ServerState:
         }
 
 
-async def gather_state(server: FastAgiServer, *, probe: bool = False) -> ServerState:
-    """Read the server's state (on its loop). ``probe``: write to the outbox to be sure it takes commits."""
+class Carried:
+    """The CRM clients and sync workers of every app the server ran: a reload replaces them, and
+    the counts they made must not go back. Only touched on the server's loop."""
+
+    def __init__(self) -> None:
+        self.stats: list[RequestStats] = []
+        self.workers: list[FlushSummary] = []
+
+    def add(self, stats: RequestStats | None, worker: FlushSummary | None) -> None:
+        if stats is not None and not any(stats is seen for seen in self.stats):
+            self.stats.append(stats)
+        if worker is not None and not any(worker is seen for seen in self.workers):
+            self.workers.append(worker)
+
+
+async def gather_state(server: FastAgiServer, *, probe: bool = False, carried: Carried | None = None) -> ServerState:
+    """Read the server's state (on its loop). ``probe``: write to the outbox to be sure it takes
+    commits. With ``carried``, the CRM's and the outbox's counts of every app so far (copies)."""
     app = server.app
     live = live_backend(app.backend)
     conditions: dict[str, Condition] = getattr(live, "conditions", {})
     notes = [f"{condition.reason} (for {age_text(condition.failing_for or 0)})" for condition in conditions.values() if condition.failing_for is not None]
     stats = getattr(live, "request_stats", None)
+    stats = stats if isinstance(stats, RequestStats) else None
     state = ServerState(
         version=server.build.get("version", ""),
         listening=server.addresses,
@@ -115,10 +138,16 @@ async def gather_state(server: FastAgiServer, *, probe: bool = False) -> ServerS
         notes=notes,
         limits_hit=dict(server.limits_hit),
         peers_refused={"agi": server.refused_peers.count, "metrics": server.refused_on_monitor.count},
-        request_stats=[stats] if isinstance(stats, RequestStats) else [],
     )
+    counts = server.call_counts
+    if counts is not None:  # copied here, on the loop that adds to them
+        state.calls, state.failed, state.sources = dict(counts.calls), dict(counts.failed), dict(counts.sources)
+        state.decision = counts.decision.copy()
     worker = app.running_sync_worker
-    state.worker_totals = worker.totals if worker is not None else None
+    if carried is not None:
+        carried.add(stats, worker.totals if worker is not None else None)
+        state.request_stats = [seen.copy() for seen in carried.stats]
+        state.worker_totals = [replace(seen) for seen in carried.workers]
     state.checks["listening"] = _listening(server)
     state.checks["backend"] = _backend(app, conditions)
     if app.mirror is not None:

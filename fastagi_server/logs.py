@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, TextIO
+from typing import TYPE_CHECKING, Callable, Mapping, TextIO
 
 if TYPE_CHECKING:
     import asyncio
@@ -64,8 +64,8 @@ class JsonFormatter(logging.Formatter):
         import json
 
         entry: dict[str, object] = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name}
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
+        fields = getattr(record.args[0], "fields", None) if isinstance(record.args, tuple) and len(record.args) == 1 else None
+        if isinstance(fields, Mapping):  # a call's line (calllog.CallFields)
             entry["event"] = str(record.msg).split(" ", 1)[0]
             entry.update((key, value) for key, value in fields.items() if value is not None and value != "")
         else:

@@ -15,6 +15,7 @@ from .connection import FastAgiConnection, format_peer
 from .listener import Listener, bind, connection_budget, raise_open_file_limit
 from .notify import SystemdNotifier
 from .logs import RepeatedWarning
+from .call_counts import CallCounts
 from .handlers import FALLBACK_TIMEOUT_S, HANDLERS, run_session
 from .limits import limit_name
 from .signals import ServerSignals
@@ -64,6 +65,7 @@ class FastAgiServer:
         self.limits_hit: Counter[str] = Counter()
         # The metrics and health listener, when [metrics] listen names one.
         self.metrics: ServerMetrics | None = None
+        self.call_counts: CallCounts | None = None  # counted per call only while the metrics are served
         self.monitor: MonitorServer | None = None
         self.refused_on_monitor = RepeatedWarning(logger, "refused metrics peers", interval_s=warning_interval_s)
 
@@ -149,7 +151,7 @@ class FastAgiServer:
                 self._listener.resume()
 
     async def dispatch(self, session: FastAgiConnection) -> None:
-        await run_session(session, session.app, over_capacity=session.over_capacity, observer=self.metrics.calls if self.metrics else None)
+        await run_session(session, session.app, over_capacity=session.over_capacity, observer=self.call_counts)
 
     # -- life cycle -------------------------------------------------------
 
@@ -160,11 +162,11 @@ class FastAgiServer:
         self._budget = connection_budget(settings.max_connections)
         sockets = bind(host if host is not None else settings.host, port if port is not None else settings.port)
         self._listener = Listener(loop, sockets, self._accepted, self._accept_errors)
+        if self.app.config.metrics.listen:
+            self._start_monitor()  # before anything runs in the background: one that cannot bind stops the start
         if self._sync_worker:
             self.app.start_sync_worker()
         self.app.start_mirror()
-        if self.app.config.metrics.listen:
-            self._start_monitor()
         logger.info(
             "listening on %s (backend=%s, peers allowed: %s; at most %d connections open)",
             ", ".join(self.addresses), self.app.backend.name, ", ".join(settings.allowed_peers), self._budget,
@@ -181,7 +183,7 @@ class FastAgiServer:
         from .monitor import MonitorServer
 
         settings = self.app.config.metrics
-        self.metrics = ServerMetrics(self, HANDLERS, self.build)
+        self.metrics = ServerMetrics(self, self.build)
         try:
             self.monitor = MonitorServer(settings.address, self.metrics, settings.allowed_networks, self.refused_on_monitor)
         except OSError as exc:
@@ -189,6 +191,7 @@ class FastAgiServer:
                 self._listener.close()
             raise OSError(exc.errno, f"metrics.listen {settings.listen}: {exc.strerror}") from None
         self.monitor.start()
+        self.call_counts = CallCounts(HANDLERS)
         logger.info("metrics and health on %s (/metrics, /healthz, /readyz; peers allowed: %s)", self.monitor.url, ", ".join(settings.allowed_peers))
 
     @property

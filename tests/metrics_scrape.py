@@ -45,3 +45,10 @@ def readiness(base: str) -> tuple[int, dict]:
     status, content_type, body = get(base + "/readyz")
     assert content_type == "application/json", content_type
     return status, json.loads(body)
+
+
+def exported_names(base: str) -> set[str]:
+    """Every metric the server describes (its ``# TYPE`` lines), samples or not."""
+    import re
+
+    return set(re.findall(r"^# TYPE (\S+) ", get(base + "/metrics")[2], re.M))

@@ -35,6 +35,10 @@ def test_fastagi_smoke_run(tmp_path):
     assert 1.0 <= ours["commands_per_session"] <= 2.0
     assert ours["hangups_sent"] == 60
     assert "sessions_per_s_vs_baseline" in report["fastagi"]["ratios"][ours["name"]]
+    # The same server with its metrics on, scraped while the calls ran, against it with them off.
+    metered = next(r for name, r in results.items() if "metrics on" in name)
+    assert metered["verification"]["ok"] == 300 and metered["scrapes"] >= 1
+    assert report["fastagi"]["metrics_overhead"]["cpu_per_session_on_vs_off"] > 0
     assert "FastAGI: sessions through real TCP" in done.stdout
 
 

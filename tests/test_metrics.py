@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import socket
 import threading
+from pathlib import Path
 
 from asterisk_peer import AsteriskPeer, answered_call_channel, asterisk_headers, route_call
 from conftest import agi_server, make_config, run, zoho_config
 from fastagi_server.config import MetricsSettings
-from metrics_scrape import get, readiness, scrape, total, value
+from metrics_scrape import exported_names, get, readiness, scrape, total, value
 
 KNOWN = "+34928000001"
 OTHER_KNOWN = "+34928000002"
@@ -200,9 +202,10 @@ def test_the_mirror_is_not_ready_until_its_first_load_then_its_age_and_size_show
                 if ready["checks"]["mirror"]["ok"]:
                     break
                 await asyncio.sleep(0.05)
-            return status, loading, ready, await asyncio.to_thread(scrape, base)
+            return status, loading, ready, await asyncio.to_thread(scrape, base), await asyncio.to_thread(exported_names, base)
 
-    status, loading, ready, samples = run(scenario())
+    status, loading, ready, samples, names = run(scenario())
+    _documented_as_exported(names)
     assert status == 503 and not loading["checks"]["mirror"]["ok"]
     assert "first load is not done" in loading["checks"]["mirror"]["detail"]
     assert ready["checks"]["mirror"] == {"ok": True, "detail": "first load done"}
@@ -211,3 +214,68 @@ def test_the_mirror_is_not_ready_until_its_first_load_then_its_age_and_size_show
     assert 0 <= value(samples, "crmroute_mirror_age_seconds") < 60
     assert value(samples, "crmroute_mirror_file_bytes") > 0
     assert total(samples, "crmroute_crm_requests_total", backend="zoho", operation="mirror") >= 1
+
+
+def _documented_as_exported(names: set[str]) -> None:
+    """docs/operations.md lists every metric a server with Zoho and the mirror exports, no more,
+    and its sample alert rules (the same as contrib/prometheus/) name only those."""
+    root = Path(__file__).parent.parent
+    doc = (root / "docs" / "operations.md").read_text()
+    assert set(re.findall(r"^\| `(crmroute_[a-z_]+)` \|", doc, re.M)) == names
+    rules = (root / "contrib" / "prometheus" / "crmroute-alerts.yml").read_text()
+    assert rules.split("groups:", 1)[1] in doc
+    for name in set(re.findall(r"crmroute_[a-z_]+", rules)):
+        assert name.removesuffix("_bucket") in names, name
+
+
+def test_hostile_http_peers_get_an_error_and_never_block_the_listener():
+    async def scenario():
+        async with agi_server(with_metrics(make_config())) as server:
+            host, port = server.monitor.server_address[:2]
+            base = server.monitor.url
+
+            def exchange(data: bytes) -> bytes:
+                with socket.create_connection((host, port)) as peer:
+                    peer.sendall(data)
+                    return peer.recv(200)
+
+            def hostile():
+                silent = socket.create_connection((host, port))  # connects and never speaks, held open meanwhile
+                try:
+                    return [
+                        exchange(b"\x00\xff\xfeGARBAGE\r\n\r\n"),
+                        exchange(b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n"),
+                        exchange(b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"),
+                        exchange(b"GET /../../etc/passwd HTTP/1.1\r\n\r\n"),
+                        get(base + "/healthz")[0],
+                        get(base + "/metrics?name[]=crmroute_calls_total")[0],
+                    ]
+                finally:
+                    silent.close()
+
+            return await asyncio.to_thread(hostile)
+
+    garbage, too_long, post, traversal, healthz, with_query = run(scenario())
+    assert b"Error code: 400" in garbage  # no HTTP version sent: the answer has none either
+    assert too_long.startswith(b"HTTP/1.0 414")
+    assert post.startswith(b"HTTP/1.0 501")
+    assert traversal.startswith(b"HTTP/1.0 404")
+    assert healthz == 200 and with_query == 200
+
+
+def test_a_metrics_port_already_taken_stops_serve_with_one_line(tmp_path):
+    from serve_process import ServeProcess
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    config = tmp_path / "crmroute.toml"
+    config.write_text(f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    try:
+        with ServeProcess(config, wait=False) as serve:
+            assert serve.proc.wait(30) == 1
+            serve.wait_for(rf"Error: .*metrics\.listen 127\.0\.0\.1:{port}: Address already in use")
+            assert "Traceback" not in serve.log
+    finally:
+        taken.close()

@@ -25,7 +25,7 @@ import httpx
 from ..circuit import CircuitBreaker
 from ..condition import Condition
 from ..errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited, CrmTimeout, CrmUnavailable
-from ..stats import RequestStats, result_of_status
+from ..stats import RequestStats, result_of_error, result_of_status
 from .auth import AccessToken, TokenSource
 from .http import Reply, describe_error, encode_query, error_code, exchange, json_object
 
@@ -155,12 +155,10 @@ class ZohoApi:
             started = time.perf_counter()
             try:
                 reply = await exchange(self._client, request, trace)
-            except (CrmTimeout, CrmUnavailable) as exc:
-                self.stats.record(purpose, "timeout" if isinstance(exc, CrmTimeout) else "unreachable", time.perf_counter() - started)
-                self._failed(str(exc))
-                raise
-            except CrmError:
-                self.stats.record(purpose, "bad_response", time.perf_counter() - started)
+            except CrmError as exc:
+                self.stats.record(purpose, result_of_error(exc), time.perf_counter() - started)
+                if isinstance(exc, (CrmTimeout, CrmUnavailable)):
+                    self._failed(str(exc))
                 raise
             self.stats.record(purpose, result_of_status(reply.status), time.perf_counter() - started)
             return reply, token

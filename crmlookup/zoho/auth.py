@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..errors import CrmAuthError, CrmRateLimited, CrmUnavailable
 from ..condition import Condition
+from ..errors import CrmAuthError, CrmError, CrmRateLimited, CrmUnavailable
 from ..secrets import Secret
-from ..stats import RequestStats, result_of_status
+from ..stats import RequestStats, result_of_error, result_of_status
 from .http import Reply, clip, exchange, json_object
 from .token_file import TokenFile
 
@@ -162,8 +162,8 @@ class TokenSource:
         started = time.perf_counter()
         try:
             reply = await exchange(self._client, request, trace)
-        except Exception:
-            self.stats.record("token", "unreachable", time.perf_counter() - started)
+        except CrmError as exc:
+            self.stats.record("token", result_of_error(exc), time.perf_counter() - started)
             raise
         self.stats.record("token", result_of_status(reply.status), time.perf_counter() - started)
         try:
