@@ -153,10 +153,10 @@ def _crm_requests(all_stats: list[RequestStats]) -> Iterable[Metric]:
             summed.total_s += seen.total_s
         mints[stats.backend] = mints.get(stats.backend, 0) + stats.token_mints
         refusals[stats.backend] = refusals.get(stats.backend, 0) + stats.token_refusals
-    for key, n in sorted(counts.items()):
-        requests.add_metric(list(key), n)
-    for key, summed in sorted(histograms.items()):
-        _histogram(latency, list(key), summed)
+    for labels, n in sorted(counts.items()):
+        requests.add_metric(list(labels), n)
+    for pair, summed in sorted(histograms.items()):
+        _histogram(latency, list(pair), summed)
     yield requests
     yield latency
     yield _by_label(CounterMetricFamily, "crmroute_token_mints", "Access tokens minted", "backend", mints)

@@ -328,7 +328,10 @@ async def serve(
             await server.reload(config.source or None)
             systemd.ready(f"serving on {', '.join(server.addresses)}")
 
-        signals.serving(lambda: loop.create_task(reload()), server.stop_now)
+        def start_reload() -> None:
+            loop.create_task(reload())
+
+        signals.serving(start_reload, server.stop_now)
         systemd.ready(f"serving on {', '.join(server.addresses)}")
         stopped = asyncio.Event()  # fed through the shutdown too: sessions may take the grace period
         watchdog = loop.create_task(systemd.keep_alive(stopped), name="systemd watchdog")

@@ -65,6 +65,10 @@ def test_ready_watchdog_and_stopping_reach_the_notify_socket(tmp_path, abstract)
             assert any("listening on" in line for line in serve.lines)  # READY only once it listens
             for _ in range(3):
                 assert notify.next_with("WATCHDOG")["WATCHDOG"] == "1"
+            serve.send(signal.SIGHUP)  # systemctl reload
+            assert notify.next_with("RELOADING")["RELOADING"] == "1"
+            assert notify.next_with("READY")["STATUS"] == f"serving on 127.0.0.1:{serve.port}"
+            serve.wait_for("configuration reloaded")
             serve.send(signal.SIGTERM)
             assert notify.next_with("STOPPING")["STOPPING"] == "1"
             assert serve.stop() == 0
