@@ -279,7 +279,7 @@ def check_config(file: str | None, config_path: str | None) -> None:
         f"listen {config.server.host}:{config.server.port}; deadline {config.routing.deadline_ms} ms; "
         f"{len(config.routing.owner_extensions)} owner(s) mapped; "
         f"{len(config.routing.policies)} DID policy(ies), {len(config.routing.teams)} team(s); "
-        f"outbox {report.outbox})"
+        f"outbox {report.outbox}; metrics {'on ' + config.metrics.listen if config.metrics.listen else 'off'})"
     )
 
 

@@ -114,6 +114,8 @@ def test_the_outbox_stuck_is_told_once_with_the_reason_then_delivering_again(rig
     crm.down = False
     rig.flush()
     assert lines(caplog, "^outbox delivering again") == ["outbox delivering again after 5 min"]  # three rounds 100 s apart
+    assert len(lines(caplog, "^cannot read the CRM's users")) == 1  # not once per round
+    assert lines(caplog, "^the CRM's users are read again") == ["the CRM's users are read again after 5 min"]
     totals = rig.worker.totals
     assert (totals.delivered, totals.failed, totals.dead, totals.refused) == (2, 6, 0, 0)
 

@@ -148,6 +148,7 @@ class SyncWorker:
         self.totals = FlushSummary()
         # Stuck while rounds deliver nothing and fail; delivering again at the first delivery.
         self.delivering = Condition(logger, "outbox stuck", "outbox delivering again", clock=clock)
+        self._users_readable = Condition(logger, "cannot read the CRM's users (who answered stays unknown)", "the CRM's users are read again", clock=clock)
 
     # -- running ----------------------------------------------------------------
 
@@ -493,13 +494,14 @@ class SyncWorker:
             except (CrmAuthError, CrmRateLimited):
                 raise
             except CrmError as exc:
-                logger.warning("cannot read the CRM's users (who answered stays unknown): %s", exc)
+                self._users_readable.failing(str(exc))  # once, not at every round while the CRM is down
                 if self._users is not None:
                     return self._users
                 # Not kept: the next round asks again. Nobody is taken for inactive meanwhile.
                 return ExtensionDirectory((), self._routing.owner_extensions, known=False)
             self._users = ExtensionDirectory(users, self._routing.owner_extensions)
             self._users_at = now
+            self._users_readable.recovered()
         return self._users
 
     async def _purge(self, now: float) -> None:
