@@ -118,6 +118,10 @@ class Chooser:
         if candidate.problem:
             trace.link(f"{candidate.label}: passed over, {candidate.problem}", f"{candidate.label} {candidate.problem}")
             return None
+        if candidate.away:
+            # The CRM's own word (a manager on a break): like a phone in use, the next one is tried.
+            trace.link(f"{candidate.label}: passed over, {candidate.away}", f"{candidate.label} {candidate.away}")
+            return None
         hours = candidate.hours or self._policy.hours  # their own schedule, else the policy's
         if hours is not None and not hours.is_open(self._now):
             local = self._now.astimezone(hours.zone).strftime("%a %H:%M")

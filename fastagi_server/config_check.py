@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crmlookup.errors import CrmAuthError, CrmError
-from crmlookup.factory import open_writer
 from crmlookup.records import Owner
 
 from .app import App
@@ -72,10 +71,8 @@ async def inspect(config: Config) -> CheckReport:
     if problem:
         report.problems.append(problem)
     app = App.from_config(config, history=UnreadHistory())
-    writer = None
     try:
-        writer = open_writer(app.backend)
-        users = list(await writer.users())
+        users = list(await app.writer.users())
     except CrmAuthError as exc:
         report.problems.append(f"the CRM refused our credentials: {exc}")
         users = None
@@ -83,9 +80,7 @@ async def inspect(config: Config) -> CheckReport:
         report.warnings.append(f"could not read the CRM's users, so owner_extensions is not checked against them: {exc}")
         users = None
     finally:
-        if writer is not None:
-            await writer.aclose()
-        await app.aclose()
+        await app.aclose()  # the writer with it
     if users is not None:
         for key in unknown_owner_keys(config, users):
             report.warnings.append(

@@ -14,7 +14,7 @@ from .calllog import call_logger
 from .connection import FastAgiConnection, format_peer
 from .listener import Listener, bind, connection_budget, raise_open_file_limit
 from .logs import RepeatedWarning
-from .handlers import FALLBACK_TIMEOUT_S, run_session
+from .handlers import FALLBACK_TIMEOUT_S, Handler, Routes, builtin_routes, run_session
 from .signals import ServerSignals
 
 logger = logging.getLogger("crmroute.server")
@@ -22,6 +22,10 @@ logger = logging.getLogger("crmroute.server")
 # After the grace period (or a second stop signal), how long sessions still
 # running may take to give the fallback answer before they are dropped.
 FALLBACK_S = FALLBACK_TIMEOUT_S + 0.5
+
+# How a server makes its app, at start and on each reload: App.from_config
+# unless an embedding program brings its own backend, writer or history.
+AppBuilder = Callable[..., App]
 
 
 class FastAgiServer:
@@ -34,8 +38,19 @@ class FastAgiServer:
     (:mod:`.listener`).
     """
 
-    def __init__(self, app: App, *, sync_worker: bool = False, warning_interval_s: float = 10.0):
+    def __init__(
+        self,
+        app: App,
+        *,
+        sync_worker: bool = False,
+        warning_interval_s: float = 10.0,
+        routes: Routes | None = None,
+        build_app: AppBuilder = App.from_config,
+    ):
         self.app = app
+        # The AGI scripts served, by name (route and outcome, and any added).
+        self.routes = routes or builtin_routes()
+        self._build_app = build_app
         # Whether each app (the first, and each one a reload builds) runs the outbox's sync worker.
         self._sync_worker = sync_worker
         self._sessions: set[FastAgiConnection] = set()  # header block complete
@@ -51,6 +66,10 @@ class FastAgiServer:
         self.refused_peers = RepeatedWarning(logger, "refused peers", interval_s=warning_interval_s)
         self.ended_sessions = RepeatedWarning(call_logger, "session-ended", interval_s=warning_interval_s)
         self._accept_errors = RepeatedWarning(logger, "accept errors", interval_s=warning_interval_s)
+
+    def add_route(self, name: str, handler: Handler, *, always_served: bool = False) -> None:
+        """Serve ``agi://host/<name>`` with ``handler``; a name already served is refused (:class:`~.handlers.RouteExists`)."""
+        self.routes.add(name, handler, always_served=always_served)
 
     # -- connection bookkeeping (called by FastAgiConnection) ----------------
 
@@ -133,7 +152,7 @@ class FastAgiServer:
                 self._listener.resume()
 
     async def dispatch(self, session: FastAgiConnection) -> None:
-        await run_session(session, session.app, over_capacity=session.over_capacity)
+        await run_session(session, session.app, over_capacity=session.over_capacity, routes=self.routes)
 
     # -- life cycle -------------------------------------------------------
 
@@ -210,7 +229,7 @@ class FastAgiServer:
         """Re-read the config and swap the app; on any error keep the old one."""
         try:
             config = load_config(path)
-            new_app = App.from_config(config, serving=self.app.serving)
+            new_app = self._build_app(config, serving=self.app.serving)
         except Exception as exc:  # a bad reload must never stop the server
             logger.error("reload failed, keeping the running configuration: %s", exc)
             return False
@@ -250,9 +269,14 @@ async def serve(
     on_ready: Callable[[FastAgiServer], None] | None = None,
     hangup_seen: bool = False,
     exiting: bool = False,
+    routes: Routes | None = None,
+    build_app: AppBuilder = App.from_config,
 ) -> None:
     """Run the server until SIGTERM or SIGINT; SIGHUP reloads the config file (see :mod:`.signals`).
 
+    ``routes``: the AGI scripts served (route and outcome when None).
+    ``build_app(config, serving=True)`` makes the app at start and on each
+    reload (an embedding program's own backend, writer or history).
     ``hangup_seen``: a SIGHUP came before the event loop ran (it is carried out once serving).
     ``exiting``: the process ends with the server, so those signals are ignored
     from the end of the shutdown on (a late one would turn a clean stop into
@@ -262,7 +286,7 @@ async def serve(
     signals = ServerSignals(loop, hangup_seen=hangup_seen)  # before anything slow
     raise_open_file_limit()  # more connections fit under a higher limit (see .listener)
     try:
-        server = FastAgiServer(App.from_config(config, serving=True), sync_worker=True)
+        server = FastAgiServer(build_app(config, serving=True), sync_worker=True, routes=routes, build_app=build_app)
         if signals.stop.is_set():
             await server.app.aclose()
             return

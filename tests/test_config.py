@@ -74,7 +74,7 @@ path = "dir.sqlite"
         ({"routing": {"extension_pattern": "("}}, "extension_pattern is not a valid"),
         ({"routing": {"dial_template": "PJSIP/{ext},tT"}}, "dial_template"),
         ({"routing": {"owner_extensions": {"u1": [101]}}}, "routing.owner_extensions.u1[0]: expected a string"),
-        ({"crm": {"backend": "salesforce"}}, "backend 'salesforce'"),
+        ({"crm": {"backend": "salesforce"}}, "crm.backend: 'salesforce' is not a known CRM backend (known: local, zoho, retailcrm"),
         ({"limits": {"max_headers": -5}}, "limits: max_headers must be between"),
     ],
 )

@@ -24,6 +24,7 @@ import httpx
 from ..circuit import CircuitBreaker
 from ..errors import CrmAuthError, CrmBadResponse, CrmRateLimited, CrmTimeout, CrmUnavailable
 from .auth import AccessToken, TokenSource
+from ..http import retry_after
 from .http import Reply, describe_error, encode_query, error_code, exchange, json_object
 
 logger = logging.getLogger("crmroute.zoho")
@@ -167,7 +168,7 @@ class ZohoApi:
             return json_object(reply)
         problem = f"{reply.label}: {describe_error(reply)}"
         if status == 429:
-            backoff = self._breaker.record_rate_limited(_retry_after(reply))
+            backoff = self._breaker.record_rate_limited(retry_after(reply))
             logger.warning("Zoho rate limit: %s; backing off %.1f s", problem, backoff)
             raise CrmRateLimited(problem, retry_after=backoff)
         if status >= 500:
@@ -200,12 +201,3 @@ def _server_time(reply: Reply) -> datetime | None:
         return parsedate_to_datetime(value) if value else None
     except (TypeError, ValueError):
         return None
-
-
-def _retry_after(reply: Reply) -> float | None:
-    value = reply.headers.get("retry-after", "")
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds <= 3600 else None
