@@ -221,15 +221,9 @@ def _parse_time(text: str):
 
 
 def _backend_description(config: Config) -> str:
-    if config.crm.backend == "local":
-        if config.directory.path:
-            return config.directory.path
-        from crmlookup.local_directory.directory import demo_directory_path
-
-        return f"packaged demo directory, kept in {demo_directory_path()}"
-    if config.crm.backend == "zoho":
-        return f"data centre {config.zoho.data_centre}, {config.zoho.accounts_server}"
-    return config.crm.backend
+    """Where lookups go, in the words of the backend's plugin."""
+    plugin = config.plugin
+    return plugin.describe(config.settings_of(plugin))
 
 
 @cli.command("check-config")
