@@ -298,3 +298,18 @@ def test_lookup_order_defaults_to_retailcrms_record_kinds_and_refuses_zohos(reta
     assert config.routing.lookup_order == ("Customers",)
     with pytest.raises(ConfigError, match="routing: lookup_order: 'Leads' is not one of Customers, LastAgent"):
         make_config({"crm": {"backend": "retailcrm"}, "routing": {"lookup_order": ["Leads", "Customers"]}})
+
+
+def test_the_readme_retailcrm_configuration_loads():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from conftest import make_config
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## retailCRM"):]
+    block = re.search(r"```toml\n(.*?)```", section, re.S)[1]
+    config = make_config(tomllib.loads(block))
+    assert config.crm.backend == "retailcrm" and config.routing.lookup_order == ("Customers",)
+    assert config.settings_of(config.plugin).url == "https://mystore.retailcrm.ru"
