@@ -37,6 +37,19 @@ class Reply:
     label: str  # "GET /crm/v8/Leads/search" for errors: what was asked, not the whole query
 
 
+def pooled_client(*, connect_timeout_ms: int, read_timeout_ms: int, max_concurrency: int) -> httpx.AsyncClient:
+    """The one HTTP client a CRM backend keeps: JSON answers, no redirects, a pool a little
+    larger than the requests it sends at once (which its own semaphore bounds)."""
+    timeout = httpx.Timeout(
+        connect=connect_timeout_ms / 1000,
+        read=read_timeout_ms / 1000,
+        write=read_timeout_ms / 1000,
+        pool=None,  # waiting for a connection is bounded by the caller's semaphore
+    )
+    limits = httpx.Limits(max_connections=max_concurrency + 2, max_keepalive_connections=max_concurrency + 2)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, headers={"Accept": "application/json"}, follow_redirects=False)
+
+
 def encode_query(params: Mapping[str, str]) -> str:
     """``a=1&b=x%2By``: every reserved character escaped (``+`` as ``%2B``, space as ``%20``).
 

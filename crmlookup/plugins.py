@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence, ru
 if TYPE_CHECKING:
     from .backend import CrmBackend
     from .mirror.feed import ChangeFeed
-    from .settings import CacheSettings
     from .writer import CrmWriter
 
 ENTRY_POINT_GROUP = "crmroute.backends"

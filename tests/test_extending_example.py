@@ -16,9 +16,7 @@ import re
 import signal
 import site
 import subprocess
-import sys
 import threading
-import time
 import venv
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import pytest
 
 from asterisk_peer import AsteriskPeer, asterisk_headers
 from conftest import run
+from test_outbox_serve import wait_for
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
 BLOCK = re.compile(r"^```\w+ file=(\S+)\n(.*?)^```", re.S | re.M)
@@ -34,16 +33,6 @@ CLIENT = "+34928000000"  # stored as "928 00 00 00" in the example's CSV
 
 def example_files() -> dict[str, str]:
     return dict(BLOCK.findall(DOC.read_text(encoding="utf-8")))
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def listening_port(lines: list[str]) -> str | None:
@@ -94,7 +83,7 @@ def test_the_worked_example_runs_as_written(tmp_path, throwaway_venv):
     reader = threading.Thread(target=lambda: lines.extend(iter(server.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        port = int(wait_for(lambda: listening_port(lines), 60, "the example to listen"))
+        port = int(wait_for(lambda: listening_port(lines), 60, what="the example to listen"))
         routed = run(AsteriskPeer().call(port, asterisk_headers(caller=CLIENT, uniqueid="1700000000.7")))
         assert routed.variables["CRM_ROUTE_STATUS"] == "OWNER"
         assert routed.variables["CRM_TARGET"] == "PJSIP/101"
@@ -112,7 +101,7 @@ def test_the_worked_example_runs_as_written(tmp_path, throwaway_venv):
         assert recorded.variables["CRM_OUTCOME"] == "recorded"
 
         calls_log = site_dir / "calls.jsonl"
-        written = wait_for(lambda: calls_log.exists() and calls_log.read_text().splitlines(), 60, "the writer to receive the outcome")
+        written = wait_for(lambda: calls_log.exists() and calls_log.read_text().splitlines(), 60, what="the writer to receive the outcome")
         assert [json.loads(line) for line in written] == [{"id": "1700000000.7", "answered": True, "phone": CLIENT}]
     finally:
         server.send_signal(signal.SIGTERM)

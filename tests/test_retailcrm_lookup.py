@@ -7,7 +7,6 @@ the FastAGI server, the router, the cache and the retailCRM client.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import pytest
 

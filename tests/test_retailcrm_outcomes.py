@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from dialplan.outbox.store import OutboxState
 from dialplan.outcome import outcome_from_channel
 from fastagi_server.app import App
 from retailcrm_simulator import KEY, RetailCrmSimulator
+from test_outbox_crash import uncertain
 
 CALLER = "+79161234567"
 ROUTED = {"route_status": "OWNER", "owner_id": "7", "module": "Customers", "record_id": "501", "route_extension": "101"}
@@ -204,16 +204,6 @@ def test_no_event_for_a_call_that_rings_nobody_or_when_switched_off(account, tmp
 
 CALLS = 60
 KILLS = 12
-
-
-def uncertain(outbox_path) -> int:
-    conn = sqlite3.connect(outbox_path)
-    try:
-        sent = conn.execute("SELECT count(*) FROM writes WHERE state = 'sent'").fetchone()[0]
-        flying = conn.execute("SELECT count(*) FROM outcomes WHERE state = 'in_flight'").fetchone()[0]
-    finally:
-        conn.close()
-    return sent + flying
 
 
 def test_sigkill_during_flush_uploads_every_call_exactly_once(tmp_path):

@@ -101,20 +101,12 @@ class RetailCrmApi:
         return self._breaker.retry_in()
 
     def _check_breaker(self, trace: list[str] | None) -> None:
-        wait = self._breaker.retry_in()
-        if wait <= 0:
-            return
-        message = f"not calling retailCRM for {wait:.1f} s more: {self._breaker.reason}"
-        if trace is not None:
-            trace.append(f"circuit open: {message}")
-        if "rate limited" in self._breaker.reason:
-            raise CrmRateLimited(message, retry_after=wait)
-        raise CrmUnavailable(message)
+        self._breaker.check("retailCRM", trace)
 
     def _interpret(self, reply: Reply) -> dict[str, Any]:
         status = reply.status
         if status in RATE_LIMITED:
-            backoff = self._breaker.record_rate_limited(retry_after(reply))
+            backoff = self._breaker.record_rate_limited(retry_after(reply), status)
             problem = f"{reply.label}: {status} {_error_text(reply)}"
             logger.warning("retailCRM rate limit: %s; backing off %.1f s", problem, backoff)
             raise CrmRateLimited(problem, retry_after=backoff)

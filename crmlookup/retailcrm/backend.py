@@ -21,11 +21,9 @@ import logging
 import re
 from typing import Any, Mapping, Sequence
 
-import httpx
-
 from ..circuit import CircuitBreaker
 from ..errors import CrmAuthError, CrmError, CrmRateLimited
-from ..http import clip
+from ..http import clip, pooled_client
 from ..phone import PhoneNumber
 from ..records import LookupResult, Match, Owner
 from ..secrets import read_secret
@@ -60,20 +58,10 @@ class RetailCrmBackend:
         if not settings.url:
             raise CrmAuthError("retailcrm.url is not set (the account's address, like https://mystore.retailcrm.ru)")
         key = read_secret("retailcrm.api_key", settings.api_key, settings.api_key_file, ENV_API_KEY, environ)
-        timeout = httpx.Timeout(
-            connect=settings.connect_timeout_ms / 1000,
-            read=settings.read_timeout_ms / 1000,
-            write=settings.read_timeout_ms / 1000,
-            pool=None,  # waiting for a connection is bounded by our own semaphore
+        client = pooled_client(
+            connect_timeout_ms=settings.connect_timeout_ms, read_timeout_ms=settings.read_timeout_ms, max_concurrency=settings.max_concurrency
         )
-        limits = httpx.Limits(max_connections=settings.max_concurrency + 2, max_keepalive_connections=settings.max_concurrency + 2)
-        client = httpx.AsyncClient(timeout=timeout, limits=limits, headers={"Accept": "application/json"}, follow_redirects=False)
-        breaker = CircuitBreaker(
-            failure_threshold=settings.breaker_failures,
-            open_s=settings.breaker_open_s,
-            backoff_initial_s=settings.backoff_initial_ms / 1000,
-            backoff_max_s=settings.backoff_max_ms / 1000,
-        )
+        breaker = CircuitBreaker.from_settings(settings)
         return cls(RetailCrmApi(client, settings.url, key, breaker, max_concurrency=settings.max_concurrency), settings)
 
     @property

@@ -148,15 +148,7 @@ class ZohoApi:
                 raise
 
     def _check_breaker(self, trace: list[str] | None) -> None:
-        wait = self._breaker.retry_in()
-        if wait <= 0:
-            return
-        message = f"not calling Zoho for {wait:.1f} s more: {self._breaker.reason}"
-        if trace is not None:
-            trace.append(f"circuit open: {message}")
-        if "429" in self._breaker.reason:
-            raise CrmRateLimited(message, retry_after=wait)
-        raise CrmUnavailable(message)
+        self._breaker.check("Zoho", trace)
 
     def _interpret(self, reply: Reply) -> dict[str, Any] | None:
         status = reply.status
