@@ -312,3 +312,11 @@ def test_the_readme_retailcrm_configuration_loads():
     config = make_config(tomllib.loads(block))
     assert config.crm.backend == "retailcrm" and config.routing.lookup_order == ("Customers",)
     assert config.settings_of(config.plugin).url == "https://mystore.retailcrm.ru"
+
+
+def test_a_process_that_read_no_statuses_says_so(managers):
+    managers.add_customer(501, "Anna", [CALLER], manager_id=7)
+    managers.set_status(7, "break")
+    result = decision(managers)
+    assert result.target == "PJSIP/101"
+    assert any("statuses not read in this process" in step for step in result.steps)

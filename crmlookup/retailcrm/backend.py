@@ -78,6 +78,8 @@ class RetailCrmBackend:
             return LookupResult(steps=[f"retailcrm: {', '.join(modules)} asked; retailCRM answers {CUSTOMERS} only"], source="live")
         forms = phone_forms(number)
         trace = [f"retailcrm: phone forms asked, all at once: {', '.join(forms)}"]
+        if not self.statuses and self._skip:
+            trace.append("retailcrm: managers' statuses not read in this process (crmroute serve reads them): every manager counts as free")
         answers = await asyncio.gather(*(self._manager(form, trace) for form in forms), return_exceptions=True)
         failure: CrmError | None = None
         for form, answer in zip(forms, answers):
