@@ -56,6 +56,8 @@ class CallEntry:
     dial_status: str = ""
     # The extension that answered, else the one the route rang; empty when neither is known.
     extension: str = ""
+    # Where the call's recording is served (an http(s) URL), empty when there is none.
+    recording_url: str = ""
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,8 @@ def outcome(call_id, caller=CALLER, **readings):
 
 def test_outcomes_are_uploaded_once_each_in_retailcrms_own_terms(account, tmp_path):
     made = [
-        outcome("1760000000.1", **ROUTED, dial_status="ANSWER", peer_number="102", answered_s="61", cdr_start="1759999900"),
+        outcome("1760000000.1", **ROUTED, dial_status="ANSWER", peer_number="102", answered_s="61", cdr_start="1759999900",
+                recording_url="https://pbx.example.com/rec/1760000000.1.wav"),
         outcome("1760000000.2", **ROUTED, dial_status="NOANSWER"),
         outcome("1760000000.3", **ROUTED, dial_status="BUSY"),
         outcome("1760000000.4", **ROUTED, dial_status="CHANUNAVAIL"),
@@ -86,6 +87,8 @@ def test_outcomes_are_uploaded_once_each_in_retailcrms_own_terms(account, tmp_pa
     assert answered["duration"] == 61 and answered["type"] == "in" and answered["phone"] == CALLER
     assert answered["date"] == "2025-10-09 11:51:40"  # the call's start in [outcomes] timezone (Moscow, UTC+3)
     assert answered["site"] == "main"
+    assert answered["recordUrl"] == "https://pbx.example.com/rec/1760000000.1.wav"  # CRM_RECORDING_URL, when the dialplan sets it
+    assert "recordUrl" not in by_id["1760000000.2"]
     assert by_id["1760000000.2"]["code"] == "101" and by_id["1760000000.2"]["duration"] == 0
     assert "code" not in by_id["1760000000.6"]
     # Calls only: retailCRM's own triggers make the tasks; no lead or task was asked for.

@@ -103,6 +103,8 @@ class RetailCrmWriter:
             call["code"] = entry.extension  # the manager's extension: retailCRM finds the manager by it
         elif _USER_ID.fullmatch(entry.owner_id):
             call["userId"] = int(entry.owner_id)
+        if entry.recording_url:
+            call["recordUrl"] = entry.recording_url
         if self._site:
             call["site"] = self._site
         return call

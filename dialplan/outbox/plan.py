@@ -209,6 +209,7 @@ def _call(outcome: CallOutcome, context: CrmContext, owner_id: str, tz: tzinfo) 
         who=context.who,
         dial_status=outcome.dial_status,
         extension=outcome.answered_extension or outcome.route.extension,
+        recording_url=outcome.recording_url,
     )
 
 
