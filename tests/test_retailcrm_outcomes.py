@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -23,7 +21,7 @@ from dialplan.outbox.store import OutboxState
 from dialplan.outcome import outcome_from_channel
 from fastagi_server.app import App
 from retailcrm_simulator import KEY, RetailCrmSimulator
-from test_outbox_crash import uncertain
+from test_outbox_crash import flush_command, flush_killed
 
 CALLER = "+79161234567"
 ROUTED = {"route_status": "OWNER", "owner_id": "7", "module": "Customers", "record_id": "501", "route_extension": "101"}
@@ -205,14 +203,14 @@ def test_no_event_for_a_call_that_rings_nobody_or_when_switched_off(account, tmp
 
 # -- nothing lost, nothing twice, across SIGKILL --------------------------------
 
-CALLS = 60
+CALLS = 100
 KILLS = 12
 
 
 def test_sigkill_during_flush_uploads_every_call_exactly_once(tmp_path):
     rng = random.Random(20251009)
     with RetailCrmSimulator(rate_limit_per_s=None) as sim:
-        sim.latency_s = 0.02
+        sim.latency_s = 0.1  # each upload takes a while: the kills land in the middle of the work
         sim.add_user(7, "Olga", code="101")
         sim.add_customer(501, "Anna", [CALLER], manager_id=7)
         outbox_path = tmp_path / "outbox.sqlite"
@@ -232,16 +230,9 @@ def test_sigkill_during_flush_uploads_every_call_exactly_once(tmp_path):
         box.record_many([(o, time.time()) for o in recorded])
         box.close()
 
-        command = [sys.executable, "-m", "fastagi_server", "outbox", "flush", "--config", str(config_path)]
+        command = flush_command(config_path)
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        killed_mid_write = 0
-        for _ in range(KILLS):
-            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-            time.sleep(rng.uniform(0.3, 1.2))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            if uncertain(outbox_path):
-                killed_mid_write += 1
+        killed_mid_write = flush_killed(command, env, outbox_path, KILLS, lambda: rng.uniform(0.5, 1.5))
         finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
         assert finished.returncode == 0, finished.stdout + finished.stderr
 
