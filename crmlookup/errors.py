@@ -1,11 +1,39 @@
-"""The errors a CRM lookup can end in.
+"""crmroute's errors: one root, a branch per part.
 
-Callers catch :class:`CrmError` where they decide what happens next (the router
-falls back to a safe route, the CLI prints one line); the subclasses say why.
+Every error crmroute raises on purpose is a :class:`CrmrouteError`, so a
+program embedding it can catch "anything crmroute" in one clause. Each is
+caught where a decision is made (the router falls back to a safe route, the
+server ends a session, the CLI prints one line). The tree::
+
+    CrmrouteError
+    ├── CrmError                    a CRM could not answer (crmlookup)
+    │   ├── CrmUnavailable          unreachable, or a server error
+    │   ├── CrmTimeout              no answer in time
+    │   ├── CrmAuthError            credentials refused, a scope missing
+    │   ├── CrmRateLimited          slow down (``retry_after``)
+    │   ├── CrmBadResponse          an answer that cannot be read
+    │   └── DirectoryError          the local directory file (MirrorFileError: the mirror's)
+    │       (retailCRM's own: RetailCrmRejected, RetailCrmNotFound in crmlookup.retailcrm.api)
+    ├── DirectoryImportError        a CSV import refused (``problems``)
+    ├── PluginError                 a CRM plugin not found, not loadable or registered twice (crmlookup.plugins)
+    ├── InvalidNumber               not a phone number (also a ValueError)
+    ├── NotAnExtensionList          not a clean list of extensions (also a ValueError)
+    ├── DeviceStateUnavailable      Asterisk cannot be asked a phone's state (dialplan)
+    ├── InvalidOutcome              headers that identify no call (dialplan, also a ValueError)
+    ├── OutboxError                 the outbox cannot be opened or written (dialplan.outbox)
+    ├── ConfigError                 a bad configuration, the key named (fastagi_server.config)
+    ├── RouteExists                 an AGI script name registered twice (fastagi_server.handlers, also a ValueError)
+    └── AgiError                    an AGI exchange ended (fastagi_server.errors, and its branches)
+
+The root lives here, in the package every other one depends on.
 """
 
 
-class CrmError(Exception):
+class CrmrouteError(Exception):
+    """Base of every error crmroute raises on purpose."""
+
+
+class CrmError(CrmrouteError):
     """A CRM could not answer a lookup.
 
     ``code`` is the CRM's own error code when it gave one (Zoho's
@@ -49,7 +77,7 @@ class DirectoryError(CrmError):
     """The local directory file is missing, unreadable or not a directory."""
 
 
-class DirectoryImportError(Exception):
+class DirectoryImportError(CrmrouteError):
     """A CSV import was refused; nothing was written.
 
     ``problems`` lists ``(line_number, reason)`` for the bad rows found (the

@@ -12,12 +12,14 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from .errors import CrmrouteError
+
 # Characters an extension may ever contain, whatever the admin's pattern says:
 # none of them means anything in a dial string (no ``&``, ``,``, ``/``, ``@``).
 SAFE_EXTENSION = re.compile(r"[0-9A-Za-z_.+*#-]{1,64}")
 
 
-class NotAnExtensionList(ValueError):
+class NotAnExtensionList(CrmrouteError, ValueError):
     """The text is not a clean list of extensions; the message names the first part that is not one."""
 
 

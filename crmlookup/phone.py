@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import phonenumbers
 
+from .errors import CrmrouteError
+
 # Caller IDs longer than this are not phone numbers; refusing them early keeps
 # hostile input away from the parser.
 MAX_NUMBER_LENGTH = 40
@@ -23,7 +25,7 @@ WITHHELD = frozenset({"", "unknown", "anonymous", "private", "restricted", "unav
 _FORMATTING = re.compile(r"[\s().\-/]")
 
 
-class InvalidNumber(ValueError):
+class InvalidNumber(CrmrouteError, ValueError):
     """The text is not a phone number we could route on."""
 
 

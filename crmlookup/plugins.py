@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, is_dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
+from .errors import CrmrouteError
+
 if TYPE_CHECKING:
     from .backend import CrmBackend
     from .mirror.feed import ChangeFeed
@@ -38,7 +40,7 @@ BUILTIN_PLUGINS: Mapping[str, str] = {
 PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 
 
-class PluginError(Exception):
+class PluginError(CrmrouteError):
     """A plugin cannot be found, loaded or registered (the message says which and why)."""
 
 

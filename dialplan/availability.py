@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Protocol
 
+from crmlookup.errors import CrmrouteError
+
 # What DEVICE_STATE() and EXTENSION_STATE() answer (Asterisk 22: func_devstate.c,
 # func_extstate.c). HOLDINUSE comes only from EXTENSION_STATE.
 DEVICE_STATES = (
@@ -36,7 +38,7 @@ STATE_FUNCTIONS = ("DEVICE_STATE", "EXTENSION_STATE")
 _STATE_TEMPLATE = re.compile(r"(DEVICE_STATE|EXTENSION_STATE)\(([A-Za-z0-9_.@/:-]*\{ext\}[A-Za-z0-9_.@/:-]*)\)")
 
 
-class DeviceStateUnavailable(Exception):
+class DeviceStateUnavailable(CrmrouteError):
     """The probe cannot ask (the caller hung up, no Asterisk channel, Asterisk refused)."""
 
 

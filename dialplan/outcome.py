@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from crmlookup.phone import InvalidNumber, normalise
+from crmlookup.errors import CrmrouteError
 
 # What the handler reads, by our name: one ``${...}`` expression each, all sent
 # in a single GET FULL VARIABLE. Each is cut to a bounded length by Asterisk
@@ -59,7 +60,7 @@ MAX_CALLER_LENGTH = 128
 _MAX_CALL_SECONDS = 24 * 3600
 
 
-class InvalidOutcome(ValueError):
+class InvalidOutcome(CrmrouteError, ValueError):
     """The headers do not identify a call (no usable unique id)."""
 
 

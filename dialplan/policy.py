@@ -154,14 +154,7 @@ class PolicyBook:
 def _compile(
     name: str, values: dict, where: str, settings: RoutingSettings, staff: Staff, teams: dict[str, Candidate], hours: dict[str, BusinessHours]
 ) -> Policy:
-    rules = tuple(values["lookup_order"])
-    if not rules:
-        raise ValueError(f"{where}lookup_order must name at least one rule")
-    for rule in rules:
-        if rule != LAST_AGENT and not RECORD_KIND.fullmatch(rule):
-            raise ValueError(f"{where}lookup_order: {rule!r} is neither {LAST_AGENT} nor a CRM record kind such as {', '.join(MODULES)}")
-    if len(set(rules)) != len(rules):
-        raise ValueError(f"{where}lookup_order: a rule is listed twice")
+    rules = _rules(values["lookup_order"], where)
     targets = _keyed(where.rstrip("."), lambda: DialTargets(values["dial_template"], settings.extension_pattern))
     states = None
     if values["check_availability"]:
@@ -174,23 +167,7 @@ def _compile(
         if state.upper() not in DEVICE_STATES:
             raise ValueError(f"{where}skip_states: {state!r} is not one of {', '.join(DEVICE_STATES)}")
     for key in ("on_unavailable", "on_unmapped"):
-        steps = values[key]
-        for step in steps:
-            if step not in FALLBACK_STEPS:
-                raise ValueError(f"{where}{key}: {step!r} is not one of {', '.join(FALLBACK_STEPS)}")
-        if len(set(steps)) != len(steps):
-            raise ValueError(f"{where}{key}: a step is listed twice")
-    team = None
-    if values["team"]:
-        if values["team"] not in teams:
-            raise ValueError(f"{where}team: no team {values['team']!r} in [routing.teams] (known: {', '.join(sorted(teams)) or 'none'})")
-        team = teams[values["team"]]
-    senior = None
-    if values["senior_manager"]:
-        key = owner_key(values["senior_manager"])
-        if key not in staff.extensions:
-            raise ValueError(f"{where}senior_manager: {values['senior_manager']!r} has no extensions in [routing.owner_extensions]")
-        senior = senior_manager_candidate(key, staff.extensions[key], staff.hours.get(key))
+        _check_steps(values[key], f"{where}{key}")
     if not 60 <= values["last_agent_max_age_s"] <= 10 * 365 * 86400:
         raise ValueError(f"{where}last_agent_max_age_s must be between 60 and 315360000 (ten years)")
     rewrite = _keyed(where.rstrip("."), lambda: NumberRewrite.build(tuple(values["strip_prefixes"]), values["add_prefix"]))
@@ -203,13 +180,50 @@ def _compile(
         skip_states=frozenset(state.upper() for state in values["skip_states"]),
         on_unavailable=tuple(values["on_unavailable"]),
         on_unmapped=tuple(values["on_unmapped"]),
-        team=team,
-        senior_manager=senior,
+        team=_team(values["team"], teams, where),
+        senior_manager=_senior_manager(values["senior_manager"], staff, where),
         last_agent_max_age_s=values["last_agent_max_age_s"],
         staff=staff,
         rewrite=rewrite,
         hours=_schedule(hours, values["business_hours"], f"{where}business_hours"),
     )
+
+
+def _rules(lookup_order: tuple[str, ...], where: str) -> tuple[str, ...]:
+    rules = tuple(lookup_order)
+    if not rules:
+        raise ValueError(f"{where}lookup_order must name at least one rule")
+    for rule in rules:
+        if rule != LAST_AGENT and not RECORD_KIND.fullmatch(rule):
+            raise ValueError(f"{where}lookup_order: {rule!r} is neither {LAST_AGENT} nor a CRM record kind such as {', '.join(MODULES)}")
+    if len(set(rules)) != len(rules):
+        raise ValueError(f"{where}lookup_order: a rule is listed twice")
+    return rules
+
+
+def _check_steps(steps: tuple[str, ...], where: str) -> None:
+    for step in steps:
+        if step not in FALLBACK_STEPS:
+            raise ValueError(f"{where}: {step!r} is not one of {', '.join(FALLBACK_STEPS)}")
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"{where}: a step is listed twice")
+
+
+def _team(name: str, teams: dict[str, Candidate], where: str) -> Candidate | None:
+    if not name:
+        return None
+    if name not in teams:
+        raise ValueError(f"{where}team: no team {name!r} in [routing.teams] (known: {', '.join(sorted(teams)) or 'none'})")
+    return teams[name]
+
+
+def _senior_manager(name: str, staff: Staff, where: str) -> Candidate | None:
+    if not name:
+        return None
+    key = owner_key(name)
+    if key not in staff.extensions:
+        raise ValueError(f"{where}senior_manager: {name!r} has no extensions in [routing.owner_extensions]")
+    return senior_manager_candidate(key, staff.extensions[key], staff.hours.get(key))
 
 
 def _staff(settings: RoutingSettings, valid: DialTargets, hours: dict[str, BusinessHours]) -> Staff:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from crmlookup.errors import CrmrouteError
 from crmlookup.mirror.settings import MirrorSettings
 from crmlookup.plugins import CrmPlugin, PluginError, PluginRegistry, default_plugins
 from crmlookup.settings import CacheSettings, CrmSettings, DirectorySettings
@@ -30,7 +31,7 @@ ENV_CONFIG = "CRMROUTE_CONFIG"
 DEFAULT_CONFIG_PATH = Path("/etc/crmroute/crmroute.toml")
 
 
-class ConfigError(Exception):
+class ConfigError(CrmrouteError):
     """The configuration file is missing, unreadable or has a bad value (the key is named)."""
 
 

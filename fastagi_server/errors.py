@@ -1,7 +1,9 @@
 """The errors of an AGI session."""
 
+from crmlookup.errors import CrmrouteError
 
-class AgiError(Exception):
+
+class AgiError(CrmrouteError):
     """Base of everything that can end an AGI exchange."""
 
 

@@ -113,3 +113,24 @@ def test_a_credential_of_the_wrong_type_is_not_echoed(key, value):
 def test_other_wrong_types_still_quote_the_value():
     with pytest.raises(ConfigError, match=r"server.port: expected an integer, got str '4573'"):
         config_from_dict({"server": {"port": "4573"}})
+
+
+def test_every_error_crmroute_raises_on_purpose_has_one_root():
+    """A program embedding crmroute catches "anything crmroute" in one clause."""
+    from crmlookup import CrmrouteError
+    from crmlookup.errors import CrmError, DirectoryImportError
+    from crmlookup.extensions import NotAnExtensionList
+    from crmlookup.mirror.store import MirrorFileError
+    from crmlookup.phone import InvalidNumber
+    from dialplan.availability import DeviceStateUnavailable
+    from dialplan.outbox import OutboxError
+    from dialplan.outcome import InvalidOutcome
+    from fastagi_server.config import ConfigError
+    from crmlookup.plugins import PluginError
+    from fastagi_server.errors import AgiError
+    from fastagi_server.handlers import RouteExists
+
+    for error in (CrmError, DirectoryImportError, NotAnExtensionList, MirrorFileError, InvalidNumber,
+                  DeviceStateUnavailable, OutboxError, InvalidOutcome, ConfigError, AgiError, PluginError, RouteExists):
+        assert issubclass(error, CrmrouteError), error
+    assert issubclass(InvalidNumber, ValueError) and issubclass(InvalidOutcome, ValueError), "what caught them before still does"

@@ -33,7 +33,7 @@ from typing import Any, Awaitable, Callable, Iterable, TypeVar
 from ..errors import CrmAuthError, CrmError
 from ..sqlite_thread import ConnectionThread
 from . import store as keys
-from .feed import ChangeFeed
+from .feed import ChangeFeed, Page
 from .records import MirrorRecord, OpenRule
 from .settings import MirrorSettings
 from .store import MirrorFileError, MirrorStore
@@ -356,28 +356,44 @@ class MirrorRefresher:
         generation: int = 0,
         key: str = "",
     ) -> Cursor:
-        """Every page of one listing, stored as it comes; with ``key`` its cursor is kept for a restart."""
+        """Every page of one listing, stored as it comes; with ``key`` its cursor is kept for a restart.
+
+        The next page is asked for as soon as a page arrives, while that one is
+        stored: a listing takes the CRM's time per page, not the CRM's and ours.
+        """
         cursor = Cursor.parse(await self._thread.run(self._store.get_json, key) if key else None, since)
-        while not cursor.done:
-            try:
-                page = await self._feed.list_page(module, since=_moment(cursor.since), token=cursor.token)
-            except CrmError as exc:
-                if not cursor.token or exc.code not in self._feed.cursor_refusals or cursor.restarts >= MAX_CURSOR_RESTARTS:
-                    raise
-                # Go on from the last change read (one second back: its neighbours may share the second).
-                cursor.token, cursor.restarts = None, cursor.restarts + 1
-                cursor.since = cursor.newest - 1 if cursor.newest else cursor.since
-                continue
-            if cursor.started is None:
-                cursor.started = page.server_time.timestamp() if page.server_time else self._clock()
-            summary.written[module] += await self._thread.run(self._store.apply, page.records, rule, self._region, generation)
-            if page.newest > cursor.newest:
-                cursor.newest, cursor.restarts = page.newest, 0
-            cursor.token = page.next_token
-            cursor.done = page.next_token is None
-            if key:
-                await self._thread.run(self._store.put, {key: json.dumps(asdict(cursor))})
+        ahead: asyncio.Future[Page] | None = None
+        try:
+            while not cursor.done:
+                asked, ahead = ahead or asyncio.ensure_future(self._next_page(module, cursor)), None
+                try:
+                    page = await asked
+                except CrmError as exc:
+                    if not cursor.token or exc.code not in self._feed.cursor_refusals or cursor.restarts >= MAX_CURSOR_RESTARTS:
+                        raise
+                    # Go on from the last change read (one second back: its neighbours may share the second).
+                    cursor.token, cursor.restarts = None, cursor.restarts + 1
+                    cursor.since = cursor.newest - 1 if cursor.newest else cursor.since
+                    continue
+                if cursor.started is None:
+                    cursor.started = page.server_time.timestamp() if page.server_time else self._clock()
+                if page.next_token is not None:
+                    ahead = asyncio.ensure_future(self._feed.list_page(module, since=_moment(cursor.since), token=page.next_token))
+                summary.written[module] += await self._thread.run(self._store.apply, page.records, rule, self._region, generation)
+                if page.newest > cursor.newest:
+                    cursor.newest, cursor.restarts = page.newest, 0
+                cursor.token = page.next_token
+                cursor.done = page.next_token is None
+                if key:
+                    await self._thread.run(self._store.put, {key: json.dumps(asdict(cursor))})
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
         return cursor
+
+    def _next_page(self, module: str, cursor: Cursor) -> Awaitable[Page]:
+        return self._feed.list_page(module, since=_moment(cursor.since), token=cursor.token)
 
     async def _users(self, since: float | None, summary: PassSummary) -> None:
         users, server_time = await self._feed.users(_moment(since))

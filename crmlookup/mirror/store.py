@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from ..errors import DirectoryError
@@ -148,7 +149,7 @@ class MirrorStore:
         row = self.conn.execute("SELECT value FROM mirror_state WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
 
-    def get_json(self, key: str) -> dict | None:
+    def get_json(self, key: str) -> dict[str, Any] | None:
         text = self.get(key)
         try:
             value = json.loads(text) if text else None

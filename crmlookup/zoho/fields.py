@@ -8,7 +8,7 @@ the standard phone fields of each module stand in: they exist in every org.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from ..errors import CrmBadResponse
 from .api import ZohoApi
@@ -29,7 +29,7 @@ class PhoneFields:
 
     def __init__(self, api: ZohoApi, ttl_s: float, clock: Callable[[], float] = time.monotonic):
         self._api = api
-        self._kept = {
+        self._kept: dict[str, Kept[tuple[str, ...]]] = {
             module: Kept(self._loader(module), ttl_s, f"{module} fields", clock) for module in STANDARD_PHONE_FIELDS
         }
         self._known: dict[str, tuple[str, ...]] = {}
@@ -42,7 +42,7 @@ class PhoneFields:
         """The phone fields, read from Zoho when the kept copy is older than its time (or ``fresh``)."""
         return await self._kept[module].get(trace, max_age=0 if fresh else None)
 
-    def _loader(self, module: str):
+    def _loader(self, module: str) -> Callable[[list[str] | None], Awaitable[tuple[str, ...]]]:
         async def load(trace: list[str] | None) -> tuple[str, ...]:
             body = await self._api.get("/settings/fields", {"module": module}, trace, purpose="metadata")
             listed = (body or {}).get("fields")

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
+from crmlookup.errors import CrmrouteError
 from crmlookup.files import create_private_file
 from crmlookup.sqlite_thread import ConnectionThread
 
@@ -90,7 +91,7 @@ _OTHER_LEAD_OF_CALLER = (
 )
 
 
-class OutboxError(Exception):
+class OutboxError(CrmrouteError):
     """The outbox file cannot be opened or written."""
 
 

@@ -14,6 +14,7 @@ import time
 import re
 from typing import TYPE_CHECKING, Awaitable, Callable, Iterable
 
+from crmlookup.errors import CrmrouteError
 from dialplan import RouteStatus, fallback_variables
 
 from ..calllog import log_call, log_session_error
@@ -37,7 +38,7 @@ FALLBACK_TIMEOUT_S = 1.0
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-class RouteExists(ValueError):
+class RouteExists(CrmrouteError, ValueError):
     """A script name is registered twice (the second handler would silently win)."""
 
 
