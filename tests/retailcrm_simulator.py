@@ -337,15 +337,7 @@ class RetailCrmSimulator:
         event = _json_field(form, "event")
         if not isinstance(event, dict):
             raise _error(400, "Parameter 'event' is missing" if event is None else "Errors in the entity format", None if event is None else {"event": "This value should be an object."})
-        errors = {}
-        if not isinstance(event.get("phone"), str) or not event["phone"]:
-            errors["phone"] = "This value should not be blank."
-        if event.get("type") not in EVENT_TYPES:
-            errors["type"] = "The value you selected is not a valid choice."
-        if "codes" in event and not (isinstance(event["codes"], list) and all(isinstance(c, str) for c in event["codes"])):
-            errors["codes"] = "This value should be a list of strings."
-        if "hangupStatus" in event and event["hangupStatus"] not in HANGUP_STATUSES:
-            errors["hangupStatus"] = "The value you selected is not a valid choice."
+        errors = _event_errors(event)
         if errors:
             raise _error(400, "Errors in the entity format", errors)
         with self._changed:
@@ -380,6 +372,19 @@ class RetailCrmSimulator:
                 if external:
                     stored.add(external)
         return _Reply(200, {"success": True, "processedCallsCount": len(calls) - len(duplicates), "duplicateCalls": duplicates})
+
+
+def _event_errors(event: dict[str, Any]) -> dict[str, str]:
+    errors = {}
+    if not isinstance(event.get("phone"), str) or not event["phone"]:
+        errors["phone"] = "This value should not be blank."
+    if event.get("type") not in EVENT_TYPES:
+        errors["type"] = "The value you selected is not a valid choice."
+    if "codes" in event and not (isinstance(event["codes"], list) and all(isinstance(c, str) for c in event["codes"])):
+        errors["codes"] = "This value should be a list of strings."
+    if "hangupStatus" in event and event["hangupStatus"] not in HANGUP_STATUSES:
+        errors["hangupStatus"] = "The value you selected is not a valid choice."
+    return errors
 
 
 def _call_errors(call: dict[str, Any]) -> dict[str, str]:

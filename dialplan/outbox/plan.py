@@ -80,8 +80,7 @@ def plan_writes(
     the others are left out of the plan (and nothing links to a lead that is
     not written).
     """
-    if kinds != ALL_KINDS:
-        settings = _only(settings, kinds)
+    settings = _only(settings, kinds)
     writes: list[PlannedWrite] = []
     known = context.record is not None
     answered = outcome.answered
@@ -110,6 +109,8 @@ def plan_writes(
 
 def _only(settings: OutcomeSettings, kinds: frozenset[WriteKind]) -> OutcomeSettings:
     """``settings`` with the rows switched off whose records the writer does not create."""
+    if kinds == ALL_KINDS:
+        return settings
     leads, tasks = WriteKind.LEAD in kinds, WriteKind.TASK in kinds
     return replace(
         settings,
