@@ -24,6 +24,7 @@ import directory_bench  # noqa: E402
 import fastagi_bench  # noqa: E402
 import memory_bench  # noqa: E402
 import mirror_bench  # noqa: E402
+import retailcrm_bench  # noqa: E402
 import slowloris_bench  # noqa: E402
 import stdio_bench  # noqa: E402
 
@@ -33,6 +34,7 @@ SUITES = {
     "directory": directory_bench,
     "memory": memory_bench,
     "mirror": mirror_bench,
+    "retailcrm": retailcrm_bench,
     "slowloris": slowloris_bench,
 }
 
@@ -55,10 +57,12 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--directory-lookups", type=int, help="directory: timed lookups (default 100000; quick 5000)")
     parser.add_argument("--memory-numbers", type=int, help="memory: distinct numbers looked up (default 100000; quick 5000)")
     mirror_bench.add_options(parser)
+    retailcrm_bench.add_options(parser)
     parser.add_argument("--slowloris", type=int, default=1000, help="slowloris: connections the slowloris peer holds")
     parser.add_argument("--output", help="JSON file (default benchmarks/results/<time>.json)")
     options = parser.parse_args(argv)
     mirror_bench.defaults(options)
+    retailcrm_bench.defaults(options)
     defaults = {
         "sessions": (20_000, 2_000),
         "warmup": (2_000, 300),

@@ -13,13 +13,16 @@ server ends a session, the CLI prints one line). The tree::
     │   ├── CrmRateLimited          slow down (``retry_after``)
     │   ├── CrmBadResponse          an answer that cannot be read
     │   └── DirectoryError          the local directory file (MirrorFileError: the mirror's)
+    │       (retailCRM's own: RetailCrmRejected, RetailCrmNotFound in crmlookup.retailcrm.api)
     ├── DirectoryImportError        a CSV import refused (``problems``)
+    ├── PluginError                 a CRM plugin not found, not loadable or registered twice (crmlookup.plugins)
     ├── InvalidNumber               not a phone number (also a ValueError)
     ├── NotAnExtensionList          not a clean list of extensions (also a ValueError)
     ├── DeviceStateUnavailable      Asterisk cannot be asked a phone's state (dialplan)
     ├── InvalidOutcome              headers that identify no call (dialplan, also a ValueError)
     ├── OutboxError                 the outbox cannot be opened or written (dialplan.outbox)
     ├── ConfigError                 a bad configuration, the key named (fastagi_server.config)
+    ├── RouteExists                 an AGI script name registered twice (fastagi_server.handlers, also a ValueError)
     └── AgiError                    an AGI exchange ended (fastagi_server.errors, and its branches)
 
 The root lives here, in the package every other one depends on.

@@ -21,6 +21,9 @@ class Owner:
     extensions: tuple[str, ...] = ()
     # False when the CRM says the user is deactivated: they never ring, whatever maps them.
     active: bool = True
+    # Why the CRM says the user cannot take a call now ("status busy"): they are
+    # passed over like a phone in use. Empty: the CRM says nothing against it.
+    away: str = ""
 
 
 @dataclass(frozen=True, slots=True)

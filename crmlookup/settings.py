@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-BACKENDS = ("local", "zoho")
-
 
 def check_ranges(settings: object, bounds: Iterable[tuple[str, int, int]]) -> None:
     """Raise ValueError naming the first field of ``settings`` outside its ``(name, low, high)`` bounds."""
@@ -20,12 +18,16 @@ def check_ranges(settings: object, bounds: Iterable[tuple[str, int, int]]) -> No
 class CrmSettings:
     """The ``[crm]`` section."""
 
-    # local: the SQLite directory (embedded default); zoho: Zoho CRM (the [zoho] section).
+    # The CRM plugin that answers lookups: local (the SQLite directory, the
+    # embedded default), zoho (Zoho CRM, the [zoho] section), retailcrm
+    # (retailCRM, the [retailcrm] section), or an installed plugin's name.
     backend: str = "local"
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        from .plugins import PLUGIN_NAME
+
+        if not PLUGIN_NAME.fullmatch(self.backend):
+            raise ValueError(f"backend {self.backend!r} is not a plugin name (lower-case letters, digits, '_' or '-')")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,10 @@ class WriteKind(str, enum.Enum):
     TASK = "Tasks"
 
 
+# Every kind: what a writer that creates leads, calls and tasks declares.
+ALL_KINDS = frozenset(WriteKind)
+
+
 @dataclass(frozen=True)
 class RecordRef:
     """A CRM record an activity is linked to (``Contacts``/``C-7``)."""
@@ -48,6 +52,12 @@ class CallEntry:
     record: RecordRef | None = None
     # The person who called, when ``record`` is not one (a deal's contact).
     who: RecordRef | None = None
+    # Asterisk's DIALSTATUS (ANSWER, NOANSWER, BUSY, CHANUNAVAIL ...), empty when unknown.
+    dial_status: str = ""
+    # The extension that answered, else the one the route rang; empty when neither is known.
+    extension: str = ""
+    # Where the call's recording is served (an http(s) URL), empty when there is none.
+    recording_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,9 @@ class CrmWriter(Protocol):
     """
 
     name: str
+    # The kinds of record it creates; the outcome plans leave out the others
+    # (a CRM whose own triggers make tasks from the call history takes calls only).
+    writes: frozenset[WriteKind]
     # The most entries one ``create`` call may carry.
     max_batch: int
     # How long a record just created may take to be found by ``find_existing``

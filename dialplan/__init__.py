@@ -4,6 +4,7 @@ from .availability import DeviceStateProbe, DeviceStateUnavailable, FixedDeviceS
 from .call import InboundCall
 from .decision import CONTRACT_VARIABLES, RouteDecision, RouteStatus, fallback_variables
 from .history import CallHistory
+from .outcome import CallOutcome, RouteSnapshot
 from .router import Router
 from .settings import RoutingSettings
 from .targets import DialTargets
@@ -11,6 +12,8 @@ from .targets import DialTargets
 __all__ = [
     "CONTRACT_VARIABLES",
     "CallHistory",
+    "CallOutcome",
+    "RouteSnapshot",
     "DeviceStateProbe",
     "DeviceStateUnavailable",
     "DialTargets",

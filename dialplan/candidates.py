@@ -32,6 +32,7 @@ class Candidate:
     hours: BusinessHours | None = None
     match: Match | None = None  # the CRM record that proposed them
     problem: str = ""  # why they cannot ring at all: "has no owner", "has no valid extension"
+    away: str = ""  # why the CRM says they cannot take a call now ("status busy")
 
     @property
     def chosen_text(self) -> str:
@@ -71,7 +72,7 @@ def owner_candidate(policy: Policy, match: Match) -> Candidate:
     extensions = tuple(policy.targets.valid_extensions(configured if configured is not None else owner.extensions))
     label = f"{record} owner {owner.id}"
     problem = "" if extensions else "has no valid extension"
-    return Candidate(match.module, label, extensions, key, staff.hours.get(key), match, problem)
+    return Candidate(match.module, label, extensions, key, staff.hours.get(key), match, problem, owner.away)
 
 
 def last_agent_candidate(policy: Policy, extension: str) -> Candidate:

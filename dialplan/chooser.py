@@ -108,6 +108,23 @@ class Chooser:
             else:
                 yield self._policy.senior_manager
 
+    def _unavailable_now(self, candidate: Candidate) -> bool:
+        """True (and traced) when the CRM says the candidate is away, or it is out of their hours."""
+        trace = self._trace
+        if candidate.away:
+            # The CRM's own word (a manager on a break): like a phone in use, the next one is tried.
+            trace.link(f"{candidate.label}: passed over, {candidate.away}", f"{candidate.label} {candidate.away}")
+            return True
+        hours = candidate.hours or self._policy.hours  # their own schedule, else the policy's
+        if hours is not None and not hours.is_open(self._now):
+            local = self._now.astimezone(hours.zone).strftime("%a %H:%M")
+            trace.link(
+                f"{candidate.label}: passed over, out of hours ({hours.name}, {local} {hours.zone.key})",
+                f"{candidate.label} out of hours",
+            )
+            return True
+        return False
+
     async def _try(self, candidate: Candidate) -> Ring | None:
         trace = self._trace
         if candidate.person and candidate.person in self._tried:
@@ -118,13 +135,7 @@ class Chooser:
         if candidate.problem:
             trace.link(f"{candidate.label}: passed over, {candidate.problem}", f"{candidate.label} {candidate.problem}")
             return None
-        hours = candidate.hours or self._policy.hours  # their own schedule, else the policy's
-        if hours is not None and not hours.is_open(self._now):
-            local = self._now.astimezone(hours.zone).strftime("%a %H:%M")
-            trace.link(
-                f"{candidate.label}: passed over, out of hours ({hours.name}, {local} {hours.zone.key})",
-                f"{candidate.label} out of hours",
-            )
+        if self._unavailable_now(candidate):
             return None
         if self._checker is None:
             trace.link(f"{candidate.label}: rings {', '.join(candidate.extensions)} (availability not checked)", candidate.chosen_text)

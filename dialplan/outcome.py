@@ -37,17 +37,22 @@ CHANNEL_READINGS: dict[str, str] = {
     "record_id": "CRM_RECORD_ID",
     "route_extension": "CRM_EXTENSION",
     "record_name": "CRM_CALLER_NAME",
+    "recording_url": "CRM_RECORDING_URL",  # set by the dialplan when it records calls: where the recording is served
 }
+# Readings that need more than READ_LIMIT characters.
+READ_LIMITS = {"recording_url": 256}
 
 
 def reading_expression(name: str) -> str:
     """``${DIALSTATUS:0:64}`` for the reading ``dial_status``."""
-    return "${" + CHANNEL_READINGS[name] + f":0:{READ_LIMIT}" + "}"
+    return "${" + CHANNEL_READINGS[name] + f":0:{READ_LIMITS.get(name, READ_LIMIT)}" + "}"
 
 
 # An extension we keep for the record: the safe dial alphabet, nothing else.
 _EXTENSION = re.compile(r"[0-9A-Za-z_.+*#-]{1,64}")
 _CALL_ID = re.compile(r"[0-9A-Za-z_.:@-]{1,150}")
+# A recording's address we pass on: http(s), no spaces, quotes, brackets or control characters.
+_RECORDING_URL = re.compile(r"https?://[^\s\"'<>\\`{}|^\x00-\x1f\x7f]{1,248}")
 _EPOCH = re.compile(r"\d{9,11}(\.\d{1,6})?")
 # A caller ID is kept to this many characters (it comes from the network).
 MAX_CALLER_LENGTH = 128
@@ -95,6 +100,8 @@ class CallOutcome:
     route: RouteSnapshot = field(default_factory=RouteSnapshot)
     # False when the channel could not be read (the outcome then says so).
     complete: bool = True
+    # Where the call's recording is served (CRM_RECORDING_URL), when the dialplan said.
+    recording_url: str = ""
 
     @property
     def answered_at(self) -> float | None:
@@ -210,4 +217,5 @@ def outcome_from_channel(
         channel=channel[:128],
         route=route,
         complete=complete,
+        recording_url=get("recording_url") if _RECORDING_URL.fullmatch(get("recording_url")) else "",
     )

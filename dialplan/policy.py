@@ -26,7 +26,9 @@ from .targets import DialTargets
 if TYPE_CHECKING:
     from .settings import RoutingSettings
 
-RULES = MODULES + (LAST_AGENT,)
+# What a CRM record kind in ``lookup_order`` may be called; which kinds exist
+# is the CRM plugin's to say (checked where the configuration is read).
+RECORD_KIND = re.compile(r"[A-Z][A-Za-z0-9_]{0,63}")
 DEFAULT_POLICY = "default"
 MAX_RESOLVED_DIDS = 1024
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -172,7 +174,7 @@ def _compile(
     return Policy(
         name=name,
         rules=rules,
-        modules=tuple(rule for rule in rules if rule in MODULES),
+        modules=tuple(rule for rule in rules if rule != LAST_AGENT),
         targets=targets,
         states=states,
         skip_states=frozenset(state.upper() for state in values["skip_states"]),
@@ -192,8 +194,8 @@ def _rules(lookup_order: tuple[str, ...], where: str) -> tuple[str, ...]:
     if not rules:
         raise ValueError(f"{where}lookup_order must name at least one rule")
     for rule in rules:
-        if rule not in RULES:
-            raise ValueError(f"{where}lookup_order: {rule!r} is not one of {', '.join(RULES)}")
+        if rule != LAST_AGENT and not RECORD_KIND.fullmatch(rule):
+            raise ValueError(f"{where}lookup_order: {rule!r} is neither {LAST_AGENT} nor a CRM record kind such as {', '.join(MODULES)}")
     if len(set(rules)) != len(rules):
         raise ValueError(f"{where}lookup_order: a rule is listed twice")
     return rules
@@ -279,3 +281,16 @@ def _keyed(where: str, build):
         return build()
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+def unknown_rule(settings: RoutingSettings, modules: tuple[str, ...]) -> str:
+    """The first ``lookup_order`` rule (of ``[routing]`` or a policy) that is neither
+    LastAgent nor one of the CRM's record kinds ``modules``: the problem, or ""."""
+    allowed = (*modules, LAST_AGENT)
+    orders = [("", settings.lookup_order)]
+    orders += [(f"policies.{name}.", policy.lookup_order or ()) for name, policy in settings.policies.items()]
+    for where, rules in orders:
+        for rule in rules:
+            if rule not in allowed:
+                return f"{where}lookup_order: {rule!r} is not one of {', '.join(allowed)}"
+    return ""

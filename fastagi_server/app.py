@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from crmlookup.backend import CrmBackend
 from crmlookup.cache import CachedBackend
-from crmlookup.factory import live_backend, open_backend, open_writer
+from crmlookup.errors import CrmError
+from crmlookup.events import CallEnded, CallEvents, CallRinging
+from crmlookup.factory import live_backend, open_plugin_backend
+from crmlookup.plugins import OpenContext
+from dialplan.call import InboundCall
+from dialplan.decision import RouteDecision
 from dialplan.history import CallHistory
 from dialplan.router import Router, last_agent_keys, require_history
 
 from .config import Config
 
 if TYPE_CHECKING:
+    from typing import Coroutine
+
     # The outbox and the writers load on first use: a process AGI that only
     # routes a call never needs them (each costs milliseconds of import per call).
     from crmlookup.mirror.backend import MirroredBackend
@@ -28,6 +36,8 @@ if TYPE_CHECKING:
     from dialplan.outcome import CallOutcome
 
 logger = logging.getLogger("crmroute.server")
+# Calls whose events were sent are remembered this many at most (so none is sent twice).
+EVENTS_REMEMBERED = 4096
 
 
 @dataclass
@@ -45,12 +55,24 @@ class App:
     _keeper_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _worker_stop: asyncio.Event | None = field(default=None, repr=False)
     _warming: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Where the CRM hears of calls as they happen (a screen pop), when its plugin offers it.
+    events: CallEvents | None = None
+    _event_tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    _events_sent: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict, repr=False)
 
     @classmethod
     def from_config(
-        cls, config: Config, history: CallHistory | None = None, *, serving: bool = False, require_outbox: bool = False
+        cls,
+        config: Config,
+        history: CallHistory | None = None,
+        *,
+        serving: bool = False,
+        require_outbox: bool = False,
+        backend: CrmBackend | None = None,
+        writer: CrmWriter | None = None,
+        events: CallEvents | None = None,
     ) -> "App":
-        """Open the backend and build the router.
+        """Open the backend and build the router: the app builder.
 
         ``history`` (recorded call outcomes) serves the LastAgent rule; when a
         policy uses that rule and none is given, the outbox's own is used: an
@@ -58,8 +80,13 @@ class App:
         without that rule until it opens), unless ``require_outbox`` (a
         configuration check). ``serving``: this is the server, which keeps the
         CRM's mirror up to date (:meth:`start_mirror`); every other process
-        only reads it. Raises CrmError if the backend cannot open, ValueError
-        if the routing policy needs something missing.
+        only reads it. An embedding program may give its own ``backend``
+        (used as it is: put a :class:`~crmlookup.cache.CachedBackend` in front
+        of a slow one), ``writer`` (for the outbox's sync worker) and
+        ``events`` (told of calls as they ring and end); without them, the
+        CRM plugin ``crm.backend`` names opens them. Raises CrmError
+        if the backend cannot open, PluginError if no plugin has that name,
+        ValueError if the routing policy needs something missing.
         """
         keeper = None
         if history is None and last_agent_keys(config.routing):
@@ -74,12 +101,16 @@ class App:
                 keeper.trouble(str(exc))  # a server tries again in the background
             history = OutboxCallHistory(keeper)
         require_history(config.routing, history)  # before the backend is opened
-        backend = open_backend(
-            config.crm, config.directory, config.zoho, config.cache,
-            deadline_ms=config.routing.deadline_ms, mirror=config.mirror, region=config.routing.default_region, keep_mirror=serving,
-        )
+        if backend is None:
+            plugin = config.plugin
+            settings = config.settings_of(plugin)
+            context = OpenContext(region=config.routing.default_region, deadline_ms=config.routing.deadline_ms, serving=serving)
+            backend = open_plugin_backend(plugin, settings, config.cache, context=context, mirror=config.mirror)
+            offers_events = getattr(plugin, "call_events", None)  # optional: most CRMs want no call events
+            if events is None and offers_events is not None:
+                events = offers_events(live_backend(backend), settings)
         router = Router(config.routing, backend, history=history)
-        return cls(config=config, backend=backend, router=router, serving=serving, _keeper=keeper)
+        return cls(config=config, backend=backend, router=router, serving=serving, _keeper=keeper, _writer=writer, events=events)
 
     @property
     def outbox_keeper(self) -> OutboxKeeper:
@@ -97,8 +128,10 @@ class App:
 
     @property
     def writer(self) -> CrmWriter:
+        """What the sync worker writes outcomes with: the one given, else the CRM plugin's."""
         if self._writer is None:
-            self._writer = open_writer(self.backend)
+            plugin = self.config.plugin
+            self._writer = plugin.open_writer(live_backend(self.backend), self.config.settings_of(plugin))
         return self._writer
 
     @property
@@ -160,7 +193,7 @@ class App:
         old_mirror = previous.mirror
         if old_mirror is not None:
             old_mirror.stop_refreshing()
-        same_crm = (previous.config.crm, previous.config.directory, previous.config.zoho) == (self.config.crm, self.config.directory, self.config.zoho)
+        same_crm = _crm_settings(previous.config) == _crm_settings(self.config)
         old_cache, new_cache = _cache_of(previous.backend), _cache_of(self.backend)
         if same_crm and old_cache is not None and new_cache is not None:
             new_cache.adopt(old_cache)
@@ -182,6 +215,38 @@ class App:
         self._worker_task = asyncio.get_running_loop().create_task(self.sync_worker.run(self._worker_stop))
         logger.info("outbox %s: sync worker started (writer=%s)", outbox.path, self.writer.name)
 
+    def call_ringing(self, call: InboundCall, decision: RouteDecision) -> None:
+        """Tell the CRM who this call now rings (its screen pop), in the background, once per call.
+
+        The route has answered already: the call never waits for this, and a
+        failure is logged.
+        """
+        if self.events is None or not decision.extensions or not call.unique_id:
+            return
+        caller = decision.normalised_number or call.caller
+        ringing = CallRinging(call.unique_id, caller, call.did, tuple(decision.extensions), decision.owner.id if decision.owner else "")
+        self._send_event("ringing", call.unique_id, self.events.ringing(ringing))
+
+    def call_ended(self, outcome: CallOutcome) -> None:
+        """Tell the CRM the call is over (closes its screen pop), in the background, once per call."""
+        if self.events is None or not outcome.route.extension:
+            return  # the route rang nobody: there is no screen pop to close
+        extensions = (outcome.answered_extension or outcome.route.extension,)
+        ended = CallEnded(outcome.call_id, outcome.caller_e164 or outcome.caller, outcome.did, extensions, outcome.answered, outcome.dial_status)
+        self._send_event("ended", outcome.call_id, self.events.ended(ended))
+
+    def _send_event(self, kind: str, call_id: str, send: "Coroutine[object, object, None]") -> None:
+        key = (kind, call_id)
+        if key in self._events_sent:
+            send.close()  # this call's event went already (a dialplan that ran the script twice)
+            return
+        self._events_sent[key] = None
+        if len(self._events_sent) > EVENTS_REMEMBERED:
+            self._events_sent.popitem(last=False)
+        task = asyncio.get_running_loop().create_task(_logged_event(kind, call_id, send), name=f"call event {kind}")
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
+
     def outcome_recorded(self) -> None:
         """A new outcome is in the outbox: the running worker takes it up now."""
         if self._worker_task is not None and self._worker is not None:
@@ -202,6 +267,9 @@ class App:
         self._worker_task = self._keeper_task = None
 
     async def aclose(self) -> None:
+        for task in list(self._event_tasks):
+            task.cancel()  # a call event still in flight is of no use once we stop
+        await asyncio.gather(*self._event_tasks, return_exceptions=True)
         if self._warming is not None:
             self._warming.cancel()
             await asyncio.gather(self._warming, return_exceptions=True)
@@ -212,6 +280,20 @@ class App:
             await self._keeper.aclose()
         await self.backend.aclose()
 
+
+
+async def _logged_event(kind: str, call_id: str, send: "Coroutine[object, object, None]") -> None:
+    try:
+        await send
+    except CrmError as exc:
+        logger.warning("call event %s for %s not sent: %s", kind, call_id, exc)
+    except Exception:  # a plugin's bug must not reach the event loop's handler unexplained
+        logger.exception("call event %s for %s failed", kind, call_id)
+
+
+def _crm_settings(config: Config) -> tuple[object, ...]:
+    """What decides which CRM answers, and how: equal ones may share the cache."""
+    return (config.crm, config.directory, config.zoho, config.sections)
 
 
 def _cache_of(backend: CrmBackend) -> CachedBackend | None:

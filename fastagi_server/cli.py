@@ -230,25 +230,21 @@ def _parse_time(text: str):
 
 
 def _backend_description(config: Config) -> str:
-    if config.crm.backend == "local":
-        if config.directory.path:
-            return config.directory.path
-        from crmlookup.local_directory.directory import demo_directory_path
-
-        return f"packaged demo directory, kept in {demo_directory_path()}"
-    if config.crm.backend == "zoho":
-        return f"data centre {config.zoho.data_centre}, {config.zoho.accounts_server}"
-    return config.crm.backend
+    """Where lookups go, in the words of the backend's plugin."""
+    plugin = config.plugin
+    return plugin.describe(config.settings_of(plugin))
 
 
 @cli.command("check-config")
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 @CONFIG_OPTION
-def check_config(file: str | None, config_path: str | None) -> None:
+@click.option("--online", is_flag=True, help="Also prove the CRM credentials with one cheap request and check the names the CRM must know.")
+def check_config(file: str | None, config_path: str | None, online: bool) -> None:
     """Validate the configuration (FILE, else --config, $CRMROUTE_CONFIG, /etc/crmroute/crmroute.toml).
 
     Lists every problem (exit 1), opens the backend it names, and warns about
-    configured owners no CRM user has; creates nothing.
+    configured owners no CRM user has; creates nothing. With --online, a CRM
+    that cannot be reached or refuses the credentials fails the check.
     """
     from dataclasses import replace
 
@@ -261,7 +257,7 @@ def check_config(file: str | None, config_path: str | None) -> None:
     problems = config_problems(data)
     if not problems:
         config = replace(config_from_dict(data), source=str(path or ""))
-        report = asyncio.run(inspect(config))
+        report = asyncio.run(inspect(config, online=online))
         problems = report.problems
         for warning in report.warnings:
             click.echo(f"{where}: warning: {warning}", err=True)

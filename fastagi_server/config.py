@@ -16,9 +16,11 @@ from typing import Any, Mapping
 
 from crmlookup.errors import CrmrouteError
 from crmlookup.mirror.settings import MirrorSettings
+from crmlookup.plugins import CrmPlugin, PluginError, PluginRegistry, default_plugins
 from crmlookup.settings import CacheSettings, CrmSettings, DirectorySettings
 from crmlookup.zoho.settings import ZohoSettings
 from dialplan.outbox.settings import OutboxSettings, OutcomeSettings
+from dialplan.policy import unknown_rule
 from dialplan.settings import RoutingSettings
 
 from .limits import SessionLimits
@@ -155,6 +157,25 @@ class Config:
     outcomes: OutcomeSettings = field(default_factory=OutcomeSettings)
     # Where it was read from; empty for the built-in defaults. Not a TOML key.
     source: str = field(default="", metadata={"toml": False})
+    # The settings of plugin sections that are not fields above ([retailcrm],
+    # an installed plugin's), by section name, as their plugins' dataclasses.
+    sections: dict[str, Any] = field(default_factory=dict, metadata={"toml": False})
+    # The CRM plugins this configuration was read with (None: the default ones).
+    plugins: PluginRegistry | None = field(default=None, compare=False, repr=False, metadata={"toml": False})
+
+    @property
+    def plugin(self) -> CrmPlugin:
+        """The CRM plugin ``crm.backend`` names; raises PluginError when none is installed."""
+        return (self.plugins or default_plugins()).get(self.crm.backend)
+
+    def settings_of(self, plugin: CrmPlugin) -> Any:
+        """``plugin``'s settings: its section as read, else its defaults."""
+        section = plugin.section
+        if section in _CONFIG_SECTIONS:
+            return getattr(self, section)
+        if section in self.sections:
+            return self.sections[section]
+        return plugin.settings_type()
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -211,12 +232,16 @@ def demo_mode_notice(config: Config) -> str:
     return f"DEMO MODE: {config.source} sets no directory.path: calls are routed from the packaged demo directory"
 
 
-def config_from_dict(data: Mapping[str, Any]) -> Config:
-    """Build a :class:`Config` from parsed TOML; raises :class:`ConfigError` naming the key."""
-    return _build(Config, data, "")
+def config_from_dict(data: Mapping[str, Any], plugins: PluginRegistry | None = None) -> Config:
+    """Build a :class:`Config` from parsed TOML; raises :class:`ConfigError` naming the key.
+
+    ``plugins`` are the CRM plugins whose sections may appear (the built-in
+    and installed ones when None).
+    """
+    return _build_config(data, plugins or default_plugins(), None)
 
 
-def config_problems(data: Mapping[str, Any]) -> list[str]:
+def config_problems(data: Mapping[str, Any], plugins: PluginRegistry | None = None) -> list[str]:
     """Every problem of parsed TOML that can be found in one pass (empty: it loads).
 
     A wrong value is reported and its default used in its place, so the keys
@@ -225,10 +250,82 @@ def config_problems(data: Mapping[str, Any]) -> list[str]:
     """
     problems: list[str] = []
     try:
-        _build(Config, data, "", problems)
+        _build_config(data, plugins or default_plugins(), problems)
     except ConfigError as exc:
         problems.append(str(exc))
     return problems
+
+
+# The sections that are fields of Config (the rest belong to plugins).
+_CONFIG_SECTIONS = frozenset(f.name for f in fields(Config) if f.metadata.get("toml", True))
+
+
+def _build_config(data: Any, plugins: PluginRegistry, problems: list[str] | None) -> Config:
+    """The Config of ``data``: its own sections, the plugins' sections, and the
+    checks that need both (the backend exists, its record kinds in lookup_order)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config: expected a table, got {_kind(data)}")
+    plugin = _chosen_plugin(data, plugins, problems)
+    own = {key: value for key, value in data.items() if key in _CONFIG_SECTIONS}
+    if plugin is not None:
+        own = _with_plugin_lookup_order(own, plugin)
+    sections = {}
+    for key, value in data.items():
+        if key in _CONFIG_SECTIONS:
+            continue
+        owner = _section_owner(plugins, key, problems)
+        if owner is not None:
+            sections[key] = _build(owner.settings_type, value, key, problems)
+    config = replace(_build(Config, own, "", problems), sections=sections, plugins=plugins)
+    if plugin is not None:
+        _check_plugin_fits(config, plugin, problems)
+    return config
+
+
+def _chosen_plugin(data: Mapping[str, Any], plugins: PluginRegistry, problems: list[str] | None) -> CrmPlugin | None:
+    """The plugin ``crm.backend`` names, when it is a name (its type is checked with the section)."""
+    crm = data.get("crm")
+    name = crm.get("backend", CrmSettings.backend) if isinstance(crm, Mapping) else CrmSettings.backend
+    if not isinstance(name, str):
+        return None
+    try:
+        return plugins.get(name)
+    except PluginError as exc:
+        _problem(problems, ConfigError(f"crm.backend: {exc}"))
+        return None
+
+
+def _section_owner(plugins: PluginRegistry, key: str, problems: list[str] | None) -> CrmPlugin | None:
+    try:
+        owner = plugins.section_owner(key)
+    except PluginError as exc:
+        _problem(problems, ConfigError(f"{key}: {exc}"))
+        return None
+    if owner is None:
+        known = sorted(_CONFIG_SECTIONS | {plugins.get(name).section for name in plugins.names()} - {""})
+        _problem(problems, ConfigError(f"{key}: unknown key (known: {', '.join(known)})"))
+    return owner
+
+
+def _with_plugin_lookup_order(own: dict[str, Any], plugin: CrmPlugin) -> dict[str, Any]:
+    """``own`` with the plugin's record kinds as the lookup order when [routing] names none
+    (a retailCRM caller is an order's or a customer's, never a Zoho lead's)."""
+    routing = own.get("routing", {})
+    if not isinstance(routing, Mapping) or "lookup_order" in routing or tuple(plugin.modules) == RoutingSettings.lookup_order:
+        return own
+    return {**own, "routing": {**routing, "lookup_order": list(plugin.modules)}}
+
+
+def _check_plugin_fits(config: Config, plugin: CrmPlugin, problems: list[str] | None) -> None:
+    """The plugin's settings can be made, and lookup_order names only its record kinds."""
+    if plugin.section and plugin.section not in _CONFIG_SECTIONS and plugin.section not in config.sections:
+        try:
+            config.sections[plugin.section] = plugin.settings_type()
+        except ValueError as exc:
+            _problem(problems, ConfigError(f"{plugin.section}: {exc}"))
+    problem = unknown_rule(config.routing, tuple(plugin.modules))
+    if problem:
+        _problem(problems, ConfigError(f"routing: {problem}"))
 
 
 def _build(cls: type, data: Any, where: str, problems: list[str] | None = None) -> Any:

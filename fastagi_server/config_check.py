@@ -4,7 +4,11 @@ Reading a file stops at nothing: each bad key is listed (see
 :func:`~.config.config_problems`). A file that loads is then opened as the
 server would open it (the backend, the routing policy), without creating
 anything: the outbox is only looked for, and the CRM's users are read to warn
-about configured owners no CRM user has.
+about configured owners no CRM user has. ``--online`` also asks the CRM's
+plugin to prove the credentials with one cheap request and to check the names
+the configuration gives it (Zoho's ``user_extension_field``, retailCRM's
+methods and store): any failure to reach the CRM is then a problem, not a
+warning.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crmlookup.errors import CrmAuthError, CrmError
-from crmlookup.factory import open_writer
+from crmlookup.factory import live_backend
 from crmlookup.records import Owner
 
 from .app import App
@@ -57,6 +61,31 @@ def outbox_location(path: Path) -> tuple[str, str]:
     return f"{path} (not there yet: created with the first call outcome)", ""
 
 
+async def _check_online(app: App, report: CheckReport) -> None:
+    """The plugin's own online check: one cheap request, and the names it must know."""
+    plugin = app.config.plugin
+    try:
+        report.problems += await plugin.check_online(live_backend(app.backend), app.config.settings_of(plugin))
+    except CrmAuthError as exc:
+        report.problems.append(f"the CRM refused our credentials: {exc}")
+    except CrmError as exc:
+        report.problems.append(f"could not reach the CRM ({plugin.name}): {exc}")
+
+
+async def _users(app: App, report: CheckReport, online: bool) -> list[Owner] | None:
+    """The CRM's users, to check the configured owners against; None when they could not be read."""
+    try:
+        return list(await app.writer.users())
+    except CrmAuthError as exc:
+        report.problems.append(f"the CRM refused our credentials: {exc}")
+    except CrmError as exc:
+        if online:
+            report.problems.append(f"could not read the CRM's users: {exc}")
+        else:
+            report.warnings.append(f"could not read the CRM's users, so owner_extensions is not checked against them: {exc}")
+    return None
+
+
 def unknown_owner_keys(config: Config, users: list[Owner]) -> list[str]:
     """The ``owner_extensions`` and ``owner_hours`` keys no CRM user has (by id, or email)."""
     ids = {user.id for user in users}
@@ -65,27 +94,21 @@ def unknown_owner_keys(config: Config, users: list[Owner]) -> list[str]:
     return [key for key in keys if key not in (emails if "@" in key else ids)]
 
 
-async def inspect(config: Config) -> CheckReport:
-    """Open what ``config`` names, as the server would, and report on it."""
+async def inspect(config: Config, *, online: bool = False) -> CheckReport:
+    """Open what ``config`` names, as the server would, and report on it (``online``: and ask the CRM)."""
     report = CheckReport()
     report.outbox, problem = outbox_location(config.outbox.resolved_path)
     if problem:
         report.problems.append(problem)
     app = App.from_config(config, history=UnreadHistory())
-    writer = None
     try:
-        writer = open_writer(app.backend)
-        users = list(await writer.users())
-    except CrmAuthError as exc:
-        report.problems.append(f"the CRM refused our credentials: {exc}")
-        users = None
-    except CrmError as exc:
-        report.warnings.append(f"could not read the CRM's users, so owner_extensions is not checked against them: {exc}")
-        users = None
+        before = len(report.problems)
+        if online:
+            await _check_online(app, report)
+        # A CRM that just failed its own check is not asked again.
+        users = await _users(app, report, online) if len(report.problems) == before else None
     finally:
-        if writer is not None:
-            await writer.aclose()
-        await app.aclose()
+        await app.aclose()  # the writer with it
     if users is not None:
         for key in unknown_owner_keys(config, users):
             report.warnings.append(

@@ -16,7 +16,7 @@ from .listener import Listener, bind, connection_budget, raise_open_file_limit
 from .notify import SystemdNotifier
 from .logs import RepeatedWarning
 from .call_counts import CallCounts
-from .handlers import FALLBACK_TIMEOUT_S, HANDLERS, run_session
+from .handlers import FALLBACK_TIMEOUT_S, Handler, Routes, builtin_routes, run_session
 from .limits import limit_name
 from .signals import ServerSignals
 from .version import build_info
@@ -31,6 +31,10 @@ logger = logging.getLogger("crmroute.server")
 # running may take to give the fallback answer before they are dropped.
 FALLBACK_S = FALLBACK_TIMEOUT_S + 0.5
 
+# How a server makes its app, at start and on each reload: App.from_config
+# unless an embedding program brings its own backend, writer or history.
+AppBuilder = Callable[..., App]
+
 
 class FastAgiServer:
     """Listens for FastAGI connections; see :func:`serve` for the signal handling.
@@ -42,8 +46,19 @@ class FastAgiServer:
     (:mod:`.listener`).
     """
 
-    def __init__(self, app: App, *, sync_worker: bool = False, warning_interval_s: float = 10.0):
+    def __init__(
+        self,
+        app: App,
+        *,
+        sync_worker: bool = False,
+        warning_interval_s: float = 10.0,
+        routes: Routes | None = None,
+        build_app: AppBuilder = App.from_config,
+    ):
         self.app = app
+        # The AGI scripts served, by name (route and outcome, and any added).
+        self.routes = routes or builtin_routes()
+        self._build_app = build_app
         # Whether each app (the first, and each one a reload builds) runs the outbox's sync worker.
         self._sync_worker = sync_worker
         self._sessions: set[FastAgiConnection] = set()  # header block complete
@@ -68,6 +83,10 @@ class FastAgiServer:
         self.call_counts: CallCounts | None = None  # counted per call only while the metrics are served
         self.monitor: MonitorServer | None = None
         self.refused_on_monitor = RepeatedWarning(logger, "refused metrics peers", interval_s=warning_interval_s)
+
+    def add_route(self, name: str, handler: Handler, *, always_served: bool = False) -> None:
+        """Serve ``agi://host/<name>`` with ``handler``; a name already served is refused (:class:`~.handlers.RouteExists`)."""
+        self.routes.add(name, handler, always_served=always_served)
 
     # -- connection bookkeeping (called by FastAgiConnection) ----------------
 
@@ -151,7 +170,7 @@ class FastAgiServer:
                 self._listener.resume()
 
     async def dispatch(self, session: FastAgiConnection) -> None:
-        await run_session(session, session.app, over_capacity=session.over_capacity, observer=self.call_counts)
+        await run_session(session, session.app, over_capacity=session.over_capacity, routes=self.routes, observer=self.call_counts)
 
     # -- life cycle -------------------------------------------------------
 
@@ -191,7 +210,7 @@ class FastAgiServer:
                 self._listener.close()
             raise OSError(exc.errno, f"metrics.listen {settings.listen}: {exc.strerror}") from None
         self.monitor.start()
-        self.call_counts = CallCounts(HANDLERS)
+        self.call_counts = CallCounts(self.routes.names())  # the scripts registered by now (add_route comes before start)
         logger.info("metrics and health on %s (/metrics, /healthz, /readyz; peers allowed: %s)", self.monitor.url, ", ".join(settings.allowed_peers))
 
     @property
@@ -260,7 +279,7 @@ class FastAgiServer:
         """Re-read the config and swap the app; on any error keep the old one."""
         try:
             config = load_config(path)
-            new_app = App.from_config(config, serving=self.app.serving)
+            new_app = self._build_app(config, serving=self.app.serving)
         except Exception as exc:  # a bad reload must never stop the server
             logger.error("reload failed, keeping the running configuration: %s", exc)
             return False
@@ -302,9 +321,14 @@ async def serve(
     on_ready: Callable[[FastAgiServer], None] | None = None,
     hangup_seen: bool = False,
     exiting: bool = False,
+    routes: Routes | None = None,
+    build_app: AppBuilder = App.from_config,
 ) -> None:
     """Run the server until SIGTERM or SIGINT; SIGHUP reloads the config file (see :mod:`.signals`).
 
+    ``routes``: the AGI scripts served (route and outcome when None).
+    ``build_app(config, serving=True)`` makes the app at start and on each
+    reload (an embedding program's own backend, writer or history).
     ``hangup_seen``: a SIGHUP came before the event loop ran (it is carried out once serving).
     ``exiting``: the process ends with the server, so those signals are ignored
     from the end of the shutdown on (a late one would turn a clean stop into
@@ -317,7 +341,7 @@ async def serve(
     raise_open_file_limit()  # more connections fit under a higher limit (see .listener)
     systemd = SystemdNotifier()
     try:
-        server = FastAgiServer(App.from_config(config, serving=True), sync_worker=True)
+        server = FastAgiServer(build_app(config, serving=True), sync_worker=True, routes=routes, build_app=build_app)
         if signals.stop.is_set():
             await server.app.aclose()
             return

@@ -24,9 +24,9 @@ def make_config(data: dict[str, Any] | None = None) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def agi_server(config: Config | None = None, app: App | None = None) -> AsyncIterator[FastAgiServer]:
+async def agi_server(config: Config | None = None, app: App | None = None, routes=None) -> AsyncIterator[FastAgiServer]:
     """A started server on 127.0.0.1 and a free port; shut down on exit."""
-    server = FastAgiServer(app or App.from_config(config or Config()))
+    server = FastAgiServer(app or App.from_config(config or Config()), routes=routes)
     await server.start("127.0.0.1", 0)
     try:
         yield server
@@ -105,3 +105,26 @@ async def decide(app: App, caller: str):
     from dialplan import InboundCall
 
     return await app.router.decide(InboundCall(caller=caller))
+
+
+@pytest.fixture
+def retailcrm():
+    """A retailCRM simulator on a free loopback port, with an empty account (tests add users and customers).
+
+    Its rate limit leaves room for tests that route a few calls in a row; the
+    tests about the limit lower it.
+    """
+    from retailcrm_simulator import RetailCrmSimulator
+
+    with RetailCrmSimulator(rate_limit_per_s=100) as simulator:
+        yield simulator
+
+
+def retailcrm_config(simulator, *, routing: dict[str, Any] | None = None, retailcrm: dict[str, Any] | None = None, **sections: Any) -> Config:
+    """A Config whose backend is the retailCRM simulator (region RU unless ``routing`` says otherwise)."""
+    return make_config({
+        "crm": {"backend": "retailcrm"},
+        "routing": {"default_region": "RU", **(routing or {})},
+        "retailcrm": simulator.retailcrm_config(**(retailcrm or {})),
+        **sections,
+    })

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from crmlookup.errors import CrmAuthError, CrmRateLimited, CrmTimeout, CrmUnavailable
 from crmlookup.records import Owner
-from crmlookup.writer import Entry, WriteKind, WriteResult
+from crmlookup.writer import ALL_KINDS, Entry, WriteKind, WriteResult
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Stored:
 class CrmDouble:
     users_list: Sequence[Owner] = ()
     max_batch: int = 100
+    writes: frozenset = ALL_KINDS
     search_lag_s: float = 0.0
     name: str = "double"
     records: list[Stored] = field(default_factory=list)

@@ -11,7 +11,7 @@ import pytest
 
 from asterisk_peer import AsteriskPeer, asterisk_headers
 from conftest import agi_server, make_config, run, session_lines
-from fastagi_server.handlers import HANDLERS
+from fastagi_server.handlers import builtin_routes
 
 STATE = "${DEVICE_STATE(PJSIP/101)}"
 
@@ -30,13 +30,15 @@ async def give_up_then_ask(session, app):
 
 
 @pytest.fixture
-def probe_script(monkeypatch):
-    monkeypatch.setitem(HANDLERS, "probe", give_up_then_ask)
+def probe_script():
+    routes = builtin_routes()
+    routes.add("probe", give_up_then_ask)
+    return routes
 
 
-def call(peer: AsteriskPeer, limits: dict | None = None):
+def call(peer: AsteriskPeer, limits: dict | None = None, routes=None):
     async def scenario():
-        async with agi_server(make_config({"limits": limits or {}})) as server:
+        async with agi_server(make_config({"limits": limits or {}}), routes=routes) as server:
             return await peer.call(server.port, asterisk_headers(script="probe"))
 
     return run(scenario())
@@ -44,7 +46,7 @@ def call(peer: AsteriskPeer, limits: dict | None = None):
 
 def test_the_next_command_waits_for_the_abandoned_reply(probe_script):
     peer = AsteriskPeer(device_states={"PJSIP/101": "INUSE"}, state_delay=0.2, channel_variables={"GREETING": "hello"})
-    result = call(peer)
+    result = call(peer, routes=probe_script)
     # The variable's own value came back, not the late "INUSE".
     assert result.variables["SEEN"] == "True:hello"
     late_reply = next(t for t, kind, line in result.timeline if kind == "reply" and line == "200 result=1 (INUSE)")
@@ -60,7 +62,7 @@ def test_an_abandoned_reply_that_never_comes_ends_the_session(probe_script, call
                 result.raw += chunk
             result.closed_by_server = True
 
-    result = call(Silent(), {"reply_timeout_ms": 300})
+    result = call(Silent(), {"reply_timeout_ms": 300}, routes=probe_script)
     assert result.closed_by_server
     assert result.raw.count(b"\n") == 1  # the state question only: nothing was sent after it
     errors = [line for line in session_lines(call_log) if line.startswith("session-ended")]

@@ -74,3 +74,18 @@ def test_mirror_smoke_run(tmp_path):
     assert live["misrouted"] == 0 and live["statuses"] == {"OWNER": 20, "NOMATCH": 5}
     assert report["memory"]["phones"] == 2000
     assert "Zoho mirror:" in done.stdout
+
+
+def test_retailcrm_smoke_run(tmp_path):
+    """A few cold callers: each lookup sends its forms at once, everyone routes right, every screen pop arrives."""
+    output = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--only", "retailcrm", "--retailcrm-callers", "3",
+         "--retailcrm-latency-ms", "50", "--output", str(output)],
+        capture_output=True, text=True, timeout=110,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(output.read_text())["retailcrm"]
+    assert report["misrouted"] == 0 and report["events"] == 3
+    assert report["requests_per_lookup"] == 4.0
+    assert "retailCRM: 50 ms per request" in done.stdout

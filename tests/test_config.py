@@ -74,7 +74,7 @@ path = "dir.sqlite"
         ({"routing": {"extension_pattern": "("}}, "extension_pattern is not a valid"),
         ({"routing": {"dial_template": "PJSIP/{ext},tT"}}, "dial_template"),
         ({"routing": {"owner_extensions": {"u1": [101]}}}, "routing.owner_extensions.u1[0]: expected a string"),
-        ({"crm": {"backend": "salesforce"}}, "backend 'salesforce'"),
+        ({"crm": {"backend": "salesforce"}}, "crm.backend: 'salesforce' is not a known CRM backend (known: local, zoho, retailcrm"),
         ({"limits": {"max_headers": -5}}, "limits: max_headers must be between"),
     ],
 )
@@ -126,9 +126,11 @@ def test_every_error_crmroute_raises_on_purpose_has_one_root():
     from dialplan.outbox import OutboxError
     from dialplan.outcome import InvalidOutcome
     from fastagi_server.config import ConfigError
+    from crmlookup.plugins import PluginError
     from fastagi_server.errors import AgiError
+    from fastagi_server.handlers import RouteExists
 
     for error in (CrmError, DirectoryImportError, NotAnExtensionList, MirrorFileError, InvalidNumber,
-                  DeviceStateUnavailable, OutboxError, InvalidOutcome, ConfigError, AgiError):
+                  DeviceStateUnavailable, OutboxError, InvalidOutcome, ConfigError, AgiError, PluginError, RouteExists):
         assert issubclass(error, CrmrouteError), error
     assert issubclass(InvalidNumber, ValueError) and issubclass(InvalidOutcome, ValueError), "what caught them before still does"

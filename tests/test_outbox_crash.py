@@ -82,6 +82,24 @@ def uncertain(outbox_path) -> int:
     return sent + flying
 
 
+def flush_command(config_path) -> list[str]:
+    return [sys.executable, "-m", "fastagi_server", "outbox", "flush", "--config", str(config_path)]
+
+
+def flush_killed(command: list[str], env: dict[str, str], outbox_path, kills: int, pause) -> int:
+    """Start ``command`` ``kills`` times, each killed with SIGKILL after ``pause()`` seconds;
+    how many kills left a write uncertain (sent, its answer never recorded)."""
+    killed_mid_write = 0
+    for _ in range(kills):
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        time.sleep(pause())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if uncertain(outbox_path):
+            killed_mid_write += 1
+    return killed_mid_write
+
+
 def test_sigkill_during_flush_loses_nothing_and_writes_nothing_twice(tmp_path):
     from zoho_simulator import ZohoSimulator
 
@@ -99,16 +117,9 @@ def test_sigkill_during_flush_loses_nothing_and_writes_nothing_twice(tmp_path):
         box.record_many([(o, time.time()) for o in recorded])
         box.close()
 
-        command = [sys.executable, "-m", "fastagi_server", "outbox", "flush", "--config", str(config_path)]
+        command = flush_command(config_path)
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        killed_mid_write = 0
-        for _ in range(KILLS):
-            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-            time.sleep(rng.uniform(0.4, 1.6))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            if uncertain(outbox_path):
-                killed_mid_write += 1
+        killed_mid_write = flush_killed(command, env, outbox_path, KILLS, lambda: rng.uniform(0.4, 1.6))
         finishing = []
         for _ in range(10):
             finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)

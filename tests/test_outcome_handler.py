@@ -12,6 +12,7 @@ import pytest
 
 from asterisk_peer import AsteriskPeer, answered_call_channel, asterisk_headers, header_block, parse_args
 from conftest import agi_server, make_config, run, session_lines
+from dialplan.outcome import CHANNEL_READINGS
 from fastagi_server.app import App
 
 START = time.time() - 60.0
@@ -133,7 +134,7 @@ def test_a_value_holding_the_separator_falls_back_to_one_read_each(tmp_path):
     result = run(scenario())
     reads = result.commands[:-1]
     assert all(argv[:3] == ["GET", "FULL", "VARIABLE"] and len(argv) == 4 for argv in reads)
-    assert len(reads) == 1 + 16  # the joined read, then one per reading
+    assert len(reads) == 1 + len(CHANNEL_READINGS)  # the joined read, then one per reading
     assert result.variables["CRM_OUTCOME"] == "recorded"
     [(_, _, o)] = stored(tmp_path)
     assert o["route"]["record_name"] == "Evil |~| Name"

@@ -124,4 +124,22 @@ def test_round_trips_through_a_dict():
 def test_every_reading_is_a_bounded_expression():
     for name in CHANNEL_READINGS:
         expression = reading_expression(name)
-        assert expression.startswith("${") and expression.endswith(":0:64}")
+        limit = 256 if name == "recording_url" else 64
+        assert expression.startswith("${") and expression.endswith(f":0:{limit}}}")
+
+
+@pytest.mark.parametrize(
+    "url, kept",
+    [
+        ("https://pbx.example.com/rec/1700000000.1.wav", True),
+        ("http://10.0.0.5/monitor/a%20b.mp3", True),
+        ("ftp://pbx/rec.wav", False),
+        ("https://pbx/rec.wav\nSET VARIABLE X 1", False),
+        ("https://pbx/a b.wav", False),
+        ('https://pbx/"onload=x', False),
+        ("javascript:alert(1)", False),
+    ],
+)
+def test_a_recording_url_is_kept_only_when_it_is_a_plain_http_address(url, kept):
+    o = build({"dial_status": "ANSWER", "recording_url": url})
+    assert o.recording_url == (url if kept else "")

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from ..errors import DirectoryError
 from ..records import Owner
-from ..writer import CallEntry, Entry, LeadEntry, TaskEntry, WriteKind, WriteResult
+from ..writer import ALL_KINDS, CallEntry, Entry, LeadEntry, TaskEntry, WriteKind, WriteResult
 from .directory import LocalDirectory
 from .importer import MAX_TEXT_LENGTH, ORIGIN_CALL
 from .schema import ensure_history_schema
@@ -33,6 +33,7 @@ class LocalDirectoryWriter:
     """Writes outcomes into the directory file (on the directory's own thread)."""
 
     name = "local"
+    writes = ALL_KINDS
     max_batch = 100
     search_lag_s = 0.0
 

@@ -27,6 +27,7 @@ from ..condition import Condition
 from ..errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited, CrmTimeout, CrmUnavailable
 from ..stats import RequestStats, result_of_error, result_of_status
 from .auth import AccessToken, TokenSource
+from ..http import retry_after
 from .http import Reply, describe_error, encode_query, error_code, exchange, json_object
 
 logger = logging.getLogger("crmroute.zoho")
@@ -164,16 +165,9 @@ class ZohoApi:
             return reply, token
 
     def _check_breaker(self, trace: list[str] | None, purpose: str = "lookup") -> None:
-        wait = self._breaker.retry_in()
-        if wait <= 0:
-            return
-        self.stats.record(purpose, "circuit_open", None)
-        message = f"not calling Zoho for {wait:.1f} s more: {self._breaker.reason}"
-        if trace is not None:
-            trace.append(f"circuit open: {message}")
-        if "429" in self._breaker.reason:
-            raise CrmRateLimited(message, retry_after=wait)
-        raise CrmUnavailable(message)
+        if self._breaker.retry_in() > 0:
+            self.stats.record(purpose, "circuit_open", None)
+        self._breaker.check("Zoho", trace)
 
     def _interpret(self, reply: Reply) -> dict[str, Any] | None:
         status = reply.status
@@ -185,7 +179,7 @@ class ZohoApi:
             return json_object(reply)
         problem = f"{reply.label}: {describe_error(reply)}"
         if status == 429:
-            backoff = self._breaker.record_rate_limited(_retry_after(reply))
+            backoff = self._breaker.record_rate_limited(retry_after(reply))
             logger.warning("Zoho rate limit: %s; backing off %.1f s", problem, backoff)
             raise CrmRateLimited(problem, retry_after=backoff)
         if status >= 500:
@@ -228,12 +222,3 @@ def _server_time(reply: Reply) -> datetime | None:
         return parsedate_to_datetime(value) if value else None
     except (TypeError, ValueError):
         return None
-
-
-def _retry_after(reply: Reply) -> float | None:
-    value = reply.headers.get("retry-after", "")
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds <= 3600 else None

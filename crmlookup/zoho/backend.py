@@ -32,7 +32,6 @@ import logging
 from typing import Any, Callable, Coroutine, Sequence
 from urllib.parse import quote
 
-import httpx
 
 from ..circuit import CircuitBreaker
 from ..condition import Condition
@@ -46,6 +45,7 @@ from .api import ZohoApi
 from .auth import TokenSource
 from .feed import BASE_FIELDS, NAME_FIELD, ZohoFeed
 from .fields import PhoneFields
+from ..http import pooled_client
 from .http import clip
 from .metadata import ActiveUsers, DealStages
 from .query import MAX_CRITERIA, coql_any_of, criteria_any_of
@@ -96,14 +96,9 @@ class ZohoBackend:
             name: read_secret(f"zoho.{name}", getattr(settings, name), getattr(settings, f"{name}_file"), ENV_PREFIX + name.upper(), environ)
             for name in ("client_id", "client_secret", "refresh_token")
         }
-        timeout = httpx.Timeout(
-            connect=settings.connect_timeout_ms / 1000,
-            read=settings.read_timeout_ms / 1000,
-            write=settings.read_timeout_ms / 1000,
-            pool=None,  # waiting for a connection is bounded by our own semaphore
+        client = pooled_client(
+            connect_timeout_ms=settings.connect_timeout_ms, read_timeout_ms=settings.read_timeout_ms, max_concurrency=settings.max_concurrency
         )
-        limits = httpx.Limits(max_connections=settings.max_concurrency + 2, max_keepalive_connections=settings.max_concurrency + 2)
-        client = httpx.AsyncClient(timeout=timeout, limits=limits, headers={"Accept": "application/json"}, follow_redirects=False)
         stats = RequestStats(cls.name)
         tokens = TokenSource(
             client,
@@ -118,12 +113,7 @@ class ZohoBackend:
             ),
             stats=stats,
         )
-        breaker = CircuitBreaker(
-            failure_threshold=settings.breaker_failures,
-            open_s=settings.breaker_open_s,
-            backoff_initial_s=settings.backoff_initial_ms / 1000,
-            backoff_max_s=settings.backoff_max_ms / 1000,
-        )
+        breaker = CircuitBreaker.from_settings(settings)
         api = ZohoApi(client, tokens, breaker, max_concurrency=settings.max_concurrency, api_domain_override=settings.api_domain, stats=stats)
         return cls(api, settings)
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import CrmBadResponse
 from ..records import Owner
-from ..writer import CallEntry, Entry, LeadEntry, TaskEntry, WriteKind, WriteResult
+from ..writer import ALL_KINDS, CallEntry, Entry, LeadEntry, TaskEntry, WriteKind, WriteResult
 from .api import ZohoApi
 from .http import clip
 from .metadata import ActiveUsers
@@ -56,6 +56,7 @@ class ZohoWriter:
     """Creates Calls, Tasks and Leads through the lookup backend's API client."""
 
     name = "zoho"
+    writes = ALL_KINDS
     max_batch = 100
 
     def __init__(self, api: ZohoApi, settings: ZohoSettings, users: ActiveUsers | None = None):

@@ -16,13 +16,13 @@ Pure functions: the worker decides when, this decides what.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone, tzinfo
 from typing import Callable
 from zoneinfo import ZoneInfo
 
 from crmlookup.phone import is_withheld
-from crmlookup.writer import CallEntry, Entry, LeadEntry, TaskEntry, WriteKind
+from crmlookup.writer import ALL_KINDS, CallEntry, Entry, LeadEntry, TaskEntry, WriteKind
 
 from ..hours import BusinessHours
 from ..outcome import CallOutcome
@@ -70,13 +70,17 @@ def plan_writes(
     settings: OutcomeSettings,
     tz: tzinfo,
     task_hours: Callable[[str], BusinessHours | None] = no_schedule,
+    kinds: frozenset[WriteKind] = ALL_KINDS,
 ) -> list[PlannedWrite]:
     """The records ``outcome`` should leave in the CRM, in writing order.
 
     ``task_hours`` gives the schedule a task's owner works in: a task falling
     due outside it is due when it next opens (a call missed at 21:48 is called
-    back in the morning, not at 01:48).
+    back in the morning, not at 01:48). ``kinds``: what the writer creates;
+    the others are left out of the plan (and nothing links to a lead that is
+    not written).
     """
+    settings = _only(settings, kinds)
     writes: list[PlannedWrite] = []
     known = context.record is not None
     answered = outcome.answered
@@ -101,6 +105,21 @@ def plan_writes(
         task = _task(outcome, context, lead_owner, due, "Call back", tz, task_hours(lead_owner))
         writes.append(PlannedWrite(task.step, task.kind, task.entry, links_lead=True))
     return writes
+
+
+def _only(settings: OutcomeSettings, kinds: frozenset[WriteKind]) -> OutcomeSettings:
+    """``settings`` with the rows switched off whose records the writer does not create."""
+    if kinds == ALL_KINDS:
+        return settings
+    leads, tasks = WriteKind.LEAD in kinds, WriteKind.TASK in kinds
+    return replace(
+        settings,
+        log_calls=settings.log_calls and WriteKind.CALL in kinds,
+        answered_unknown_lead=settings.answered_unknown_lead and leads,
+        missed_unknown_lead=settings.missed_unknown_lead and leads,
+        missed_known_task=settings.missed_known_task and tasks,
+        answered_by_other_task=settings.answered_by_other_task and tasks,
+    )
 
 
 def _answered_by_other(outcome: CallOutcome, context: CrmContext) -> bool:
@@ -189,6 +208,9 @@ def _call(outcome: CallOutcome, context: CrmContext, owner_id: str, tz: tzinfo) 
         owner_id=owner_id,
         record=context.record,
         who=context.who,
+        dial_status=outcome.dial_status,
+        extension=outcome.answered_extension or outcome.route.extension,
+        recording_url=outcome.recording_url,
     )
 
 

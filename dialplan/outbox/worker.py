@@ -281,7 +281,9 @@ class SyncWorker:
             if context.record is None and number and not started_lead:
                 context = await self._our_lead(attempt, context)
             policy = self._book.for_did(item.outcome.did)
-            attempt.plan = plan_writes(item.outcome, context, self._outcomes, self._tz, lambda owner: _task_schedule(policy, users, owner))
+            attempt.plan = plan_writes(
+                item.outcome, context, self._outcomes, self._tz, lambda owner: _task_schedule(policy, users, owner), kinds=self._writer.writes
+            )
             creates_lead = any(w.step == Step.LEAD for w in attempt.plan)
             if attempt.deferred or (creates_lead and not started_lead and number in leads_planned):
                 # Another outcome creates this caller's lead: this one waits for

@@ -83,6 +83,7 @@ async def record_outcome(session: AgiSession, app: App) -> dict[str, str]:
         await tell_dialplan(session, committed=False)
         return {"outcome": "IGNORED", "reason": str(exc)}
     recording = await app.record_outcome(outcome, ended_at)
+    app.call_ended(outcome)  # in the background: the CRM's screen pop closes
     await tell_dialplan(session, committed=recording.committed)
     return {
         "caller": outcome.caller_e164 or outcome.caller,

@@ -59,6 +59,8 @@ async def route_call(session: AgiSession, app: App) -> dict[str, str]:
     probe = NoDeviceStates("caller hung up") if session.hung_up else ChannelDeviceStates(session)
     decision = await app.router.decide(call, probe)
     await session.set_variables(decision.channel_variables())
+    # The screen pop goes after the answer, in the background: the call never waits for it.
+    app.call_ringing(call, decision)
     return route_log_fields(call, decision)
 
 
