@@ -122,3 +122,36 @@ def test_a_full_disk_keeps_outcomes_in_memory_until_there_is_room(tmp_path):
     expected = sorted([f"1700000000.{i}" for i in range(40)] + ["1700000000.99"])
     assert stored_call_ids(path) == expected
     assert first_failed >= 1
+
+
+def test_an_outcome_that_comes_while_the_outbox_is_being_opened_waits_for_it(tmp_path):
+    """Right after start-up the server may still be opening its outbox: an outcome then
+    is committed once it is open, and the dialplan hears "recorded", not "failed"."""
+    import asyncio
+    import time
+
+    from dialplan.outbox import OutboxKeeper, Recording
+    from dialplan.outcome import outcome_from_channel
+
+    path = tmp_path / "outbox.sqlite"
+    Outbox.open(path).close()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the open waits for this lock, as for a slow disk
+
+    async def scenario():
+        keeper = OutboxKeeper(path)
+        opening = asyncio.ensure_future(keeper.open())  # what serve's keeper starts with
+        await asyncio.sleep(0)
+        outcome = outcome_from_channel(call_id="1700000000.9", caller="+34928000000", readings={"dial_status": "ANSWER"}, ended_at=time.time(), region="ES")
+        recording = asyncio.ensure_future(keeper.record(outcome, time.time()))
+        await asyncio.sleep(0.2)
+        assert not recording.done(), "it waits for the open under way"
+        blocker.execute("ROLLBACK")
+        result = await recording
+        await opening
+        await keeper.aclose()
+        return result
+
+    assert run(scenario()) is Recording.RECORDED
+    blocker.close()
+    assert stored_call_ids(path) == ["1700000000.9"]

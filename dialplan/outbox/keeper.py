@@ -60,6 +60,9 @@ class OutboxKeeper:
         self._clock = clock
         self._outbox: Outbox | None = None
         self._tried_at: float | None = None
+        # The open under way, if any: an outcome that comes meanwhile waits for it rather than
+        # being spooled (and the dialplan told "spooled") while the file is simply being opened.
+        self._opening: asyncio.Task[Outbox | None] | None = None
         self.problem = ""  # why the outbox cannot be used, while it cannot
         self._spool: deque[tuple[CallOutcome, float]] = deque()
         self._spooled = asyncio.Event()
@@ -87,14 +90,28 @@ class OutboxKeeper:
         return self.current()
 
     async def open(self) -> Outbox | None:
-        """The outbox, opened off the event loop if need be; None (the reason logged) when it cannot be."""
-        if self._outbox is None:
+        """The outbox, opened off the event loop if need be; None (the reason logged) when it cannot be.
+
+        Callers that come while an open is under way share it.
+        """
+        if self._outbox is not None:
+            return self._outbox
+        if self._opening is None:
             self._tried_at = self._clock()
-            try:
-                self._opened(await asyncio.to_thread(Outbox.open, self.path))
-            except OutboxError as exc:
-                self.trouble(str(exc))
-                return None
+            self._opening = asyncio.ensure_future(self._open_off_loop())
+        opening = self._opening
+        try:
+            return await asyncio.shield(opening)  # one caller cancelled does not cancel the open
+        finally:
+            if opening.done() and self._opening is opening:
+                self._opening = None
+
+    async def _open_off_loop(self) -> Outbox | None:
+        try:
+            self._opened(await asyncio.to_thread(Outbox.open, self.path))
+        except OutboxError as exc:
+            self.trouble(str(exc))
+            return None
         return self._outbox
 
     def _opened(self, outbox: Outbox) -> None:
@@ -136,7 +153,8 @@ class OutboxKeeper:
     async def record(self, outcome: CallOutcome, now: float) -> Recording:
         """Commit ``outcome``, or keep it in the spool when the outbox cannot take it."""
         outbox = self._outbox
-        if outbox is None and (self._tried_at is None or self._clock() - self._tried_at >= self._retry_s):
+        due = self._tried_at is None or self._clock() - self._tried_at >= self._retry_s
+        if outbox is None and (self._opening is not None or due):
             outbox = await self.open()
         if outbox is not None:
             try:
