@@ -22,7 +22,8 @@ from crmlookup.factory import live_backend
 from crmlookup.records import Owner
 
 from .app import App
-from .config import Config
+from .config import Config, ConfigError
+from .event_loop import loop_factory
 
 
 @dataclass
@@ -97,6 +98,10 @@ def unknown_owner_keys(config: Config, users: list[Owner]) -> list[str]:
 async def inspect(config: Config, *, online: bool = False) -> CheckReport:
     """Open what ``config`` names, as the server would, and report on it (``online``: and ask the CRM)."""
     report = CheckReport()
+    try:
+        loop_factory(config.server.event_loop)
+    except ConfigError as exc:
+        report.problems.append(str(exc))
     report.outbox, problem = outbox_location(config.outbox.resolved_path)
     if problem:
         report.problems.append(problem)
