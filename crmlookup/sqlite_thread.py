@@ -8,7 +8,6 @@ only thread touching the connection while the loop runs. Synchronous code
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -32,6 +31,8 @@ class ConnectionThread:
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` on the thread, awaited."""
+        import asyncio  # here, not at the top: the classic AGI reads the directory without an event loop
+
         return await asyncio.wrap_future(self.submit(function, *args))
 
     def close(self) -> None:
@@ -44,6 +45,8 @@ class ConnectionThread:
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop."""
         if self._executor is not None:
+            import asyncio
+
             await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
             self._executor = None
         self.connection.close()

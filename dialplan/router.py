@@ -8,14 +8,13 @@ states, then the fallbacks. The deadline covers all of it.
 
 from __future__ import annotations
 
-import asyncio
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Sequence
 
 from crmlookup.backend import CrmBackend
-from crmlookup.cache import CachedBackend
 from crmlookup.errors import CrmError
 from crmlookup.phone import InvalidNumber, PhoneNumber, normalise
 from crmlookup.records import LookupResult, Match
@@ -24,6 +23,7 @@ from .availability import DeviceStateProbe, NoDeviceStates
 from .call import InboundCall
 from .candidates import SENIOR_MANAGER, TEAM, rule_candidates
 from .chooser import Chooser, Ring, StateChecker
+from .deadlines import LOOP_DEADLINES, Deadlines
 from .decision import RouteDecision, RouteStatus, Trace
 from .history import CallHistory
 from .hours import utc_now
@@ -48,7 +48,8 @@ class Router:
 
     ``history`` serves the LastAgent rule; a configuration that uses the rule
     without one is refused here, naming the key. ``clock`` gives the current
-    time for business hours (aware datetimes).
+    time for business hours (aware datetimes). ``deadlines`` keeps the routing
+    deadline: the running event loop's by default (see :mod:`.deadlines`).
     """
 
     def __init__(
@@ -58,13 +59,16 @@ class Router:
         *,
         history: CallHistory | None = None,
         clock: Callable[[], datetime] = utc_now,
+        deadlines: Deadlines = LOOP_DEADLINES,
     ):
         self.settings = settings
         self.backend = backend
         self.history = history
         self.book = PolicyBook.build(settings)
         self._clock = clock
+        self._deadlines = deadlines
         self._deadline_s = settings.deadline_ms / 1000
+        self._fresh = _fresh_answers(backend)
         require_history(settings, history)
 
     async def decide(self, call: InboundCall, probe: DeviceStateProbe | None = None) -> RouteDecision:
@@ -76,7 +80,7 @@ class Router:
         caller ID ``NOMATCH``; the caller is never kept waiting past the deadline.
         """
         started = time.perf_counter()
-        deadline_at = asyncio.get_running_loop().time() + self._deadline_s
+        deadline_at = self._deadlines.now() + self._deadline_s
         decision = await self._decide(call, probe or _NO_PROBE, deadline_at)
         decision.lookup_ms = int((time.perf_counter() - started) * 1000)
         return decision
@@ -99,7 +103,7 @@ class Router:
         candidates = rule_candidates(policy, found.result.matches, found.last_extension)
         checker = None
         if policy.states is not None:
-            checker = StateChecker(probe, policy.states, deadline_at)
+            checker = StateChecker(probe, policy.states, deadline_at, self._deadlines)
         else:
             trace.step("availability: not checked (check_availability = false)")
         ring = await Chooser(policy, checker, self._clock(), trace).choose(candidates)
@@ -120,6 +124,8 @@ class Router:
         if not policy.uses_last_agent:
             found = await self._lookup(policy, number, deadline_at)
         else:
+            import asyncio  # the call history is the outbox's: only the server (on its event loop) has one
+
             found, last_extension = await asyncio.gather(
                 self._lookup(policy, number, deadline_at), self._last_agent(policy, number, deadline_at, trace)
             )
@@ -139,15 +145,15 @@ class Router:
     async def _lookup(self, policy: Policy, number: PhoneNumber, deadline_at: float) -> Found:
         if not policy.modules:
             return Found(LookupResult())
-        if isinstance(self.backend, CachedBackend):
+        if self._fresh is not None:
             # Most calls are answered from memory, without waiting: no deadline
             # timer for those (arming and cancelling one cost more than the
             # whole cache lookup: about 39,000 instructions of 1,140,000 per call).
-            answer = self.backend.fresh(number, policy.modules)
+            answer = self._fresh(number, policy.modules)
             if answer is not None:
                 return Found(answer)
         try:
-            async with asyncio.timeout_at(deadline_at):
+            async with self._deadlines.within(deadline_at):
                 return Found(await self.backend.lookup(number, policy.modules))
         except TimeoutError:
             return Found(LookupResult(), RouteStatus.TIMEOUT, f"CRM did not answer within {self.settings.deadline_ms} ms")
@@ -158,7 +164,7 @@ class Router:
         assert self.history is not None  # checked at construction
         age = policy.last_agent_max_age_s
         try:
-            async with asyncio.timeout_at(deadline_at):
+            async with self._deadlines.within(deadline_at):
                 extension = await self.history.last_answered_extension(number.e164, age)
         except TimeoutError:
             trace.link(f"{LAST_AGENT}: the call history did not answer in time")
@@ -205,6 +211,21 @@ class Router:
     @staticmethod
     def _decision(status: RouteStatus, policy: Policy, trace: Trace, match: Match | None = None) -> RouteDecision:
         return RouteDecision(status, reason=trace.reason(), match=match, steps=trace.steps, policy=policy.name, chain=trace.chain)
+
+
+def _fresh_answers(backend: CrmBackend) -> Callable[[PhoneNumber, Sequence[str]], LookupResult | None] | None:
+    """The cache's answer-from-memory, when ``backend`` is the lookup cache.
+
+    The cache's module is not imported to find out: a backend can only be a
+    :class:`~crmlookup.cache.CachedBackend` once that module is loaded, and the
+    classic AGI's route path, which has no cache, thus never loads it (nor the
+    asyncio it needs).
+    """
+    cache = sys.modules.get("crmlookup.cache")
+    if cache is not None and isinstance(backend, cache.CachedBackend):
+        fresh: Callable[[PhoneNumber, Sequence[str]], LookupResult | None] = backend.fresh
+        return fresh
+    return None
 
 
 def last_agent_keys(settings: RoutingSettings) -> list[str]:

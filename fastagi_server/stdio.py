@@ -33,9 +33,12 @@ from .session import AgiSession
 from .signals import EarlyHangup
 
 if TYPE_CHECKING:
-    # asyncio is imported in main(), after the SIGHUP handler is in place: a
-    # hang-up during start-up must find it there as early as can be.
+    # asyncio is imported in main(), after the SIGHUP handler is in place (a
+    # hang-up during start-up must find it there as early as can be), and only
+    # for the calls that need an event loop (see .stdio_route).
     import asyncio
+
+    from .config import Config
 
 
 class StdinReader:
@@ -127,18 +130,21 @@ class StdioSession(AgiSession):
         if self._owed is not None:
             owed, self._owed = self._owed, None
             await owed  # the reply to a command whose waiter gave up; raises what ended the session
-        # Not pyst2's execute(): it refuses to send anything after SIGHUP, but a
-        # dead channel still takes SET VARIABLE, which the hangup handler needs.
-        try:
-            self._agi.send_command(command)
-        except BrokenPipeError:
-            raise AgiConnectionClosed("stdout closed") from None
+        self._send(command)
         reply = read_in_thread(self._read_reply)
         try:
             return await asyncio.shield(reply)
         except asyncio.CancelledError:
             self._owed = reply
             raise
+
+    def _send(self, command: str) -> None:
+        # Not pyst2's execute(): it refuses to send anything after SIGHUP, but a
+        # dead channel still takes SET VARIABLE, which the hangup handler needs.
+        try:
+            self._agi.send_command(command)
+        except BrokenPipeError:
+            raise AgiConnectionClosed("stdout closed") from None
 
     def _read_reply(self) -> str:
         """One reply (a ``520`` usage block joined with newlines), ``HANGUP`` lines noted and skipped."""
@@ -244,14 +250,15 @@ def _session_timed_out(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``crmroute-agi``: one call, then exit. Returns the exit status."""
+    """Entry point of ``crmroute-agi``: one call, then exit. Returns the exit status.
+
+    ``route`` on the local directory runs without an event loop (:mod:`.stdio_route`:
+    asyncio is not even imported); every other call runs on asyncio's.
+    """
     early_hangup = EarlyHangup()
-    import asyncio
     import logging
 
-    from .app import App
     from .config import demo_mode_notice, load_config
-    from .handlers import answer_fallback, run_session
     from .logs import configure_logging
 
     args = sys.argv[1:] if argv is None else argv
@@ -272,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     # at server.log_level once the configuration is read; other libraries' warnings.
     configure_logging(logging.WARNING, "crmroute-agi %(levelname)s %(name)s: %(message)s", sys.stderr)
     log = logging.getLogger("crmroute.stdio")
+    config: Config | None
     try:
         config = load_config(config_path)
         config_problem = ""
@@ -287,6 +295,54 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGALRM, _session_timed_out)
     signal.setitimer(signal.ITIMER_REAL, limits.session_timeout_ms / 1000)
     stdout = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", errors="replace", line_buffering=True)
+    try:
+        if config is not None and _without_event_loop(config, script):
+            _route_now(config, stdout, limits, script, arguments, early_hangup)
+        else:
+            _run_on_event_loop(config, config_problem, stdout, limits, script, arguments, early_hangup)
+    except (AgiLimitExceeded, AgiConnectionClosed, AgiProtocolError) as exc:
+        log.warning("session-ended peer=stdio error=%r", str(exc))
+        return 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return 0
+
+
+def _without_event_loop(config: Config, script: str) -> bool:
+    from .stdio_route import routes_without_event_loop
+
+    return routes_without_event_loop(config, script)
+
+
+def _route_now(
+    config: Config, stdout: TextIO, limits: SessionLimits, script: str, arguments: tuple[str, ...], early_hangup: EarlyHangup
+) -> None:
+    from .stdio_route import SyncStdioSession, route_now
+
+    session = SyncStdioSession(sys.stdin.buffer, stdout, limits, script, arguments, early_hangup=early_hangup)
+    try:
+        route_now(session, config)
+    finally:
+        session.close()
+
+
+def _run_on_event_loop(
+    config: Config | None,
+    config_problem: str,
+    stdout: TextIO,
+    limits: SessionLimits,
+    script: str,
+    arguments: tuple[str, ...],
+    early_hangup: EarlyHangup,
+) -> None:
+    """One call on asyncio's event loop: any backend, any script."""
+    import asyncio
+    import logging
+
+    from .app import App
+    from .handlers import answer_fallback, run_session
+
+    log = logging.getLogger("crmroute.stdio")
 
     async def run() -> None:
         session = StdioSession(sys.stdin.buffer, stdout, limits, script, arguments, early_hangup=early_hangup)
@@ -307,14 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             session.close()
 
-    try:
-        asyncio.run(run())
-    except (AgiLimitExceeded, AgiConnectionClosed, AgiProtocolError) as exc:
-        log.warning("session-ended peer=stdio error=%r", str(exc))
-        return 1
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    return 0
+    asyncio.run(run())
 
 
 if __name__ == "__main__":
