@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from ..condition import Condition
@@ -486,7 +486,7 @@ def _float(value: str | None) -> float | None:
 
 
 def _moment(seconds: float | None) -> datetime | None:
-    return datetime.fromtimestamp(seconds, timezone.utc) if seconds is not None else None
+    return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
 
 
 def _log_failure(future: Any) -> None:

@@ -31,6 +31,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from crmlookup.errors import CrmrouteError
@@ -176,7 +177,7 @@ class Outbox:
         self._committing = False
 
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = True) -> "Outbox":
+    def open(cls, path: str | Path, *, create: bool = True) -> Outbox:
         """Open (or, with ``create``, create: mode 0600, a new folder 0700) the outbox at ``path``;
         raises :class:`OutboxError`.
 
@@ -425,13 +426,13 @@ class Outbox:
     def oldest_recorded(self, states: Sequence[OutboxState]) -> float | None:
         marks = ",".join("?" * len(states))
         row = self._conn.execute(f"SELECT min(recorded_at) FROM outcomes WHERE state IN ({marks})", [s.value for s in states]).fetchone()
-        return row[0]
+        return None if row[0] is None else float(row[0])
 
     def next_due(self, states: Sequence[OutboxState] = (OutboxState.PENDING, OutboxState.FAILED)) -> float | None:
         """When the next of the outcomes in ``states`` is due."""
         marks = ",".join("?" * len(states))
         row = self._conn.execute(f"SELECT min(next_attempt_at) FROM outcomes WHERE state IN ({marks})", [s.value for s in states]).fetchone()
-        return row[0]
+        return None if row[0] is None else float(row[0])
 
     def list_rows(self, state: OutboxState | None = None, limit: int = 50) -> list[OutboxRow]:
         where, args = ("WHERE state = ?", [state.value]) if state else ("", [])
@@ -516,7 +517,7 @@ class Outbox:
 
     # -- internals ----------------------------------------------------------------
 
-    def _transaction(self) -> "_Transaction":
+    def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)
 
 
@@ -530,7 +531,7 @@ class _Transaction:
     def __enter__(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, kind, value, traceback) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None) -> None:
         if kind is None:
             self._conn.execute("COMMIT")
         else:

@@ -23,21 +23,23 @@ again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from crmlookup.backend import CrmBackend
 from crmlookup.condition import Condition
 from crmlookup.errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited
-from crmlookup.writer import CrmWriter, Entry, RecordRef, WriteKind, WriteResult
+from crmlookup.writer import CrmWriter, Entry, LeadEntry, RecordRef, WriteKind, WriteResult
 
 from ..hours import BusinessHours
-from ..policy import Policy, PolicyBook
-from ..settings import RoutingSettings, owner_key
+from ..policy import Policy
+from ..policy_settings import owner_key
+from ..settings import RoutingSettings
 from .context import ExtensionDirectory, CrmContext, resolve_context
 from .keeper import first_of
 from .plan import PlannedWrite, Step, lead_name, plan_writes, zone
@@ -136,7 +138,7 @@ class SyncWorker:
         self._clock = clock
         self._jitter = jitter
         self._tz = zone(outcomes)
-        self._book = PolicyBook.build(routing)  # each outcome's DID policy: its business hours
+        self._book = routing.book  # each outcome's DID policy: its business hours
         self._batch = max(1, min(settings.batch_size, writer.max_batch))
         self._wake = asyncio.Event()
         self._users: ExtensionDirectory | None = None
@@ -265,7 +267,7 @@ class SyncWorker:
         users = await self._extension_directory(now)
         resolved = await self._resolve(attempts, users, now)
         leads_planned: set[str] = set()
-        contexts: list[tuple[int, dict | None]] = []
+        contexts: list[tuple[int, dict[str, Any] | None]] = []
         for attempt in attempts:
             item = attempt.item
             number = item.outcome.caller_e164
@@ -282,7 +284,7 @@ class SyncWorker:
                 context = await self._our_lead(attempt, context)
             policy = self._book.for_did(item.outcome.did)
             attempt.plan = plan_writes(
-                item.outcome, context, self._outcomes, self._tz, lambda owner: _task_schedule(policy, users, owner), kinds=self._writer.writes
+                item.outcome, context, self._outcomes, self._tz, functools.partial(_task_schedule, policy, users), kinds=self._writer.writes
             )
             creates_lead = any(w.step == Step.LEAD for w in attempt.plan)
             if attempt.deferred or (creates_lead and not started_lead and number in leads_planned):
@@ -372,7 +374,7 @@ class SyncWorker:
                 if len(results) != len(chunk) or any(r.key != e.key for r, (_, e) in zip(results, chunk)):
                     raise CrmBadResponse(f"{kind.value}: {len(results)} result(s) for {len(chunk)} record(s)")
                 marks = []
-                for (attempt, entry), outcome in zip(chunk, results):
+                for (attempt, _entry), outcome in zip(chunk, results):
                     if outcome.ok:
                         marks.append((attempt, WriteState.DONE, outcome.record_id, ""))
                     else:
@@ -457,7 +459,7 @@ class SyncWorker:
 
     def _backoff(self, attempts: int) -> float:
         """Exponential back-off with jitter: between half and all of initial * 2^attempts, capped."""
-        base = min(self._settings.backoff_max_s, self._settings.backoff_initial_s * (2 ** min(attempts, 30)))
+        base = min(self._settings.backoff_max_s, self._settings.backoff_initial_s * (2.0 ** min(attempts, 30)))
         return base * (0.5 + 0.5 * self._jitter())
 
     async def _note_pause(self, result: RoundResult, wrote: bool) -> None:
@@ -527,7 +529,7 @@ def _task_schedule(policy: Policy, users: ExtensionDirectory, owner_id: str) -> 
 
 def _linked(write: PlannedWrite, item: OutboxItem) -> Entry:
     """The entry, linked to the lead this outcome created when it needs one."""
-    if not write.links_lead:
+    if not write.links_lead or isinstance(write.entry, LeadEntry):  # a lead is not linked to itself
         return write.entry
     lead = item.writes.get(Step.LEAD)
     if lead is None or lead.state is not WriteState.DONE:
