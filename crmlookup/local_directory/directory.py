@@ -8,7 +8,7 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, ParamSpec, Sequence, TypeVar
 
 from ..errors import DirectoryError
 from ..files import create_private_file
@@ -19,6 +19,7 @@ from ..records import LookupResult, Match, Owner
 from .importer import ImportSummary, import_csv, utf8_lines
 from .schema import ensure_schema, has_links, is_directory
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 logger = logging.getLogger("crmroute.directory")
@@ -202,11 +203,11 @@ class LocalDirectory:
         return owner
 
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
-        return await self.run(self.lookup_sync, number, modules)
+        return await self.on_thread(self.lookup_sync, number, modules)
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
-        """Run ``function(*args)`` on the directory's own thread (the only one using the connection)."""
-        return await self._thread.run(function, *args)
+    async def on_thread(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``function(*args, **kwargs)`` on the directory's own thread (the only one using the connection), awaited."""
+        return await self._thread.call(function, *args, **kwargs)
 
     @property
     def connection(self) -> sqlite3.Connection:

@@ -15,7 +15,7 @@ answers. A ``sent`` row found later means an attempt whose result we never
 saw: the worker searches for the record before creating it again.
 
 All methods are synchronous and use one connection; in the server they run on
-the outbox's own thread (:meth:`Outbox.run`), so the event loop never waits
+the outbox's own thread (:meth:`Outbox.on_thread`), so the event loop never waits
 on the disk.
 """
 
@@ -32,7 +32,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, ParamSpec, Sequence, TypeVar
 
 from crmlookup.errors import CrmrouteError
 from crmlookup.files import create_private_file
@@ -40,6 +40,7 @@ from crmlookup.sqlite_thread import ConnectionThread
 
 from ..outcome import CallOutcome
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
@@ -212,9 +213,9 @@ class Outbox:
 
     # -- threads ------------------------------------------------------------
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
-        """Run ``function(*args)`` on the outbox's own thread."""
-        return await self._thread.run(function, *args)
+    async def on_thread(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``function(*args, **kwargs)`` on the outbox's own thread (the only one using its connection), awaited."""
+        return await self._thread.call(function, *args, **kwargs)
 
     def close(self) -> None:
         self._thread.close()

@@ -166,7 +166,7 @@ class SyncWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; never raises for CRM or data trouble."""
-        await self._outbox.run(self._outbox.release_orphans, self._clock())
+        await self._outbox.on_thread(self._outbox.release_orphans, self._clock())
         while not stop.is_set():
             wait = await self._step()
             if wait > 0:
@@ -189,7 +189,7 @@ class SyncWorker:
             return max(self._paused_until, self._hold_until) - self._clock()
         if result.claimed >= self._batch or result.delivered:
             return 0.0
-        next_due = await self._outbox.run(self._outbox.next_due)
+        next_due = await self._outbox.on_thread(self._outbox.next_due)
         if next_due is None:
             return self._settings.flush_interval_s
         return min(self._settings.flush_interval_s, max(0.0, next_due - self._clock()))
@@ -197,7 +197,7 @@ class SyncWorker:
     async def flush(self, *, max_seconds: float | None = None) -> FlushSummary:
         """Deliver everything due now (for ``crmroute outbox flush``); stops when paused."""
         summary = FlushSummary()
-        await self._outbox.run(self._outbox.release_orphans, self._clock())
+        await self._outbox.on_thread(self._outbox.release_orphans, self._clock())
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         while deadline is None or time.monotonic() < deadline:
             if self._hold_until > self._clock():
@@ -219,7 +219,7 @@ class SyncWorker:
     async def round(self) -> RoundResult:
         """Take one batch of due outcomes and try to deliver it."""
         now = self._clock()
-        items = await self._outbox.run(self._outbox.claim, now, self._batch, self._settings.lease_s)
+        items = await self._outbox.on_thread(self._outbox.claim, now, self._batch, self._settings.lease_s)
         result = RoundResult(claimed=len(items))
         if not items:
             await self._note_pause(result, False)
@@ -242,7 +242,7 @@ class SyncWorker:
             logger.exception("delivering %d outcome(s) failed", len(attempts))
             _fail_open(attempts, f"internal error: {exc!r}")
         finishes = self._finishes(attempts, result)
-        await self._outbox.run(self._outbox.finish, finishes, self._clock())
+        await self._outbox.on_thread(self._outbox.finish, finishes, self._clock())
         await self._note_pause(result, wrote)
         self.totals.add(result)
         if result.delivered or result.failed or result.dead or result.paused:
@@ -300,7 +300,7 @@ class SyncWorker:
             if item.context is None or context != known:
                 contexts.append((item.id, context.to_dict()))
         if contexts:
-            await self._outbox.run(self._outbox.save_contexts, contexts)
+            await self._outbox.on_thread(self._outbox.save_contexts, contexts)
 
     async def _resolve(self, attempts: list[_Attempt], users: ExtensionDirectory, now: float) -> dict[int, CrmContext]:
         """The contexts of the outcomes that have none yet, looked up together (the CRM client bounds the concurrency)."""
@@ -329,7 +329,7 @@ class SyncWorker:
         one lead however often they call.
         """
         number = attempt.item.outcome.caller_e164
-        earlier = await self._outbox.run(self._outbox.lead_for_caller, number, attempt.item.id)
+        earlier = await self._outbox.on_thread(self._outbox.lead_for_caller, number, attempt.item.id)
         if earlier is None:
             return context
         state, lead_id, owner_id = earlier
@@ -390,7 +390,7 @@ class SyncWorker:
         try:
             return list(await self._writer.create(kind, [entry for _, entry in chunk]))
         except (CrmRateLimited, CrmAuthError):
-            await self._outbox.run(self._outbox.unmark_sent, [(a.item.id, step) for a, _ in chunk])
+            await self._outbox.on_thread(self._outbox.unmark_sent, [(a.item.id, step) for a, _ in chunk])
             for attempt, _ in chunk:
                 attempt.item.writes.pop(step, None)
             raise
@@ -407,7 +407,7 @@ class SyncWorker:
             await self._mark(step, [(a, WriteState.SENT, "", "") for a, _ in chunk])
             return chunk
         leads = [(a.item.id, a.item.outcome.caller_e164) for a, _ in chunk]
-        refused = await self._outbox.run(self._outbox.claim_leads, leads, self._clock())
+        refused = await self._outbox.on_thread(self._outbox.claim_leads, leads, self._clock())
         now = self._clock()
         going = []
         for attempt, entry in chunk:
@@ -422,7 +422,7 @@ class SyncWorker:
         if not marks:
             return
         rows = [(a.item.id, step, state, crm_id, error) for a, state, crm_id, error in marks]
-        await self._outbox.run(self._outbox.mark_writes, rows, self._clock())
+        await self._outbox.on_thread(self._outbox.mark_writes, rows, self._clock())
         now = self._clock()
         for attempt, state, crm_id, error in marks:
             attempt.item.writes[step] = WriteRow(step, state, crm_id, error, now)
@@ -467,9 +467,9 @@ class SyncWorker:
         for every process using the outbox) only while our credentials are refused."""
         if result.paused:
             self._pause(result.paused)
-            await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, json.dumps({"reason": result.paused, "since": self._clock()}))
+            await self._outbox.on_thread(self._outbox.set_meta, PAUSE_KEY, json.dumps({"reason": result.paused, "since": self._clock()}))
             return
-        if await self._outbox.run(self._outbox.get_meta, PAUSE_KEY) is None:
+        if await self._outbox.on_thread(self._outbox.get_meta, PAUSE_KEY) is None:
             if wrote:
                 self._paused_until = 0.0  # another process may have ended the pause it shared
             return
@@ -485,7 +485,7 @@ class SyncWorker:
                 return  # the CRM cannot say now; the next round asks again
         self._paused_until = 0.0
         logger.info("outbox resumed: the CRM accepts our credentials again")
-        await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, None)
+        await self._outbox.on_thread(self._outbox.set_meta, PAUSE_KEY, None)
 
     def _pause(self, reason: str) -> None:
         self._paused_until = self._clock() + self._settings.auth_retry_s
@@ -512,7 +512,7 @@ class SyncWorker:
         if not self._settings.keep_days or now - self._purged_at < PURGE_EVERY_S:
             return
         self._purged_at = now
-        purged = await self._outbox.run(self._outbox.purge_done, now - self._settings.keep_days * 86400)
+        purged = await self._outbox.on_thread(self._outbox.purge_done, now - self._settings.keep_days * 86400)
         if purged:
             logger.info("outbox: forgot %d delivered outcome(s) older than %d days", purged, self._settings.keep_days)
 
