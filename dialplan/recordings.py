@@ -142,31 +142,31 @@ def _regular(mode: int) -> bool:
 
 
 class FileSettling:
-    """Tells when a recording being written is complete: size and time of change still for ``settle_s``.
+    """Tells when a recording being written is complete: unchanged for ``settle_s``.
 
-    MixMonitor writes as the call goes and closes the file a moment after the
-    channel hangs up; a file that has not changed for ``settle_s`` (as seen
-    twice that far apart, and by its own time of change) is taken as closed.
-    The looks are kept in memory: after a restart one more wait is paid.
+    MixMonitor writes as the call goes (a frame every 20 ms) and closes the
+    file a moment after the channel hangs up: a file whose time of change is
+    ``settle_s`` old is taken as closed. A file seen to change since the last
+    look is not complete, whatever its time of change says (a copy that kept
+    an old one). The looks are kept in memory only; a process that starts
+    anew decides from the file's own time of change.
     """
 
     def __init__(self, settle_s: float, clock: Callable[[], float]):
         self._settle_s = settle_s
         self._clock = clock
-        self._seen: dict[str, tuple[FileState, float]] = {}
+        self._seen: dict[str, FileState] = {}
 
     def complete(self, key: str, state: FileState) -> bool:
         """Whether the file of ``key`` is complete, given what a look saw now."""
-        now = self._clock()
         if not state.exists:
             self._seen.pop(key, None)
             return False
         earlier = self._seen.get(key)
-        if earlier is None or earlier[0] != state:
-            self._seen[key] = (state, now)
+        self._seen[key] = state
+        if earlier is not None and earlier != state:
             return False
-        changed_ago = now - state.mtime_ns / 1e9
-        return now - earlier[1] >= self._settle_s and changed_ago >= self._settle_s
+        return self._clock() - state.mtime_ns / 1e9 >= self._settle_s
 
     def forget(self, key: str) -> None:
         self._seen.pop(key, None)
@@ -176,4 +176,4 @@ class FileSettling:
         earlier = self._seen.get(key)
         if earlier is None:
             return self._settle_s
-        return max(0.05, earlier[1] + self._settle_s - self._clock())
+        return min(self._settle_s, max(0.05, earlier.mtime_ns / 1e9 + self._settle_s - self._clock()))

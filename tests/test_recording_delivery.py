@@ -88,8 +88,9 @@ def written(path: Path, content: bytes, when: float) -> None:
     os.utime(path, (when, when))
 
 
-def rounds(cfg, clock: Clock, steps: list[float]) -> list[Any]:
-    """One round per step, the clock moved by the step's seconds after it; what each round did."""
+def rounds(cfg, clock: Clock, steps: list[float], before: dict[int, Any] | None = None) -> list[Any]:
+    """One round per step, the clock moved by the step's seconds after it; what each round did.
+    ``before[i]`` runs before round ``i`` (one worker for them all, so it remembers its looks)."""
 
     async def scenario() -> list[Any]:
         app = App.from_config(cfg)
@@ -99,7 +100,9 @@ def rounds(cfg, clock: Clock, steps: list[float]) -> list[Any]:
                 clock=clock, recordings=cfg.recordings,
             )
             done = []
-            for step in steps:
+            for index, step in enumerate(steps):
+                if before and index in before:
+                    before[index]()
                 done.append(await worker.round())
                 clock.now += step
             return done
@@ -139,14 +142,13 @@ def test_a_complete_recording_reaches_the_call_as_an_attachment_once(org, tmp_pa
     content = wav_bytes()
     written(folder / "1700000000.7.wav", content, clock.now - 30)
     record(cfg, org, clock)
-    first, second, third = rounds(cfg, clock, [3, 1, 1])
+    first, second = rounds(cfg, clock, [3, 1])
     [call] = sim.records("Calls")
-    assert first.deferred == 1 and not first.delivered, "the Call is written, the recording waits for a second look"
-    assert second.delivered == 1
+    assert first.delivered == 1
     [attachment] = sim.attachments("Calls", call["id"])
     assert attachment["File_Name"] == "1700000000.7.wav" and attachment["content"] == content
     assert content.startswith(b"RIFF") and content[8:12] == b"WAVE"
-    assert third.claimed == 0 and len(attachment_posts(sim)) == 1
+    assert second.claimed == 0 and len(attachment_posts(sim)) == 1
     assert states(cfg) == {"done": 1}
     out = listing(toml_of(cfg, tmp_path, sim))
     assert "[recording uploaded (16044 bytes)]" in out, out
@@ -164,11 +166,13 @@ def test_the_call_is_in_the_crm_while_the_recording_is_still_written(org, tmp_pa
     assert f"waiting for the recording {path}: not there" in out, out
     content = wav_bytes(2.0)
     half = len(content) // 2
-    written(path, content[:half], clock.now)  # MixMonitor is still writing
-    rounds(cfg, clock, [3])
-    written(path, content, clock.now)  # it wrote more since the last look
-    results = rounds(cfg, clock, [3, 3, 1])
-    assert [r.delivered for r in results] == [0, 1, 0]
+    results = rounds(cfg, clock, [3, 0.5, 3, 1, 1], before={
+        0: lambda: written(path, content[:half], clock.now),  # MixMonitor is still writing
+        1: lambda: written(path, content, clock.now - 10),  # it wrote more since the last look (a copy keeping an old time)
+        2: lambda: written(path, content, clock.now),  # and touched it again just now
+    })
+    assert [r.delivered for r in results] == [0, 0, 0, 1, 0], "too recent, changed since the last look, too recent, then complete"
+    assert all(r.deferred == 1 for r in results[:3])
     [attachment] = sim.attachments("Calls", sim.records("Calls")[0]["id"])
     assert attachment["content"] == content, "read once complete, never half"
 
@@ -247,9 +251,9 @@ def test_delete_after_upload_deletes_only_a_confirmed_upload(org, tmp_path):
     written(path, wav_bytes(), clock.now - 30)
     record(cfg, org, clock)
     sim.add_fault(r"/Attachments$", status=500, method="POST", times=1)
-    failing = rounds(cfg, clock, [3, 1])
-    assert failing[1].failed == 1 and path.exists(), "the upload failed: the file stays"
-    rounds(cfg, clock, [3, 3, 1])
+    [failing] = rounds(cfg, clock, [3])
+    assert failing.failed == 1 and path.exists(), "the upload failed: the file stays"
+    rounds(cfg, clock, [3, 1])
     assert states(cfg) == {"done": 1}
     assert len(sim.attachments("Calls", sim.records("Calls")[0]["id"])) == 1
     assert not path.exists(), "deleted once Zoho confirmed it"

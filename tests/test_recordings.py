@@ -53,26 +53,33 @@ class Clock:
         return self.now
 
 
-def test_a_file_is_complete_only_once_it_stood_still_for_the_settle_time():
+def test_a_file_is_complete_once_it_stood_still_for_the_settle_time():
     clock = Clock(1000.0)
     settling = FileSettling(2.0, clock)
-    growing = FileState(True, 100, int(999.9e9))
-    assert not settling.complete("k", growing)  # first look
+    assert not settling.complete("k", FileState(True, 100, int(999.9e9)))  # written a moment ago
     clock.now += 1.0
     grown = FileState(True, 200, int(1000.9e9))
-    assert not settling.complete("k", grown)  # it grew: the wait starts again
+    assert not settling.complete("k", grown)
+    assert 0.05 <= settling.wait_for("k") <= 2.0
     clock.now += 2.5
     assert settling.complete("k", grown)
+    assert settling.complete("old", FileState(True, 100, int(900e9))), "a file untouched for long is complete at the first look"
     assert not settling.complete("gone", FileState(False))
 
 
-def test_a_file_changed_lately_is_not_complete_even_if_seen_twice():
+def test_a_file_seen_to_change_is_not_complete_whatever_its_time_of_change():
     clock = Clock(1000.0)
     settling = FileSettling(2.0, clock)
-    state = FileState(True, 100, int(1003e9))  # its time of change says it was written after our first look
-    settling.complete("k", state)
-    clock.now += 2.5
-    assert not settling.complete("k", state)
+    assert settling.complete("k", FileState(True, 100, int(900e9)))
+    # A copy that keeps the old time of change, grown since the last look.
+    assert not settling.complete("k", FileState(True, 300, int(900e9)))
+    assert settling.complete("k", FileState(True, 300, int(900e9)))
+
+
+def test_a_file_changed_in_the_future_is_not_complete():
+    clock = Clock(1000.0)
+    settling = FileSettling(2.0, clock)
+    assert not settling.complete("k", FileState(True, 100, int(1003e9)))
 
 
 def test_a_symlink_or_a_folder_counts_as_missing(tmp_path):
