@@ -10,7 +10,9 @@ retried, never written twice, like any other record:
 * a file that is still missing (or still growing) ``recordings.wait_max_s``
   after the call ended makes the outcome dead, with the reason;
 * ``sent`` is marked before the upload: after a crash the Call's attachments
-  are looked through for the file before it is uploaded again;
+  are looked through for the file before it is uploaded again (once the
+  writer's ``search_lag_s`` has passed, as for any uncertain write: an upload
+  whose sender died may still be on its way into the CRM);
 * a file over the attachment limit (ours, or the one the CRM answers with) is
   linked instead, when ``recordings.url_template`` says where it is served;
 * ``delete_after_upload`` deletes the file only once the CRM confirmed the
@@ -57,9 +59,11 @@ class StepResult:
 class RecordingStep:
     """Delivers recordings to a writer that takes them after the Call (:class:`RecordingWriter`)."""
 
-    def __init__(self, settings: RecordingSettings, writer: RecordingWriter, clock: Callable[[], float]):
+    def __init__(self, settings: RecordingSettings, writer: RecordingWriter, clock: Callable[[], float], *, lag_s: float = 0.0):
         self._settings = settings
         self._writer = writer
+        # How long an upload may take to show on the Call (the writer's search_lag_s).
+        self._lag_s = lag_s
         self._clock = clock
         self._settling = FileSettling(settings.settle_s, clock)
 
@@ -80,7 +84,11 @@ class RecordingStep:
         path = self._settings.path_of(name)
         row = item.writes.get(RECORDING_STEP)
         if row is not None and row.state is WriteState.SENT:
-            # An upload whose answer never came: it may be on the Call already.
+            # An upload whose answer never came: it may be on the Call already, or still
+            # on its way there (the CRM goes on with a request whose sender died).
+            settled_at = row.updated_at + self._lag_s
+            if self._clock() < settled_at:
+                return StepResult(wait_until=settled_at, waiting="an upload whose answer never came: looked for on the Call once it would show")
             found = await self._writer.find_recording(recording)
             if found:
                 await mark(WriteState.DONE, found, "uploaded (found on the Call after an answer that never came)")

@@ -145,7 +145,9 @@ class SyncWorker:
         self._batch = max(1, min(settings.batch_size, writer.max_batch))
         self._recordings = recordings or RecordingSettings()
         # Recordings go on the Call as a step of their own, for a writer that takes them so.
-        self._recording_step = RecordingStep(self._recordings, writer, clock) if isinstance(writer, RecordingWriter) else None
+        self._recording_step = (
+            RecordingStep(self._recordings, writer, clock, lag_s=writer.search_lag_s) if isinstance(writer, RecordingWriter) else None
+        )
         self._wake = asyncio.Event()
         self._users: ExtensionDirectory | None = None
         self._users_at = 0.0
