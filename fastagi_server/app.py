@@ -146,6 +146,7 @@ class App:
                 settings=self.config.outbox,
                 outcomes=self.config.outcomes,
                 routing=self.config.routing,
+                recordings=self.config.recordings,
             )
         return self._worker
 

@@ -21,6 +21,7 @@ from crmlookup.settings import CacheSettings, CrmSettings, DirectorySettings, bo
 from crmlookup.zoho.settings import ZohoSettings
 from dialplan.outbox.settings import OutboxSettings, OutcomeSettings
 from dialplan.policy import unknown_rule
+from dialplan.recordings import RecordingSettings
 from dialplan.settings import RoutingSettings
 
 from .limits import SessionLimits
@@ -149,6 +150,7 @@ class Config:
     mirror: MirrorSettings = field(default_factory=MirrorSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     outcomes: OutcomeSettings = field(default_factory=OutcomeSettings)
+    recordings: RecordingSettings = field(default_factory=RecordingSettings)
     # Where it was read from; empty for the built-in defaults. Not a TOML key.
     source: str = field(default="", metadata={"toml": False})
     # The settings of plugin sections that are not fields above ([retailcrm],
