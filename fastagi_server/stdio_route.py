@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Coroutine, Sequence, TypeVar, cast
 from crmlookup.phone import PhoneNumber
 from crmlookup.records import LookupResult
 
-from .stdio import StdioSession
+from .stdio_session import StdioSession
 
 if TYPE_CHECKING:
     from crmlookup.local_directory import LocalDirectory
