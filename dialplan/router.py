@@ -51,6 +51,8 @@ class Router:
     without one is refused here, naming the key. ``clock`` gives the current
     time for business hours (aware datetimes). ``deadlines`` keeps the routing
     deadline: the running event loop's by default (see :mod:`.deadlines`).
+    ``explain=False``: decisions carry no ``steps`` (the --explain detail), which
+    are then not even formatted; the reason and the chain are the same.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Router:
         history: CallHistory | None = None,
         clock: Callable[[], datetime] = utc_now,
         deadlines: Deadlines = LOOP_DEADLINES,
+        explain: bool = True,
     ):
         self.settings = settings
         self.backend = backend
@@ -68,6 +71,7 @@ class Router:
         self.book = settings.book
         self._clock = clock
         self._deadlines = deadlines
+        self._explain = explain
         self._deadline_s = settings.deadline_ms / 1000
         self._fresh = _fresh_answers(backend)
         require_history(settings, history)
@@ -88,10 +92,12 @@ class Router:
 
     async def _decide(self, call: InboundCall, probe: DeviceStateProbe, deadline_at: float) -> RouteDecision:
         policy = self.book.for_did(call.did)
-        trace = Trace()
-        trace.step(f"DID {call.did!r}: policy {policy.name}")
+        trace = Trace(self._explain)
+        explain = trace.explain  # the steps' text is only made where someone reads it (see Trace)
+        if explain:
+            trace.step(f"DID {call.did!r}: policy {policy.name}")
         caller = policy.rewrite.apply(call.caller)
-        if caller != call.caller:
+        if caller != call.caller and explain:
             trace.step(f"caller {call.caller!r} rewritten to {caller!r} ({policy.rewrite.describe()})")
         try:
             number = normalise(caller, self.settings.default_region)
@@ -99,7 +105,8 @@ class Router:
             trace.step(f"caller {caller!r}: {exc} (numbers without a country code are read in region {self.settings.default_region})")
             trace.note(str(exc))
             return self._decision(RouteStatus.NOMATCH, policy, trace)
-        trace.step(f"caller {caller!r} normalised to {number.e164} (region {self.settings.default_region})")
+        if explain:
+            trace.step(f"caller {caller!r} normalised to {number.e164} (region {self.settings.default_region})")
         found = await self._find(policy, number, deadline_at, trace)
         candidates = rule_candidates(policy, found.result.matches, found.last_extension)
         checker = None
@@ -139,8 +146,9 @@ class Router:
             trace.step(found.failure_reason)
         elif policy.modules and not found.result.matches:
             trace.step("no open record matches")
-        for match in found.result.matches:
-            trace.step(f"matched {match.module} {match.record_id} ({match.name!r}), owner {_owner_text(match)}")
+        if trace.explain:
+            for match in found.result.matches:
+                trace.step(f"matched {match.module} {match.record_id} ({match.name!r}), owner {_owner_text(match)}")
         return found
 
     async def _lookup(self, policy: Policy, number: PhoneNumber, deadline_at: float) -> Found:
@@ -207,7 +215,8 @@ class Router:
         decision.rule = candidate.rule
         decision.extensions = ring.extensions
         decision.target = policy.targets.dial_string(ring.extensions)
-        trace.step(f"{status.value}: target {decision.target}")
+        if trace.explain:
+            trace.step(f"{status.value}: target {decision.target}")
         return decision
 
     @staticmethod

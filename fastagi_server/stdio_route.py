@@ -174,7 +174,7 @@ def route_now(session: SyncStdioSession, config: Config) -> None:
         run_now(answer_fallback(session, f"backend unavailable: {exc}"))
         return
     try:
-        router = Router(config.routing, DirectoryNow(directory), deadlines=AlarmDeadlines())
+        router = Router(config.routing, DirectoryNow(directory), deadlines=AlarmDeadlines(), explain=False)
         app = cast("App", RouteOnlyApp(config, router))  # route_call reads only the router and call_ringing
         run_now(run_session(session, app))
     finally:
