@@ -92,6 +92,7 @@ def expected_routes(config_text: str, callers: list[str]) -> list[dict]:
     """What each caller must get, decided in this process by the same code the server runs."""
     import tomllib
 
+    from crmlookup.factory import live_backend
     from dialplan import FixedDeviceStates, InboundCall
     from fastagi_server.app import App
     from fastagi_server.config import config_from_dict
@@ -100,6 +101,11 @@ def expected_routes(config_text: str, callers: list[str]) -> list[dict]:
 
     async def decide_all() -> list[dict]:
         app = App.from_config(config)
+        # What the server reads ahead once it listens (Zoho: its users, with their full names),
+        # which its warm-up has surely done by the timed run: read it here too.
+        warm = getattr(live_backend(app.backend), "warm", None)
+        if warm is not None:
+            await warm()
         try:
             out = []
             for caller in callers:
