@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 
-def check_ranges(settings: object, bounds: Iterable[tuple[str, int, int]]) -> None:
+def check_ranges(settings: object, bounds: Iterable[tuple[str, float, float]]) -> None:
     """Raise ValueError naming the first field of ``settings`` outside its ``(name, low, high)`` bounds."""
     for name, low, high in bounds:
         value = getattr(settings, name)

@@ -42,7 +42,8 @@ from .context import ExtensionDirectory, CrmContext, resolve_context
 from .keeper import first_of
 from .plan import PlannedWrite, Step, lead_name, plan_writes, zone
 from .settings import OutboxSettings, OutcomeSettings
-from .store import Finish, Outbox, OutboxItem, OutboxState, WriteRow, WriteState, chunks
+from .interface import OutboxStore
+from .store import Finish, OutboxItem, OutboxState, WriteRow, WriteState, chunks
 
 logger = logging.getLogger("crmroute.outbox")
 
@@ -117,7 +118,7 @@ class SyncWorker:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: OutboxStore,
         writer: CrmWriter,
         backend: CrmBackend,
         *,
