@@ -49,7 +49,7 @@ def call_ids(outbox: Path) -> set[str]:
 def pbx_for(first: int, second: int, **options) -> Pbx:
     srv = {f"_agi._tcp.{SRV_NAME}": [(10, 0, "127.0.0.1", first), (20, 0, "127.0.0.1", second)]}
     return Pbx(
-        Dialplan.parse(SAMPLE), globals={"CRM_AGI": f"hagi://{SRV_NAME}"}, srv=srv,
+        Dialplan.parse(SAMPLE), globals={"CRM_AGI": f"hagi://{SRV_NAME}", "CRM_RECORD": "no"}, srv=srv,
         dial=answered_by("101"), queues=queue_names(QUEUES), **options,
     )
 

@@ -216,7 +216,7 @@ def test_the_keeper_spools_while_the_database_is_down_and_commits_when_it_is_bac
         while not await keeper.commit_spool():
             await __import__("asyncio").sleep(0.2)
         store = keeper.current()
-        count = sum((await store.run(store.counts)).values())
+        count = sum((await store.on_thread(store.counts)).values())
         await keeper.aclose()
         return first, down, spooled, count
 

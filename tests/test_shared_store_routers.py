@@ -98,7 +98,7 @@ async def one_call(ports: dict[str, int], first: str, caller: str, uniqueid: str
     """One call through the sample dialplan; SRV lists ``first`` router first, then the other."""
     order = [first, "b" if first == "a" else "a"]
     srv = {f"_agi._tcp.{SRV_NAME}": [(10 + i, 0, "127.0.0.1", ports[name]) for i, name in enumerate(order)]}
-    pbx = Pbx(Dialplan.parse(SAMPLE), globals={"CRM_AGI": f"hagi://{SRV_NAME}"}, srv=srv, dial=dial, queues=queue_names(QUEUES))
+    pbx = Pbx(Dialplan.parse(SAMPLE), globals={"CRM_AGI": f"hagi://{SRV_NAME}", "CRM_RECORD": "no"}, srv=srv, dial=dial, queues=queue_names(QUEUES))
     return await pbx.call("from-trunk", SALES_DID, Channel(caller=caller, dnid=SALES_DID, uniqueid=uniqueid))
 
 
@@ -106,12 +106,13 @@ def call_keys(sim, module: str) -> Counter[str]:
     return Counter(re.search(r"\[([^\]]+)\]$", r["Subject"]).group(1) for r in sim.records(module))
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:
+def wait_until(predicate, timeout: float, what: str, *routers: ServeProcess) -> None:
     """Until ``predicate()``; a wide margin, not a speed target."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            logs = "\n".join(f"--- router log:\n{r.log[-3000:]}" for r in routers)
+            raise AssertionError(f"timed out waiting for {what}\n{logs}")
         time.sleep(0.1)
 
 
@@ -176,7 +177,7 @@ def test_routers_killed_at_random_lose_no_acknowledged_outcome_and_write_none_tw
                 counts = store_counts(database)
                 return counts["done"] >= len(acknowledged) and counts["pending"] + counts["in_flight"] + counts["failed"] == 0
 
-            wait_until(delivered, 180, "every outcome delivered")
+            wait_until(delivered, 90, "every outcome delivered", *routers.values())
             assert store_counts(database)["dead"] == 0
             calls_in_crm = call_keys(sim, "Calls")
             assert acknowledged <= set(calls_in_crm), "every acknowledged outcome reached the CRM"
@@ -223,15 +224,15 @@ def test_postgresql_stopped_under_load_stops_no_call_and_loses_no_outcome(tmp_pa
                 assert channel.variables["CRM_ROUTE_STATUS"] in ("OWNER", "NOMATCH"), channel.variables
                 assert channel.variables["CRM_OUTCOME"] == "failed", "the dialplan is told the outcome is not in the store yet"
             assert [c.variables["CRM_TARGET"] for c in during[:10]] == ["PJSIP/101"] * 10
-            a.wait_for("outcome\\(s\\) kept in memory are committed", 120)
-            b.wait_for("outcome\\(s\\) kept in memory are committed", 120)
+            a.wait_for("outcome\\(s\\) kept in memory are committed", 60)
+            b.wait_for("outcome\\(s\\) kept in memory are committed", 60)
             everything = {c.uniqueid for c in before + during}
 
             def delivered() -> bool:
                 counts = store_counts(database)
                 return counts["done"] == len(everything)
 
-            wait_until(delivered, 180, "every outcome delivered")
+            wait_until(delivered, 90, "every outcome delivered", a, b)
         calls_in_crm = call_keys(sim, "Calls")
         assert set(calls_in_crm) == everything and max(calls_in_crm.values()) == 1
         assert Counter(r["Phone"] for r in sim.records("Leads") if r.get("Phone") in UNKNOWN) == {UNKNOWN[0]: 1}

@@ -8,7 +8,7 @@ import json
 import ssl
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import httpx
@@ -107,7 +107,8 @@ def test_invalid_records_get_zohos_per_record_errors(api, people):
     assert answer.status_code == 207
     results = answer.json()["data"]
     assert results[0]["status"] == "success"
-    assert results[1] == {"code": "INVALID_DATA", "details": {"api_name": "Call_Type", "json_path": "$.data[1].Call_Type", "expected_data_type": "picklist"}, "message": "invalid data", "status": "error"}
+    details = {"api_name": "Call_Type", "json_path": "$.data[1].Call_Type", "expected_data_type": "picklist"}
+    assert results[1] == {"code": "INVALID_DATA", "details": details, "message": "invalid data", "status": "error"}
     assert (results[2]["code"], results[2]["details"]["api_name"]) == ("INVALID_DATA", "Call_Start_Time")
     assert results[3] == {"code": "MANDATORY_NOT_FOUND", "details": {"api_name": "Subject", "json_path": "$.data[3].Subject"}, "message": "required field not found", "status": "error"}
     assert (results[4]["code"], results[4]["details"]["api_name"]) == ("INVALID_DATA", "What_Id")
@@ -279,7 +280,7 @@ def test_the_default_clock_is_the_real_one_with_an_offset(zoho):
 
     stamp = datetime.fromisoformat(record["Created_Time"])
     assert stamp.tzinfo is not None and stamp.microsecond == 0
-    assert abs((datetime.now(timezone.utc) - stamp).total_seconds()) < 3600
+    assert abs((datetime.now(UTC) - stamp).total_seconds()) < 3600
 
 
 def test_deleted_records_leave_the_lists_and_appear_in_the_deleted_list(zoho, api, clock):
@@ -1042,3 +1043,51 @@ def test_control_calls_while_the_server_answers(zoho, api):
             worker.result()
 
     assert statuses == [400, 2] * 5
+
+
+# -- attachments and updates -------------------------------------------------------------
+
+
+def test_an_attachment_is_stored_byte_for_byte_and_listed(zoho, api):
+    call = zoho.add_record("Calls", Subject="Inbound call", Call_Type="Inbound", Call_Start_Time="2024-05-01T10:00:00+02:00")
+    content = bytes(range(256)) * 40 + b"\r\n--not-a-boundary\r\n\r\n"
+    answer = api.post(f"/Calls/{call['id']}/Attachments", files={"file": ("1700000000.7.wav", content, "audio/wav")})
+    assert answer.status_code == 200
+    body = answer.json()["data"][0]
+    assert (body["code"], body["status"], body["message"]) == ("SUCCESS", "success", "attachment uploaded successfully")
+    stored = zoho.attachments("Calls", call["id"])
+    assert [(a["id"], a["File_Name"], a["content"]) for a in stored] == [(body["details"]["id"], "1700000000.7.wav", content)]
+    listed = api.get(f"/Calls/{call['id']}/Attachments", params={"fields": "id,File_Name"}).json()["data"]
+    assert listed == [{"id": body["details"]["id"], "File_Name": "1700000000.7.wav"}]
+
+
+def test_attachment_errors_are_zohos(zoho, api):
+    call = zoho.add_record("Calls", Subject="Inbound call", Call_Type="Inbound", Call_Start_Time="2024-05-01T10:00:00+02:00")
+    assert api.get(f"/Calls/{call['id']}/Attachments", params={"fields": "id"}).status_code == 204
+    assert api.get(f"/Calls/{call['id']}/Attachments").json()["code"] == "REQUIRED_PARAM_MISSING"
+    unknown = api.post("/Calls/999/Attachments", files={"file": ("a.wav", b"x", "audio/wav")})
+    assert unknown.status_code == 400 and unknown.json()["details"] == {"resource_path_index": 1}
+    no_file = api.post(f"/Calls/{call['id']}/Attachments", files={"other": ("a.wav", b"x", "audio/wav")})
+    assert no_file.status_code == 400 and no_file.json()["code"] == "MANDATORY_NOT_FOUND"
+    not_multipart = api.post(f"/Calls/{call['id']}/Attachments", content=b"RIFF....", headers={"Content-Type": "audio/wav"})
+    assert not_multipart.status_code == 400
+    zoho.attachment_limit_bytes = 1000
+    too_large = api.post(f"/Calls/{call['id']}/Attachments", files={"file": ("a.wav", b"x" * 1001, "audio/wav")})
+    assert too_large.status_code == 413
+    assert too_large.json() == {
+        "code": "FILE_SIZE_MORE_THAN_ALLOWED_SIZE", "details": {}, "message": "Please check if the size of the file is in the correct range", "status": "error",
+    }
+    huge = api.post(f"/Calls/{call['id']}/Attachments", files={"file": ("a.wav", b"x" * 200_000, "audio/wav")})
+    assert huge.status_code == 413 and huge.json()["code"] == "FILE_SIZE_MORE_THAN_ALLOWED_SIZE"
+    assert zoho.attachments("Calls", call["id"]) == []
+
+
+def test_a_record_is_updated_by_put(zoho, api):
+    call = zoho.add_record("Calls", Subject="Inbound call", Call_Type="Inbound", Call_Start_Time="2024-05-01T10:00:00+02:00")
+    done = api.put(f"/Calls/{call['id']}", json={"data": [{"id": call["id"], "Voice_Recording__s": "https://pbx.example.com/rec/a.wav"}]})
+    assert done.status_code == 200 and done.json()["data"][0]["message"] == "record updated"
+    assert zoho.records("Calls")[0]["Voice_Recording__s"] == "https://pbx.example.com/rec/a.wav"
+    refused = api.put(f"/Calls/{call['id']}", json={"data": [{"id": call["id"], "Call_Type": "Sideways"}]})
+    assert refused.status_code == 400 and refused.json()["data"][0]["code"] == "INVALID_DATA"
+    missing = api.put("/Calls/999", json={"data": [{"id": "999", "Subject": "x"}]})
+    assert missing.status_code == 400 and missing.json()["data"][0]["code"] == "INVALID_DATA"

@@ -10,19 +10,20 @@ per unknown caller. The worker is the same for both; only the SQL differs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Iterable, ParamSpec, Protocol, Sequence, TypeVar
 
 from ..outcome import CallOutcome
 from .settings import StoreSettings
 from .store import Finish, Outbox, OutboxError, OutboxItem, OutboxRow, OutboxState, WriteRow, WriteState
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
 class OutboxStore(Protocol):
-    """The outbox's operations. Every method but :meth:`run`, :meth:`record` and
+    """The outbox's operations. Every method but :meth:`on_thread`, :meth:`record` and
     :meth:`aclose` is synchronous and blocking: the event loop calls them
-    through :meth:`run`, the CLI directly. Failures raise :class:`OutboxError`
+    through :meth:`on_thread`, the CLI directly. Failures raise :class:`OutboxError`
     (or, for a local file, ``sqlite3.Error``/``OSError``)."""
 
     # Where it is, for logs and ``outbox status`` (a file, or a URL without its password).
@@ -31,7 +32,7 @@ class OutboxStore(Protocol):
     # memory spool at once rather than each waiting for a connection timeout.
     remote: bool
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T: ...
+    async def on_thread(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
     async def record(self, outcome: CallOutcome, now: float) -> bool: ...
     def record_many(self, outcomes: Sequence[tuple[CallOutcome, float]]) -> list[bool]: ...
     def claim(self, now: float, limit: int, lease_s: float) -> list[OutboxItem]: ...

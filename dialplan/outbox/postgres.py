@@ -30,7 +30,8 @@ import secrets
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator, ParamSpec, Sequence, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -49,6 +50,7 @@ from .store import (
     _holder_is_gone,
 )
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
@@ -117,7 +119,7 @@ class PostgresOutbox:
         self._executor = ThreadPoolExecutor(max_workers=settings.pool_max + 2, thread_name_prefix="outbox-pg")
 
     @classmethod
-    def open(cls, settings: StoreSettings, url: str) -> "PostgresOutbox":
+    def open(cls, settings: StoreSettings, url: str) -> PostgresOutbox:
         """Connect (waiting at most ``connect_timeout_s``) and create the schema if need be; raises :class:`OutboxError`."""
         where = redacted_url(url)
         kwargs: dict[str, Any] = {
@@ -147,9 +149,9 @@ class PostgresOutbox:
 
     # -- threads ------------------------------------------------------------
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
-        """Run ``function(*args)`` on one of the store's threads (each takes a pooled connection)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+    async def on_thread(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``function(*args, **kwargs)`` on one of the store's threads (each takes a pooled connection), awaited."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(function, *args, **kwargs))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -171,7 +173,7 @@ class PostgresOutbox:
 
     async def record(self, outcome: CallOutcome, now: float) -> bool:
         """Commit ``outcome``; True if new, False if this call was already recorded (by any router)."""
-        return (await self.run(self.record_many, [(outcome, now)]))[0]
+        return (await self.on_thread(self.record_many, [(outcome, now)]))[0]
 
     def record_many(self, outcomes: Sequence[tuple[CallOutcome, float]]) -> list[bool]:
         new = []

@@ -9,7 +9,7 @@ from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from crmlookup.settings import check_ranges
+from crmlookup.settings import bounded, check_bounds
 from crmlookup.state import state_directory
 
 OUTBOX_FILE = "outbox.sqlite"
@@ -28,36 +28,24 @@ class OutboxSettings:
     # The SQLite file; empty: see default_outbox_path().
     path: str = ""
     # Outcomes taken per round; each kind of record is sent in requests of at most this many.
-    batch_size: int = 100
+    batch_size: int = bounded(100, 1, 100)
     # How often an idle worker looks for due outcomes (a new outcome wakes it at once).
-    flush_interval_s: float = 5.0
+    flush_interval_s: float = bounded(5.0, 0.01, 3600)
     # A record the CRM refuses for its data is retried; after this many refusals it is dead.
-    max_attempts: int = 5
+    max_attempts: int = bounded(5, 1, 1000)
     # Back-off after a failed attempt: doubles from the first value up to the second, with jitter.
-    backoff_initial_s: float = 5.0
-    backoff_max_s: float = 900.0
+    backoff_initial_s: float = bounded(5.0, 0.01, 86_400)
+    backoff_max_s: float = bounded(900.0, 0.01, 86_400)
     # After the CRM refused our credentials: the queue pauses, and tries again this often
     # (a config reload with SIGHUP tries at once).
-    auth_retry_s: float = 300.0
+    auth_retry_s: float = bounded(300.0, 0.01, 86_400)
     # A claimed outcome not finished within this is taken up again (the worker died).
-    lease_s: float = 120.0
+    lease_s: float = bounded(120.0, 1, 86_400)
     # Delivered outcomes are kept this many days (call history); 0 keeps them forever.
-    keep_days: int = 90
+    keep_days: int = bounded(90, 0, 36_500)
 
     def __post_init__(self) -> None:
-        check_ranges(
-            self,
-            (
-                ("batch_size", 1, 100),
-                ("flush_interval_s", 0.01, 3600),
-                ("max_attempts", 1, 1000),
-                ("backoff_initial_s", 0.01, 86_400),
-                ("backoff_max_s", 0.01, 86_400),
-                ("auth_retry_s", 0.01, 86_400),
-                ("lease_s", 1, 86_400),
-                ("keep_days", 0, 36_500),
-            ),
-        )
+        check_bounds(self)
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError("backoff_max_s must not be less than backoff_initial_s")
 
@@ -81,14 +69,14 @@ class OutcomeSettings:
     # Unknown caller answered: a lead owned by whoever answered.
     answered_unknown_lead: bool = True
     # Tasks are due this many hours after the call.
-    task_due_hours: float = 4.0
+    task_due_hours: float = bounded(4.0, 0, 24 * 365)
     # CRM user id owning leads from missed unknown callers; empty: the CRM's default owner.
     senior_manager_id: str = ""
     # IANA time zone for call times written to the CRM (Europe/Madrid); empty: the system's.
     timezone: str = ""
 
     def __post_init__(self) -> None:
-        check_ranges(self, (("task_due_hours", 0, 24 * 365),))
+        check_bounds(self)
         if self.timezone:
             try:
                 ZoneInfo(self.timezone)
@@ -122,26 +110,17 @@ class StoreSettings:
     password: str = _secret_field()
     password_file: str = ""
     # Connections each router keeps open, at least and at most.
-    pool_min: int = 1
-    pool_max: int = 4
+    pool_min: int = bounded(1, 1, 100)
+    pool_max: int = bounded(4, 1, 100)
     # Connecting, and waiting for a free connection, gives up after this.
-    connect_timeout_s: float = 5.0
+    connect_timeout_s: float = bounded(5.0, 0.1, 300)
     # A statement running longer is cancelled by the server.
-    statement_timeout_ms: int = 10_000
+    statement_timeout_ms: int = bounded(10_000, 10, 3_600_000)
     # The call path (LastAgent) waits this long at most for a connection.
-    read_wait_ms: int = 300
+    read_wait_ms: int = bounded(300, 1, 60_000)
 
     def __post_init__(self) -> None:
-        check_ranges(
-            self,
-            (
-                ("pool_min", 1, 100),
-                ("pool_max", 1, 100),
-                ("connect_timeout_s", 0.1, 300),
-                ("statement_timeout_ms", 10, 3_600_000),
-                ("read_wait_ms", 1, 60_000),
-            ),
-        )
+        check_bounds(self)
         if self.pool_max < self.pool_min:
             raise ValueError("pool_max must not be less than pool_min")
         if self.url and self.url_file:
