@@ -57,10 +57,9 @@ def fresh_database() -> Iterator[str]:
         yield with_database(url, name)
     finally:
         start_server()  # a test that stopped it and failed leaves it running for the next
-        if os.environ.get("CRMROUTE_TEST_POSTGRES_KEEP"):
-            return  # to look at after a failure
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not os.environ.get("CRMROUTE_TEST_POSTGRES_KEEP"):  # set: kept, to look at after a failure
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _pg_ctl(*args: str) -> subprocess.CompletedProcess[str]:
