@@ -28,6 +28,7 @@ import json
 import os
 import secrets
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -48,6 +49,7 @@ from .store import (
     WriteRow,
     WriteState,
     _holder_is_gone,
+    _settle,
 )
 
 P = ParamSpec("P")
@@ -117,6 +119,10 @@ class PostgresOutbox:
         self.path = path
         self._settings = settings
         self._executor = ThreadPoolExecutor(max_workers=settings.pool_max + 2, thread_name_prefix="outbox-pg")
+        # Outcomes waiting to be committed together (group commit): see record().
+        self._queued: list[tuple[CallOutcome, float, asyncio.Future[bool]]] = []
+        self._queue_lock = threading.Lock()
+        self._committing = False
 
     @classmethod
     def open(cls, settings: StoreSettings, url: str) -> PostgresOutbox:
@@ -172,8 +178,38 @@ class PostgresOutbox:
     # -- recording ----------------------------------------------------------
 
     async def record(self, outcome: CallOutcome, now: float) -> bool:
-        """Commit ``outcome``; True if new, False if this call was already recorded (by any router)."""
-        return (await self.on_thread(self.record_many, [(outcome, now)]))[0]
+        """Commit ``outcome``; True if new, False if this call was already recorded (by any router).
+
+        Outcomes recorded while a commit is under way share the next
+        transaction (group commit, as the SQLite outbox does): each caller
+        still returns only once its outcome is committed.
+        """
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        with self._queue_lock:
+            self._queued.append((outcome, now, future))
+            start = not self._committing
+            self._committing = True
+        if start:
+            self._executor.submit(self._commit_queued)
+        return await future
+
+    def _commit_queued(self) -> None:
+        while True:
+            with self._queue_lock:
+                batch, self._queued = self._queued, []
+                if not batch:
+                    self._committing = False
+                    return
+            try:
+                results: list[bool | BaseException] = list(self.record_many([(o, now) for o, now, _ in batch]))
+            except Exception as exc:  # every waiting caller hears of it; the next batch tries again
+                error = exc if isinstance(exc, OutboxError) else OutboxError(f"cannot record outcome: {exc}")
+                results = [error] * len(batch)
+            for (_, _, future), result in zip(batch, results):
+                try:
+                    future.get_loop().call_soon_threadsafe(_settle, future, result)
+                except RuntimeError:  # that caller's event loop is gone: nobody is waiting
+                    pass
 
     def record_many(self, outcomes: Sequence[tuple[CallOutcome, float]]) -> list[bool]:
         new = []
