@@ -109,8 +109,7 @@ class App:
             offers_events = getattr(plugin, "call_events", None)  # optional: most CRMs want no call events
             if events is None and offers_events is not None:
                 events = offers_events(live_backend(backend), settings)
-        # The server reads no decision's --explain steps (its log line has the reason and the chain).
-        router = Router(config.routing, backend, history=history, explain=not serving)
+        router = Router(config.routing, backend, history=history)
         return cls(config=config, backend=backend, router=router, serving=serving, _keeper=keeper, _writer=writer, events=events)
 
     @property

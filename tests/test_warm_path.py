@@ -1,33 +1,34 @@
-"""What the warm path leaves out must change nothing anyone reads: the server's decisions
-keep no --explain steps but the same reason and chain, and the call line's memo of
-rendered fields stays bounded and renders what it always did."""
+"""What the warm path leaves out must change nothing anyone reads: a router that keeps no
+--explain steps (the classic AGI's) gives the same reason and chain, and the call line's
+memo of rendered fields stays bounded and renders what it always did."""
 
 from __future__ import annotations
 
 import asyncio
 
 from conftest import make_config
-from dialplan import FixedDeviceStates, InboundCall, RouteDecision
+from dialplan import FixedDeviceStates, InboundCall, RouteDecision, Router
 from fastagi_server import calllog
 from fastagi_server.app import App
 
 STATES = FixedDeviceStates({"PJSIP/101": "NOT_INUSE", "PJSIP/102": "INUSE", "PJSIP/103": "NOT_INUSE"})
 
 
-def _decide(serving: bool, caller: str) -> RouteDecision:
+def _decide(explain: bool, caller: str) -> RouteDecision:
     async def decide() -> RouteDecision:
-        app = App.from_config(make_config({"routing": {"default_region": "ES"}}), serving=serving)
+        app = App.from_config(make_config({"routing": {"default_region": "ES"}}))
+        router = Router(app.config.routing, app.backend, explain=explain)
         try:
-            return await app.router.decide(InboundCall(caller=caller, did="900"), STATES)
+            return await router.decide(InboundCall(caller=caller, did="900"), STATES)
         finally:
             await app.aclose()
 
     return asyncio.run(decide())
 
 
-def test_the_server_keeps_no_steps_but_the_same_reason_and_chain() -> None:
+def test_a_router_without_steps_gives_the_same_reason_and_chain() -> None:
     for caller in ("+34928000000", "928000002", "+34928000004", "928999999", "not a number"):
-        explained, served = _decide(False, caller), _decide(True, caller)
+        explained, served = _decide(True, caller), _decide(False, caller)
         assert explained.steps and served.steps == []
         assert served.channel_variables() | {"CRM_LOOKUP_MS": ""} == explained.channel_variables() | {"CRM_LOOKUP_MS": ""}
         assert served.chain == explained.chain
