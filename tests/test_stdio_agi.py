@@ -159,6 +159,19 @@ def test_bad_config_still_answers_error(tmp_path):
     assert "deadline_ms" in stderr
 
 
+def test_a_missing_directory_file_still_answers_error(tmp_path):
+    """The route path without an event loop gives the fallback route too, naming why."""
+    config = tmp_path / "crmroute.toml"
+    config.write_text(f'[directory]\npath = "{tmp_path / "gone.sqlite"}"\n')
+    agi = StdioAsterisk([f"--config={config}", "route"])
+    agi.send(stdio_headers())
+    result, code, stderr = agi.run_to_end()
+    assert code == 0, stderr
+    assert result.variables["CRM_ROUTE_STATUS"] == "ERROR"
+    assert "backend unavailable" in result.variables["CRM_ROUTE_REASON"]
+    assert "cannot open the CRM backend" in stderr and "Traceback" not in stderr
+
+
 @pytest.mark.parametrize("argv, expected", [
     ([], (None, "route", ())),
     (["route", "900"], (None, "route", ("900",))),
