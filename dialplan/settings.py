@@ -17,6 +17,9 @@ from .hours import BusinessHours
 
 # The rule in ``lookup_order`` that rings whoever last answered this caller.
 LAST_AGENT = "LastAgent"
+# The rule in ``lookup_order`` that rings the agent of the caller's open Zoho Desk
+# ticket (the [zoho_desk] section), asked beside the CRM, not of it.
+TICKETS = "Tickets"
 # What ``on_unavailable`` and ``on_unmapped`` may list.
 FALLBACK_STEPS = ("next_owner", "team", "senior_manager")
 
@@ -46,6 +49,8 @@ class TeamSettings:
     extensions: tuple[str, ...] = ()
     # A schedule from [routing.hours]; empty: always open.
     hours: str = ""
+    # Zoho Desk departments (id or name) whose unassigned open tickets ring this team (the Tickets rule).
+    departments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ class RoutingSettings:
     deadline_ms: int = 1500
     # Region (ISO 3166 code) for caller IDs without a country code.
     default_region: str = "US"
-    # Rules in order, first hit rings: CRM modules, and LastAgent.
+    # Rules in order, first hit rings: CRM modules, LastAgent, and Tickets (Zoho Desk).
     lookup_order: tuple[str, ...] = ("Leads", "Deals", "Contacts", "Accounts")
     # How an extension becomes a dial string; ``{ext}`` is replaced.
     dial_template: str = "PJSIP/{ext}"

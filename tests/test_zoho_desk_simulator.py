@@ -18,7 +18,8 @@ def desk() -> Iterator[ZohoDeskSimulator]:
 
 def token(desk: ZohoDeskSimulator, refresh: str = REFRESH_TOKEN) -> dict[str, Any]:
     form = {"grant_type": "refresh_token", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "refresh_token": refresh}
-    return httpx.post(desk.url + "/oauth/v2/token", data=form).json()
+    answer: dict[str, Any] = httpx.post(desk.url + "/oauth/v2/token", data=form).json()
+    return answer
 
 
 def get(desk: ZohoDeskSimulator, path: str, params: dict[str, str] | None = None, *, org: str | None = None, access: str = "") -> httpx.Response:

@@ -63,7 +63,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 ORG_ID = "60001234567"
@@ -435,7 +435,7 @@ def _call_problems(data: dict[str, Any]) -> list[dict[str, str]]:
     for name in ("subject", "departmentId", "contactId", "startTime", "status"):
         if data.get(name) in (None, ""):
             problems.append({"fieldName": f"/{name}", "errorType": "missing", "errorMessage": ""})
-    checks = (
+    checks: tuple[tuple[str, Callable[[Any], bool]], ...] = (
         ("status", lambda v: v in CALL_STATUSES),
         ("startTime", lambda v: isinstance(v, str) and _ISO.fullmatch(v) is not None),
         ("direction", lambda v: v in ("inbound", "outbound")),
