@@ -135,6 +135,13 @@ class App:
         if self._writer is None:
             plugin = self.config.plugin
             self._writer = plugin.open_writer(live_backend(self.backend), self.config.settings_of(plugin))
+            if self.tickets is not None and self.config.zoho_desk.log_calls:
+                from crmlookup.zoho_desk.backend import ZohoDeskBackend
+                from crmlookup.zoho_desk.writer import DeskCallWriter, WithTicketCalls
+
+                desk = live_backend(self.tickets)
+                assert isinstance(desk, ZohoDeskBackend)
+                self._writer = WithTicketCalls(self._writer, DeskCallWriter(desk.api, self.config.zoho_desk.search_lag_s))
         return self._writer
 
     @property

@@ -38,6 +38,7 @@ shapes of Desk's published OpenAPI description (``zoho/zohodesk-oas``,
   seconds; ``ticketId``; ``description``): the stored call. A missing or
   wrong field: HTTP 422 ``{"errorCode": "INVALID_DATA", "errors":
   [{"fieldName": "/subject", "errorType": "missing", ...}]}``.
+* ``GET /api/v1/tickets/{id}``: the ticket (404 ``RESOURCE_NOT_FOUND``).
 * ``GET /api/v1/tickets/{id}/calls`` with ``limit`` (at most 100) and
   ``from``: ``{"data": [...]}`` (204 when there are none).
 
@@ -75,6 +76,7 @@ STATUS_TYPES = ("Open", "On Hold", "Closed")
 SORTABLE = ("relevance", "modifiedTime", "createdTime", "customerResponseTime")
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z")
 _DIGITS = re.compile(r"\D")
+_TICKET = re.compile(r"/api/v1/tickets/([0-9]+)")
 _TICKET_CALLS = re.compile(r"/api/v1/tickets/([0-9]+)/calls")
 
 
@@ -333,6 +335,13 @@ class ZohoDeskSimulator:
             match = _TICKET_CALLS.fullmatch(path)
             if match:
                 return self._ticket_calls(match.group(1), query)
+            match = _TICKET.fullmatch(path)
+            if match:
+                with self._lock:
+                    ticket = self.tickets.get(match.group(1))
+                if ticket is None:
+                    raise error(404, "RESOURCE_NOT_FOUND", "The requested resource does not exist")
+                return _Reply(200, dict(ticket))
         if method == "POST" and path == "/api/v1/calls":
             try:
                 data = json.loads(body or b"null")

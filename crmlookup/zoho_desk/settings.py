@@ -26,7 +26,7 @@ MAX_SEARCH_LIMIT = 100
 
 def _secret_field() -> str:
     # Credentials stay out of reprs: a Config printed in a log or a traceback shows none.
-    return field(default="", repr=False)  # type: ignore[return-value]
+    return field(default="", repr=False)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ PAUSE_KEY = "paused"
 # The CRM's users (who has which extension) are asked for again after this long.
 USERS_TTL_S = 300.0
 PURGE_EVERY_S = 3600.0
-_ORDER = ((Step.LEAD, WriteKind.LEAD), (Step.CALL, WriteKind.CALL), (Step.TASK, WriteKind.TASK))
+_ORDER = ((Step.LEAD, WriteKind.LEAD), (Step.CALL, WriteKind.CALL), (Step.TASK, WriteKind.TASK), (Step.TICKET, WriteKind.CALL))
 
 
 @dataclass
@@ -282,7 +282,8 @@ class SyncWorker:
                 context = await self._our_lead(attempt, context)
             policy = self._book.for_did(item.outcome.did)
             attempt.plan = plan_writes(
-                item.outcome, context, self._outcomes, self._tz, lambda owner: _task_schedule(policy, users, owner), kinds=self._writer.writes
+                item.outcome, context, self._outcomes, self._tz, lambda owner: _task_schedule(policy, users, owner), kinds=self._writer.writes,
+                ticket_calls=bool(getattr(self._writer, "logs_ticket_calls", False)),
             )
             creates_lead = any(w.step == Step.LEAD for w in attempt.plan)
             if attempt.deferred or (creates_lead and not started_lead and number in leads_planned):
