@@ -9,9 +9,10 @@ things up. Every error is a ValueError that names its key.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from crmlookup.phone import MAX_NUMBER_LENGTH, InvalidNumber, normalise
 from crmlookup.records import MODULES, Owner
@@ -20,7 +21,7 @@ from .availability import DEVICE_STATES, StateTemplate
 from .candidates import Candidate, senior_manager_candidate, team_candidate
 from .hours import BusinessHours
 from .rewrite import NumberRewrite
-from .settings import FALLBACK_STEPS, LAST_AGENT, POLICY_KEYS, TICKETS, owner_key
+from .policy_settings import FALLBACK_STEPS, LAST_AGENT, POLICY_KEYS, TICKETS, owner_key
 from .targets import DialTargets
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class Policy:
     """Everything a call on one DID is routed with."""
 
     name: str
-    rules: tuple[str, ...]  # lookup order: CRM modules, LastAgent and Tickets
+    rules: tuple[str, ...]  # lookup order: CRM modules and LastAgent
     modules: tuple[str, ...]  # the CRM modules among them, asked of the backend
     targets: DialTargets
     states: StateTemplate | None  # None: availability is not checked
@@ -128,7 +129,7 @@ class PolicyBook:
         return policy
 
     @classmethod
-    def build(cls, settings: RoutingSettings) -> "PolicyBook":
+    def build(cls, settings: RoutingSettings) -> PolicyBook:
         """Check and compile ``settings``; raises ValueError naming the key."""
         try:
             re.compile(settings.extension_pattern)
@@ -138,7 +139,7 @@ class PolicyBook:
         hours = {}
         for name, schedule in settings.hours.items():
             _check_name(name, f"hours.{name}")
-            hours[name] = _keyed(f"hours.{name}", lambda: schedule.compile(name))
+            hours[name] = _keyed(f"hours.{name}", functools.partial(schedule.compile, name))
         staff = _staff(settings, valid, hours)
         teams = {}
         department_teams: dict[str, Candidate] = {}
@@ -169,7 +170,7 @@ class PolicyBook:
 
 
 def _compile(
-    name: str, values: dict, where: str, settings: RoutingSettings, staff: Staff, teams: dict[str, Candidate], hours: dict[str, BusinessHours]
+    name: str, values: dict[str, Any], where: str, settings: RoutingSettings, staff: Staff, teams: dict[str, Candidate], hours: dict[str, BusinessHours]
 ) -> Policy:
     rules = _rules(values["lookup_order"], where)
     targets = _keyed(where.rstrip("."), lambda: DialTargets(values["dial_template"], settings.extension_pattern))
@@ -304,7 +305,10 @@ def _check_name(name: str, where: str) -> None:
         raise ValueError(f"{where}: names may hold letters, digits, _ and - only")
 
 
-def _keyed(where: str, build):
+_Built = TypeVar("_Built")
+
+
+def _keyed(where: str, build: Callable[[], _Built]) -> _Built:
     """Run ``build``, prefixing a ValueError with the key it is about."""
     try:
         return build()
@@ -314,7 +318,7 @@ def _keyed(where: str, build):
 
 def unknown_rule(settings: RoutingSettings, modules: tuple[str, ...]) -> str:
     """The first ``lookup_order`` rule (of ``[routing]`` or a policy) that is neither
-    LastAgent, Tickets nor one of the CRM's record kinds ``modules``: the problem, or ""."""
+    LastAgent nor one of the CRM's record kinds ``modules``: the problem, or ""."""
     allowed = (*modules, LAST_AGENT, TICKETS)
     orders = [("", settings.lookup_order)]
     orders += [(f"policies.{name}.", policy.lookup_order or ()) for name, policy in settings.policies.items()]

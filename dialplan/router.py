@@ -27,8 +27,9 @@ from .chooser import Chooser, Ring, StateChecker
 from .decision import RouteDecision, RouteStatus, Trace
 from .history import CallHistory
 from .hours import utc_now
-from .policy import Policy, PolicyBook
-from .settings import LAST_AGENT, TICKETS, RoutingSettings
+from .policy import Policy
+from .policy_settings import LAST_AGENT, TICKETS
+from .settings import RoutingSettings
 
 _NO_PROBE = NoDeviceStates("no device-state probe given")
 
@@ -65,7 +66,7 @@ class Router:
         self.backend = backend
         self.history = history
         self.tickets = tickets
-        self.book = PolicyBook.build(settings)
+        self.book = settings.book
         self._clock = clock
         self._deadline_s = settings.deadline_ms / 1000
         require_history(settings, history)
@@ -111,7 +112,7 @@ class Router:
             trace.step(f"device state: not asked further ({checker.stopped})")
             if ring is not None and ring.unchecked:
                 trace.note(f"state unchecked ({checker.stopped})")
-        decision = self._outcome(policy, found, ring, trace)
+        decision = self._conclude(policy, found, ring, trace)
         decision.normalised_number = number.e164
         decision.from_cache = found.result.from_cache
         decision.source = "cache" if found.result.from_cache else found.result.source
@@ -127,7 +128,7 @@ class Router:
             found, last_extension, tickets = await asyncio.gather(
                 self._lookup(policy, number, deadline_at),
                 self._last_agent(policy, number, deadline_at, trace) if policy.uses_last_agent else _nothing(),
-                self._tickets(policy, number, deadline_at) if policy.uses_tickets else _nothing(),
+                self._tickets(number, deadline_at) if policy.uses_tickets else _nothing(),
             )
             found.last_extension = last_extension
             if tickets is not None:
@@ -162,7 +163,7 @@ class Router:
         except CrmError as exc:
             return Found(LookupResult(), RouteStatus.ERROR, f"CRM lookup failed: {exc}")
 
-    async def _tickets(self, policy: Policy, number: PhoneNumber, deadline_at: float) -> Found:
+    async def _tickets(self, number: PhoneNumber, deadline_at: float) -> Found:
         """The caller's open tickets, within the same deadline; a Desk that fails or is slow is a reason, not an error."""
         assert self.tickets is not None  # checked at construction
         source = self.tickets
@@ -199,7 +200,8 @@ class Router:
         trace.link(f"{LAST_AGENT}: {extension} answered {number.e164} within the last {_age_text(age)}")
         return extension
 
-    def _outcome(self, policy: Policy, found: Found, ring: Ring | None, trace: Trace) -> RouteDecision:
+    def _conclude(self, policy: Policy, found: Found, ring: Ring | None, trace: Trace) -> RouteDecision:
+        """The route decision from what the lookup found and whom (if anyone) to ring."""
         best = found.result.best
         if ring is None:
             if found.failure is not None:

@@ -17,7 +17,8 @@ from crmlookup.records import Match, Owner
 from crmlookup.writer import RecordRef
 
 from ..outcome import CallOutcome
-from ..settings import LAST_AGENT, TICKETS, RoutingSettings
+from ..policy_settings import LAST_AGENT, TICKETS
+from ..settings import RoutingSettings
 
 DEALS = "Deals"
 # Statuses whose CRM_* values name the caller's record.
@@ -69,7 +70,7 @@ class CrmContext:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CrmContext":
+    def from_dict(cls, data: Mapping[str, Any]) -> CrmContext:
         values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         values["owner_extensions"] = tuple(values.get("owner_extensions", ()))
         return cls(**values)
@@ -98,13 +99,13 @@ class ExtensionDirectory:
                 self._by_extension.setdefault(extension, user)
         # The config map wins over what the CRM knows, as it does for routing.
         for key, extensions in owner_extensions.items():
-            user = by_email.get(key.lower()) if "@" in key else self._by_id.get(key, Owner(key))
-            if user is None:
+            mapped = by_email.get(key.lower()) if "@" in key else self._by_id.get(key, Owner(key))
+            if mapped is None:
                 continue  # an email the CRM does not know: nobody to credit
             user_extensions = tuple(extensions)
-            self._by_id[user.id] = Owner(user.id, user.name, user.email, user_extensions)
+            self._by_id[mapped.id] = Owner(mapped.id, mapped.name, mapped.email, user_extensions)
             for extension in user_extensions:
-                self._by_extension[extension] = self._by_id[user.id]
+                self._by_extension[extension] = self._by_id[mapped.id]
 
     def by_extension(self, extension: str) -> Owner | None:
         return self._by_extension.get(extension) if extension else None
@@ -155,7 +156,8 @@ async def _resolve(outcome: CallOutcome, backend: CrmBackend, routing: RoutingSe
         context = await _resolve(unrouted, backend, routing, users, now)
         return replace(context, ticket_id=route.record_id, ticket_agent_id=route.owner_id)
     answerer = users.by_extension(outcome.answered_extension)
-    answer = {"answerer_id": answerer.id, "answerer_name": answerer.name} if answerer else {}
+    answer: dict[str, Any] = {"answerer_id": answerer.id, "answerer_name": answerer.name} if answerer else {}
+    route = outcome.route
     if route.status in _ROUTED_TO_RECORD and route.has_record:
         owner = users.by_id(route.owner_id)
         extensions = tuple(owner.extensions) if owner else ()

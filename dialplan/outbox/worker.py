@@ -23,21 +23,23 @@ again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from crmlookup.backend import CrmBackend
 from crmlookup.condition import Condition
 from crmlookup.errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited
-from crmlookup.writer import CrmWriter, Entry, RecordRef, WriteKind, WriteResult
+from crmlookup.writer import CrmWriter, Entry, LeadEntry, RecordRef, WriteKind, WriteResult
 
 from ..hours import BusinessHours
-from ..policy import Policy, PolicyBook
-from ..settings import RoutingSettings, owner_key
+from ..policy import Policy
+from ..policy_settings import owner_key
+from ..settings import RoutingSettings
 from .context import ExtensionDirectory, CrmContext, resolve_context
 from .keeper import first_of
 from .plan import PlannedWrite, Step, lead_name, plan_writes, zone
@@ -136,7 +138,7 @@ class SyncWorker:
         self._clock = clock
         self._jitter = jitter
         self._tz = zone(outcomes)
-        self._book = PolicyBook.build(routing)  # each outcome's DID policy: its business hours
+        self._book = routing.book  # each outcome's DID policy: its business hours
         self._batch = max(1, min(settings.batch_size, writer.max_batch))
         self._wake = asyncio.Event()
         self._users: ExtensionDirectory | None = None
@@ -164,7 +166,7 @@ class SyncWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; never raises for CRM or data trouble."""
-        await self._outbox.run(self._outbox.release_orphans, self._clock())
+        await self._outbox.on_thread(self._outbox.release_orphans, self._clock())
         while not stop.is_set():
             wait = await self._step()
             if wait > 0:
@@ -187,7 +189,7 @@ class SyncWorker:
             return max(self._paused_until, self._hold_until) - self._clock()
         if result.claimed >= self._batch or result.delivered:
             return 0.0
-        next_due = await self._outbox.run(self._outbox.next_due)
+        next_due = await self._outbox.on_thread(self._outbox.next_due)
         if next_due is None:
             return self._settings.flush_interval_s
         return min(self._settings.flush_interval_s, max(0.0, next_due - self._clock()))
@@ -195,7 +197,7 @@ class SyncWorker:
     async def flush(self, *, max_seconds: float | None = None) -> FlushSummary:
         """Deliver everything due now (for ``crmroute outbox flush``); stops when paused."""
         summary = FlushSummary()
-        await self._outbox.run(self._outbox.release_orphans, self._clock())
+        await self._outbox.on_thread(self._outbox.release_orphans, self._clock())
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         while deadline is None or time.monotonic() < deadline:
             if self._hold_until > self._clock():
@@ -217,7 +219,7 @@ class SyncWorker:
     async def round(self) -> RoundResult:
         """Take one batch of due outcomes and try to deliver it."""
         now = self._clock()
-        items = await self._outbox.run(self._outbox.claim, now, self._batch, self._settings.lease_s)
+        items = await self._outbox.on_thread(self._outbox.claim, now, self._batch, self._settings.lease_s)
         result = RoundResult(claimed=len(items))
         if not items:
             await self._note_pause(result, False)
@@ -240,7 +242,7 @@ class SyncWorker:
             logger.exception("delivering %d outcome(s) failed", len(attempts))
             _fail_open(attempts, f"internal error: {exc!r}")
         finishes = self._finishes(attempts, result)
-        await self._outbox.run(self._outbox.finish, finishes, self._clock())
+        await self._outbox.on_thread(self._outbox.finish, finishes, self._clock())
         await self._note_pause(result, wrote)
         self.totals.add(result)
         if result.delivered or result.failed or result.dead or result.paused:
@@ -265,7 +267,7 @@ class SyncWorker:
         users = await self._extension_directory(now)
         resolved = await self._resolve(attempts, users, now)
         leads_planned: set[str] = set()
-        contexts: list[tuple[int, dict | None]] = []
+        contexts: list[tuple[int, dict[str, Any] | None]] = []
         for attempt in attempts:
             item = attempt.item
             number = item.outcome.caller_e164
@@ -282,7 +284,7 @@ class SyncWorker:
                 context = await self._our_lead(attempt, context)
             policy = self._book.for_did(item.outcome.did)
             attempt.plan = plan_writes(
-                item.outcome, context, self._outcomes, self._tz, lambda owner: _task_schedule(policy, users, owner), kinds=self._writer.writes,
+                item.outcome, context, self._outcomes, self._tz, functools.partial(_task_schedule, policy, users), kinds=self._writer.writes,
                 ticket_calls=bool(getattr(self._writer, "logs_ticket_calls", False)),
             )
             creates_lead = any(w.step == Step.LEAD for w in attempt.plan)
@@ -299,7 +301,7 @@ class SyncWorker:
             if item.context is None or context != known:
                 contexts.append((item.id, context.to_dict()))
         if contexts:
-            await self._outbox.run(self._outbox.save_contexts, contexts)
+            await self._outbox.on_thread(self._outbox.save_contexts, contexts)
 
     async def _resolve(self, attempts: list[_Attempt], users: ExtensionDirectory, now: float) -> dict[int, CrmContext]:
         """The contexts of the outcomes that have none yet, looked up together (the CRM client bounds the concurrency)."""
@@ -328,7 +330,7 @@ class SyncWorker:
         one lead however often they call.
         """
         number = attempt.item.outcome.caller_e164
-        earlier = await self._outbox.run(self._outbox.lead_for_caller, number, attempt.item.id)
+        earlier = await self._outbox.on_thread(self._outbox.lead_for_caller, number, attempt.item.id)
         if earlier is None:
             return context
         state, lead_id, owner_id = earlier
@@ -341,47 +343,45 @@ class SyncWorker:
         """Write leads, then calls, then tasks; True once the CRM accepted a request."""
         wrote = False
         for step, kind in _ORDER:
-            todo: list[tuple[_Attempt, Entry]] = []
-            for attempt in attempts:
-                if not attempt.open:
-                    continue
-                for write in attempt.plan or ():
-                    row = attempt.item.writes.get(step)
-                    if write.step == step and not (row and row.state is WriteState.DONE):
-                        todo.append((attempt, _linked(write, attempt.item)))
+            todo = _writes_to_do(step, attempts)
             if not todo:
                 continue
-            uncertain = [(a, e) for a, e in todo if (row := a.item.writes.get(step)) is not None and row.state is WriteState.SENT]
-            settled_before = self._clock() - self._writer.search_lag_s
-            for attempt, _ in uncertain:
-                sent_at = attempt.item.writes[step].updated_at
-                if sent_at > settled_before:
-                    # Too recent for the CRM's search to show it: look later, not now.
-                    attempt.deferred, attempt.retry_at = True, sent_at + self._writer.search_lag_s
-            uncertain = [(a, e) for a, e in uncertain if not a.deferred]
-            for chunk in chunks(uncertain, self._batch):
-                found = await self._writer.find_existing(kind, [entry for _, entry in chunk])
-                wrote = True
-                await self._mark(step, [(a, WriteState.DONE, found[e.key], "") for a, e in chunk if e.key in found])
+            wrote = await self._settle_uncertain(step, kind, todo) or wrote
             todo = [(a, e) for a, e in todo if a.open and a.item.writes.get(step, _NOT_WRITTEN).state is not WriteState.DONE]
-            for chunk in chunks(todo, self._batch):
-                chunk = await self._mark_sent(step, chunk)
-                if not chunk:
-                    continue
-                results = await self._create(step, kind, chunk)
-                wrote = True
-                if len(results) != len(chunk) or any(r.key != e.key for r, (_, e) in zip(results, chunk)):
-                    raise CrmBadResponse(f"{kind.value}: {len(results)} result(s) for {len(chunk)} record(s)")
-                marks = []
-                for (attempt, entry), outcome in zip(chunk, results):
-                    if outcome.ok:
-                        marks.append((attempt, WriteState.DONE, outcome.record_id, ""))
-                    else:
-                        error = outcome.error or "the CRM returned no record id"
-                        marks.append((attempt, WriteState.REJECTED, "", error))
-                        attempt.error, attempt.rejected = f"{kind.value}: {error}", True
-                await self._mark(step, marks)
+            wrote = await self._write_new(step, kind, todo) or wrote
         return wrote
+
+    async def _settle_uncertain(self, step: str, kind: WriteKind, todo: list[tuple[_Attempt, Entry]]) -> bool:
+        """Look in the CRM for the writes sent before whose answer never came (the process
+        died, the connection broke); those found are done. True when the CRM was asked."""
+        uncertain = [(a, e) for a, e in todo if (row := a.item.writes.get(step)) is not None and row.state is WriteState.SENT]
+        settled_before = self._clock() - self._writer.search_lag_s
+        for attempt, _ in uncertain:
+            sent_at = attempt.item.writes[step].updated_at
+            if sent_at > settled_before:
+                # Too recent for the CRM's search to show it: look later, not now.
+                attempt.deferred, attempt.retry_at = True, sent_at + self._writer.search_lag_s
+        asked = False
+        for chunk in chunks([(a, e) for a, e in uncertain if not a.deferred], self._batch):
+            found = await self._writer.find_existing(kind, [entry for _, entry in chunk])
+            asked = True
+            await self._mark(step, [(a, WriteState.DONE, found[e.key], "") for a, e in chunk if e.key in found])
+        return asked
+
+    async def _write_new(self, step: str, kind: WriteKind, todo: list[tuple[_Attempt, Entry]]) -> bool:
+        """Create the records of ``todo``, a request per chunk, each marked sent first and
+        done or rejected by the CRM's answer. True when the CRM was asked."""
+        asked = False
+        for chunk in chunks(todo, self._batch):
+            going = await self._mark_sent(step, chunk)
+            if not going:
+                continue
+            results = await self._create(step, kind, going)
+            asked = True
+            if len(results) != len(going) or any(r.key != e.key for r, (_, e) in zip(results, going)):
+                raise CrmBadResponse(f"{kind.value}: {len(results)} result(s) for {len(going)} record(s)")
+            await self._mark(step, [_answered(kind, attempt, result) for (attempt, _), result in zip(going, results)])
+        return asked
 
     async def _create(self, step: str, kind: WriteKind, chunk: list[tuple[_Attempt, Entry]]) -> list[WriteResult]:
         """Create the chunk's records (marked sent); a request refused before anything
@@ -389,7 +389,7 @@ class SyncWorker:
         try:
             return list(await self._writer.create(kind, [entry for _, entry in chunk]))
         except (CrmRateLimited, CrmAuthError):
-            await self._outbox.run(self._outbox.unmark_sent, [(a.item.id, step) for a, _ in chunk])
+            await self._outbox.on_thread(self._outbox.unmark_sent, [(a.item.id, step) for a, _ in chunk])
             for attempt, _ in chunk:
                 attempt.item.writes.pop(step, None)
             raise
@@ -406,7 +406,7 @@ class SyncWorker:
             await self._mark(step, [(a, WriteState.SENT, "", "") for a, _ in chunk])
             return chunk
         leads = [(a.item.id, a.item.outcome.caller_e164) for a, _ in chunk]
-        refused = await self._outbox.run(self._outbox.claim_leads, leads, self._clock())
+        refused = await self._outbox.on_thread(self._outbox.claim_leads, leads, self._clock())
         now = self._clock()
         going = []
         for attempt, entry in chunk:
@@ -421,7 +421,7 @@ class SyncWorker:
         if not marks:
             return
         rows = [(a.item.id, step, state, crm_id, error) for a, state, crm_id, error in marks]
-        await self._outbox.run(self._outbox.mark_writes, rows, self._clock())
+        await self._outbox.on_thread(self._outbox.mark_writes, rows, self._clock())
         now = self._clock()
         for attempt, state, crm_id, error in marks:
             attempt.item.writes[step] = WriteRow(step, state, crm_id, error, now)
@@ -458,7 +458,7 @@ class SyncWorker:
 
     def _backoff(self, attempts: int) -> float:
         """Exponential back-off with jitter: between half and all of initial * 2^attempts, capped."""
-        base = min(self._settings.backoff_max_s, self._settings.backoff_initial_s * (2 ** min(attempts, 30)))
+        base = min(self._settings.backoff_max_s, self._settings.backoff_initial_s * (2.0 ** min(attempts, 30)))
         return base * (0.5 + 0.5 * self._jitter())
 
     async def _note_pause(self, result: RoundResult, wrote: bool) -> None:
@@ -466,9 +466,9 @@ class SyncWorker:
         for every process using the outbox) only while our credentials are refused."""
         if result.paused:
             self._pause(result.paused)
-            await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, json.dumps({"reason": result.paused, "since": self._clock()}))
+            await self._outbox.on_thread(self._outbox.set_meta, PAUSE_KEY, json.dumps({"reason": result.paused, "since": self._clock()}))
             return
-        if await self._outbox.run(self._outbox.get_meta, PAUSE_KEY) is None:
+        if await self._outbox.on_thread(self._outbox.get_meta, PAUSE_KEY) is None:
             if wrote:
                 self._paused_until = 0.0  # another process may have ended the pause it shared
             return
@@ -484,7 +484,7 @@ class SyncWorker:
                 return  # the CRM cannot say now; the next round asks again
         self._paused_until = 0.0
         logger.info("outbox resumed: the CRM accepts our credentials again")
-        await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, None)
+        await self._outbox.on_thread(self._outbox.set_meta, PAUSE_KEY, None)
 
     def _pause(self, reason: str) -> None:
         self._paused_until = self._clock() + self._settings.auth_retry_s
@@ -511,7 +511,7 @@ class SyncWorker:
         if not self._settings.keep_days or now - self._purged_at < PURGE_EVERY_S:
             return
         self._purged_at = now
-        purged = await self._outbox.run(self._outbox.purge_done, now - self._settings.keep_days * 86400)
+        purged = await self._outbox.on_thread(self._outbox.purge_done, now - self._settings.keep_days * 86400)
         if purged:
             logger.info("outbox: forgot %d delivered outcome(s) older than %d days", purged, self._settings.keep_days)
 
@@ -526,9 +526,31 @@ def _task_schedule(policy: Policy, users: ExtensionDirectory, owner_id: str) -> 
     return own or policy.hours
 
 
+def _writes_to_do(step: str, attempts: list[_Attempt]) -> list[tuple[_Attempt, Entry]]:
+    """The entries of ``step`` the open attempts' plans hold and the CRM does not have yet."""
+    todo: list[tuple[_Attempt, Entry]] = []
+    for attempt in attempts:
+        if not attempt.open:
+            continue
+        row = attempt.item.writes.get(step)
+        if row is not None and row.state is WriteState.DONE:
+            continue
+        todo += [(attempt, _linked(write, attempt.item)) for write in attempt.plan or () if write.step == step]
+    return todo
+
+
+def _answered(kind: WriteKind, attempt: _Attempt, result: WriteResult) -> tuple[_Attempt, WriteState, str, str]:
+    """The mark the CRM's answer to one created record gives its write (a refusal also fails the attempt)."""
+    if result.ok:
+        return attempt, WriteState.DONE, result.record_id, ""
+    error = result.error or "the CRM returned no record id"
+    attempt.error, attempt.rejected = f"{kind.value}: {error}", True
+    return attempt, WriteState.REJECTED, "", error
+
+
 def _linked(write: PlannedWrite, item: OutboxItem) -> Entry:
     """The entry, linked to the lead this outcome created when it needs one."""
-    if not write.links_lead:
+    if not write.links_lead or isinstance(write.entry, LeadEntry):  # a lead is not linked to itself
         return write.entry
     lead = item.writes.get(Step.LEAD)
     if lead is None or lead.state is not WriteState.DONE:
