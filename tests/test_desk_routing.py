@@ -247,3 +247,45 @@ def test_concurrent_calls_from_one_number_search_desk_once(desk: ZohoDeskSimulat
 
     assert run(scenario()) == ["PJSIP/201"] * 10
     assert len(desk.requests_to("/api/v1/tickets/search")) == 1
+
+
+def readme_policies() -> dict[str, Any]:
+    """The README's per-DID policies (the sales and the support line), as TOML."""
+    import tomllib
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Per-DID policies"):]
+    start = section.index("```toml\n") + len("```toml\n")
+    return tomllib.loads(section[start:section.index("```", start)])
+
+
+def test_the_readmes_support_policy_loads_and_uses_the_desk_rule() -> None:
+    config = make_config(readme_policies())
+    support = config.routing.policies["support"]
+    assert support.lookup_order is not None and support.lookup_order[0] == "Tickets"
+    assert config.zoho_desk.org_id and config.routing.teams["support_desk"].departments == ("Support",)
+
+
+def test_the_sample_dialplans_support_line_rings_the_agent_of_the_open_ticket(desk: ZohoDeskSimulator, tmp_path: Any) -> None:
+    """extensions.conf.sample, run by the Asterisk model, with the README's policies pointed at the Desk simulator."""
+    from asterisk_dialplan import Channel, Dialplan, Pbx
+    from test_sample_dialplan import QUEUES, SAMPLE, SUPPORT_DID, answered_by, queue_names
+
+    data = readme_policies()
+    data["zoho_desk"] = desk.desk_config()
+    data["outbox"] = {"path": str(tmp_path / "outbox.sqlite")}
+    ticket = desk.add_ticket(CALLER, assignee=desk.ann, department=desk.support)  # type: ignore[attr-defined]
+
+    async def scenario() -> Channel:
+        async with agi_server(make_config(data)) as server:
+            pbx = Pbx(Dialplan.parse(SAMPLE), globals={"CRM_AGI": f"agi://127.0.0.1:{server.port}"}, dial=answered_by("201"),
+                      queues=queue_names(QUEUES))
+            channel = Channel(caller=CALLER, dnid=SUPPORT_DID)
+            await pbx.call("from-trunk", SUPPORT_DID, channel)
+            return channel
+
+    channel = run(scenario())
+    assert channel.variables["CRM_MODULE"] == "Tickets" and channel.variables["CRM_RECORD_ID"] == ticket
+    assert channel.variables["CRM_TARGET"] == "PJSIP/201"
+    assert any(app == "Dial" and data.startswith("PJSIP/201") for app, data in channel.ran)
