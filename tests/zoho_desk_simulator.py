@@ -62,7 +62,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -86,7 +86,7 @@ def digits(text: str) -> str:
 
 def iso(moment: float) -> str:
     """Desk's time format: ``2026-01-02T03:04:05.000Z``."""
-    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 @dataclass
@@ -153,7 +153,7 @@ class ZohoDeskSimulator:
 
     # -- life cycle ---------------------------------------------------------
 
-    def start(self) -> "ZohoDeskSimulator":
+    def start(self) -> ZohoDeskSimulator:
         simulator = self
 
         class Handler(_Handler):
@@ -178,7 +178,7 @@ class ZohoDeskSimulator:
     def come_back(self) -> None:
         self.start()
 
-    def __enter__(self) -> "ZohoDeskSimulator":
+    def __enter__(self) -> ZohoDeskSimulator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

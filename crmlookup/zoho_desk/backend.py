@@ -97,7 +97,7 @@ class ZohoDeskBackend:
         self._presence = _Kept(settings.presence_ttl_s)
 
     @classmethod
-    def open(cls, settings: ZohoDeskSettings, environ: dict[str, str] | None = None) -> "ZohoDeskBackend":
+    def open(cls, settings: ZohoDeskSettings, environ: dict[str, str] | None = None) -> ZohoDeskBackend:
         """The backend with its own pooled HTTP client and token; credentials read now (errors name the key)."""
         if not settings.org_id:
             raise CrmError("zoho_desk.org_id is not set (the portal's organisation id, sent as the orgId header)")
@@ -154,6 +154,8 @@ class ZohoDeskBackend:
             return
         if kept.flight is None or kept.flight.done():
             kept.flight = asyncio.get_running_loop().create_task(self._fill(kept, read, what), name=f"read Desk {what}")
+            # Its failure is told to whoever waits; one nobody waits for any more (the deadline) is not an unread error.
+            kept.flight.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             await asyncio.shield(kept.flight)
         except CrmError as exc:
@@ -176,6 +178,10 @@ class ZohoDeskBackend:
             if len(batch) < size or more is False:
                 break
         return rows
+
+    async def departments(self) -> dict[str, str]:
+        """The portal's departments, id -> name, read now (``check-config --online``)."""
+        return {key: str(value) for key, value in (await self._read_departments([])).items()}
 
     async def _read_agents(self, trace: list[str]) -> dict[str, Any]:
         agents = {}

@@ -20,7 +20,7 @@ state per step: the CRM's call and the ticket's call are separate steps).
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import UTC
 from typing import Any, Sequence
 
 from ..errors import CrmBadResponse
@@ -108,7 +108,7 @@ class DeskCallWriter:
 
 def call_body(entry: CallEntry, ticket: dict[str, Any]) -> dict[str, Any]:
     """The ``POST /api/v1/calls`` body for ``entry`` on ``ticket`` (its department and contact)."""
-    start = entry.start.astimezone(timezone.utc)
+    start = entry.start.astimezone(UTC)
     body: dict[str, Any] = {
         "subject": entry.subject[:300],
         "departmentId": str(ticket.get("departmentId") or ""),
