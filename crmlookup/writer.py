@@ -12,8 +12,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
+from .errors import CrmBadResponse
 from .records import Owner
 
 
@@ -58,6 +59,8 @@ class CallEntry:
     extension: str = ""
     # Where the call's recording is served (an http(s) URL), empty when there is none.
     recording_url: str = ""
+    # The recording's file on this machine, for a CRM that keeps the path (the local directory).
+    recording_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,4 +143,38 @@ class CrmWriter(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and threads."""
+        ...
+
+
+@dataclass(frozen=True)
+class CallRecording:
+    """A call's recording, to go on the Call the writer created for it."""
+
+    call: RecordRef  # the Call (module and CRM id)
+    key: str  # the call's key (its unique id)
+    file_name: str  # the name the CRM shows (the file's own name, no folder)
+    link: str = ""  # where the recording is served, for a link; empty: none
+    description: str = ""  # the Call's description as written, for a link added to it
+
+
+class AttachmentTooLarge(CrmBadResponse):
+    """The CRM refused an attachment for its size: nothing was stored."""
+
+
+@runtime_checkable
+class RecordingWriter(Protocol):
+    """A writer that can put a recording on a Call after the Call exists (optional:
+    a CRM that takes the recording's address with the call itself does not need it)."""
+
+    async def attach_recording(self, recording: CallRecording, content: bytes) -> WriteResult:
+        """Upload ``content`` as an attachment of the Call; the result's id is the attachment's.
+        Raises :class:`AttachmentTooLarge` when the CRM refuses it for its size."""
+        ...
+
+    async def find_recording(self, recording: CallRecording) -> str:
+        """The id of the attachment an earlier upload of this recording left on the Call, or ""."""
+        ...
+
+    async def link_recording(self, recording: CallRecording) -> WriteResult:
+        """Write ``recording.link`` on the Call (writing it again changes nothing)."""
         ...

@@ -16,6 +16,8 @@ from typing import Any, Mapping
 from crmlookup.phone import InvalidNumber, normalise
 from crmlookup.errors import CrmrouteError
 
+from .recordings import DEFAULT_DIRECTORY, MAX_NAME_LENGTH, RecordingRefused, recording_name
+
 # What the handler reads, by our name: one ``${...}`` expression each, all sent
 # in a single GET FULL VARIABLE. Each is cut to a bounded length by Asterisk
 # itself (``${X:0:64}``) so the reply line stays short whatever the values.
@@ -38,9 +40,10 @@ CHANNEL_READINGS: dict[str, str] = {
     "route_extension": "CRM_EXTENSION",
     "record_name": "CRM_CALLER_NAME",
     "recording_url": "CRM_RECORDING_URL",  # set by the dialplan when it records calls: where the recording is served
+    "recording": "CRM_RECORDING",  # set by the dialplan when MixMonitor records the call: the file's name
 }
-# Readings that need more than READ_LIMIT characters.
-READ_LIMITS = {"recording_url": 256}
+# Readings that need more than READ_LIMIT characters (a longer recording name is refused, not cut).
+READ_LIMITS = {"recording_url": 256, "recording": MAX_NAME_LENGTH + 1}
 
 
 def reading_expression(name: str) -> str:
@@ -102,6 +105,10 @@ class CallOutcome:
     complete: bool = True
     # Where the call's recording is served (CRM_RECORDING_URL), when the dialplan said.
     recording_url: str = ""
+    # The recording's file name inside recordings.directory (CRM_RECORDING), when the dialplan said.
+    recording: str = ""
+    # Why CRM_RECORDING was refused (outside the directory, "..", control characters); the file is never read then.
+    recording_problem: str = ""
 
     @property
     def answered_at(self) -> float | None:
@@ -172,11 +179,13 @@ def outcome_from_channel(
     channel: str = "",
     complete: bool = True,
     number: str | None = None,
+    recordings_dir: str = DEFAULT_DIRECTORY,
 ) -> CallOutcome:
     """Build the outcome from the headers and the :data:`CHANNEL_READINGS` values.
 
     ``number`` is the caller's number as the DID's routing policy reads it (its
-    prefixes rewritten); without it, ``caller`` as sent. Raises
+    prefixes rewritten); without it, ``caller`` as sent. ``recordings_dir``:
+    the folder a ``CRM_RECORDING`` name must be inside. Raises
     :class:`InvalidOutcome` when ``call_id`` cannot identify a call.
     """
     call_id = call_id.strip()
@@ -196,6 +205,7 @@ def outcome_from_channel(
         e164 = normalise(caller if number is None else number, region).e164
     except InvalidNumber:
         e164 = ""
+    recording, recording_problem = _recording(readings.get("recording", ""), recordings_dir)
     route = RouteSnapshot(
         status=get("route_status").upper(),
         owner_id=get("owner_id"),
@@ -221,4 +231,16 @@ def outcome_from_channel(
         route=route,
         complete=complete,
         recording_url=get("recording_url") if _RECORDING_URL.fullmatch(get("recording_url")) else "",
+        recording=recording,
+        recording_problem=recording_problem,
     )
+
+
+def _recording(value: str, directory: str) -> tuple[str, str]:
+    """(the checked name, "") or ("", why it was refused); both empty when CRM_RECORDING is unset."""
+    if not value.strip():
+        return "", ""
+    try:
+        return recording_name(value, directory), ""
+    except RecordingRefused as exc:
+        return "", f"CRM_RECORDING refused: {exc}"

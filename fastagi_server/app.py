@@ -137,11 +137,11 @@ class App:
             self._writer = plugin.open_writer(live_backend(self.backend), self.config.settings_of(plugin))
             if self.tickets is not None and self.config.zoho_desk.log_calls:
                 from crmlookup.zoho_desk.backend import ZohoDeskBackend
-                from crmlookup.zoho_desk.writer import DeskCallWriter, WithTicketCalls
+                from crmlookup.zoho_desk.writer import DeskCallWriter, with_ticket_calls
 
                 desk = live_backend(self.tickets)
                 assert isinstance(desk, ZohoDeskBackend)
-                self._writer = WithTicketCalls(self._writer, DeskCallWriter(desk.api, self.config.zoho_desk.search_lag_s))
+                self._writer = with_ticket_calls(self._writer, DeskCallWriter(desk.api, self.config.zoho_desk.search_lag_s))
         return self._writer
 
     @property
@@ -156,6 +156,7 @@ class App:
                 settings=self.config.outbox,
                 outcomes=self.config.outcomes,
                 routing=self.config.routing,
+                recordings=self.config.recordings,
             )
         return self._worker
 

@@ -22,8 +22,9 @@ from crmlookup.zoho.settings import ZohoSettings
 from crmlookup.zoho_desk.settings import ZohoDeskSettings
 from dialplan.outbox.settings import OutboxSettings, OutcomeSettings
 from dialplan.policy import unknown_rule
-from dialplan.router import ticket_keys
 from dialplan.policy_settings import LAST_AGENT, TICKETS
+from dialplan.recordings import RecordingSettings
+from dialplan.router import ticket_keys
 from dialplan.settings import RoutingSettings
 
 from .limits import SessionLimits
@@ -154,6 +155,7 @@ class Config:
     mirror: MirrorSettings = field(default_factory=MirrorSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     outcomes: OutcomeSettings = field(default_factory=OutcomeSettings)
+    recordings: RecordingSettings = field(default_factory=RecordingSettings)
     # Where it was read from; empty for the built-in defaults. Not a TOML key.
     source: str = field(default="", metadata={"toml": False})
     # The settings of plugin sections that are not fields above ([retailcrm],

@@ -13,6 +13,7 @@ import click
 
 from crmlookup.durations import age_text as age
 from dialplan.outbox import Outbox, OutboxError, OutboxState
+from dialplan.outbox.store import WriteRow, WriteState
 from dialplan.outbox.worker import PAUSE_KEY
 
 from .cli_options import CONFIG_OPTION, command_config
@@ -95,6 +96,7 @@ def list_outcomes(state: str | None, limit: int, config_path: str | None) -> Non
     box = _open(config)
     try:
         rows = box.list_rows(OutboxState(state) if state else None, limit)
+        writes = box.writes_for([row.id for row in rows])
     finally:
         box.close()
     now = time.time()
@@ -105,7 +107,19 @@ def list_outcomes(state: str | None, limit: int, config_path: str | None) -> Non
         click.echo(
             f"{row.id:>6}  {row.state:<9}  {row.call_id[:20]:<20}  {(row.caller or 'withheld')[:16]:<16}  "
             f"{'answered' if row.answered else 'missed':<8}  {age(now - row.recorded_at):>7}  {row.attempts:>5}  {next_attempt:>7}  {row.last_error}"
+            + _recording_note(writes.get(row.id, {}).get("recording"), row.last_error)
         )
+
+
+def _recording_note(write: WriteRow | None, said: str) -> str:
+    """What became of the call's recording (uploaded, linked, refused), when it has one on its way."""
+    if write is None:
+        return ""
+    if write.state is WriteState.DONE:
+        return f"  [recording {write.error or 'delivered'}]"
+    if write.state is WriteState.SENT:
+        return "  [recording: upload under way or interrupted; looked for on the Call before another]"
+    return "" if not write.error or write.error in said else f"  [recording not delivered: {write.error}]"
 
 
 @outbox.command()

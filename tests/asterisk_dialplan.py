@@ -235,7 +235,7 @@ class Pbx:
     async def _application(self, app: str, data: str, stack: list[Frame], channel: Channel) -> None:
         frame = stack[-1]
         name = app.lower()
-        if name in ("noop", "ringing", "answer", "wait", "verbose"):
+        if name in ("noop", "ringing", "answer", "wait", "verbose", "mixmonitor"):
             return
         if name == "set":
             self._set(data, channel)
@@ -310,6 +310,8 @@ class Pbx:
             return channel.caller_name
         if name == "EXTEN":
             return frame.exten
+        if name == "UNIQUEID":
+            return channel.uniqueid
         if name == "CONTEXT":
             return frame.context
         if re.fullmatch(r"ARG\d+", name):

@@ -191,3 +191,19 @@ lease_s = 600
         assert on_ticket == Counter(o.call_id for o in recorded), "every call on the ticket exactly once"
         in_crm = Counter(re.search(r"\[([^\]]+)\]$", r["Subject"]).group(1) for r in zoho.records("Calls"))  # type: ignore[union-attr]
         assert in_crm == Counter(o.call_id for o in recorded), "and in the CRM exactly once"
+
+
+def test_the_crm_writer_keeps_its_recording_uploads_beside_desk(tmp_path: Path) -> None:
+    from crmlookup.writer import RecordingWriter
+
+    with ZohoSimulator() as zoho, ZohoDeskSimulator() as desk:
+        async def scenario() -> tuple[bool, bool, str]:
+            app = App.from_config(config_for(zoho, desk, tmp_path))
+            try:
+                crm = app.writer.crm  # type: ignore[attr-defined]
+                return isinstance(crm, RecordingWriter), isinstance(app.writer, RecordingWriter), app.writer.name
+            finally:
+                await app.aclose()
+
+        crm_records, both_record, name = run(scenario())
+        assert crm_records == both_record and name == "zoho+zoho_desk"

@@ -124,7 +124,7 @@ def test_round_trips_through_a_dict():
 def test_every_reading_is_a_bounded_expression():
     for name in CHANNEL_READINGS:
         expression = reading_expression(name)
-        limit = 256 if name == "recording_url" else 64
+        limit = {"recording_url": 256, "recording": 256}.get(name, 64)
         assert expression.startswith("${") and expression.endswith(f":0:{limit}}}")
 
 
@@ -143,3 +143,51 @@ def test_every_reading_is_a_bounded_expression():
 def test_a_recording_url_is_kept_only_when_it_is_a_plain_http_address(url, kept):
     o = build({"dial_status": "ANSWER", "recording_url": url})
     assert o.recording_url == (url if kept else "")
+
+
+MONITOR = "/var/spool/asterisk/monitor"
+
+
+@pytest.mark.parametrize(
+    "value, kept",
+    [
+        ("1700000000.7.wav", "1700000000.7.wav"),
+        ("2026/12/02/1700000000.7.WAV", "2026/12/02/1700000000.7.WAV"),
+        (f"{MONITOR}/1700000000.7.gsm", "1700000000.7.gsm"),
+        ("  1700000000.7.wav ", "1700000000.7.wav"),
+    ],
+)
+def test_a_recording_inside_the_directory_is_kept_by_its_name(value, kept):
+    o = build({"dial_status": "ANSWER", "recording": value}, recordings_dir=MONITOR)
+    assert (o.recording, o.recording_problem) == (kept, "")
+
+
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        ("../../../etc/shadow.wav", "'..'"),
+        ("sub/../../x.wav", "'..'"),
+        ("/etc/crmroute/secret.wav", "not inside recordings.directory"),
+        (f"{MONITOR}/../secret.wav", "not inside recordings.directory"),
+        (f"{MONITOR}-other/x.wav", "not inside recordings.directory"),
+        ("1700000000.7.wav\nSET VARIABLE X 1", "control character"),
+        ("1700000000.7.wav\n", "control character"),
+        ("1700000000.7\x00.wav", "control character"),
+        ("1700000000.7.wav\u2028", "control character"),
+        ("x.wav;rm -rf", "characters"),
+        ("crmroute.toml", "not an audio file"),
+        (".hidden.wav", "characters"),
+        ("a//b.wav", "empty"),
+        ("x" * 300 + ".wav", "longer than 255"),
+    ],
+)
+def test_a_hostile_recording_name_is_refused_with_its_reason(value, why):
+    o = build({"dial_status": "ANSWER", "recording": value}, recordings_dir=MONITOR)
+    assert o.recording == ""
+    assert o.recording_problem.startswith("CRM_RECORDING refused: ") and why in o.recording_problem, o.recording_problem
+
+
+def test_no_recording_name_means_neither_a_recording_nor_a_problem():
+    o = build({"dial_status": "ANSWER", "recording": "   "})
+    assert (o.recording, o.recording_problem) == ("", "")
+    assert CallOutcome.from_dict({k: v for k, v in o.to_dict().items() if not k.startswith("recording")}) == o

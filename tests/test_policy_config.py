@@ -193,7 +193,7 @@ def test_readme_policy_example_loads_and_matches_the_sample_dialplan():
         assert book.for_did(did).name == queue
     assert book.for_did("34928555300").name == "default"
     support = book.for_did("34928555200")
-    assert support.rules[0] == "LastAgent" and support.on_unavailable == ("team",)
+    assert support.rules[:2] == ("Tickets", "LastAgent") and support.on_unavailable == ("team",)
 
 
 def test_dids_in_another_form_are_resolved_once_and_the_memo_is_bounded():

@@ -93,6 +93,20 @@ def test_outcomes_are_uploaded_once_each_in_retailcrms_own_terms(account, tmp_pa
     assert {r.path for r in account.requests if r.method == "POST"} == {"/api/v5/telephony/calls/upload"}
 
 
+def test_a_recorded_call_carries_its_recordings_address_from_the_url_template(account, tmp_path):
+    made = [
+        outcome("1760000000.1", **ROUTED, dial_status="ANSWER", peer_number="101", answered_s="30", recording="1760000000.1.wav"),
+        outcome("1760000000.2", **ROUTED, dial_status="NOANSWER", recording="1760000000.2.wav"),  # nobody spoke: no recording
+        outcome("1760000000.3", **ROUTED, dial_status="ANSWER", peer_number="101", answered_s="30", recording="../../etc/passwd.wav"),
+    ]
+    recordings = {"directory": str(tmp_path), "url_template": "https://pbx.example.com/rec/{file}"}
+    summary, counts = flush(config_for(account, tmp_path, recordings=recordings), made)
+    assert counts["done"] == 3, "retailCRM fetches the file itself: nothing waits for it here"
+    by_id = {call["externalId"]: call for call in account.calls}
+    assert by_id["1760000000.1"]["recordUrl"] == "https://pbx.example.com/rec/1760000000.1.wav"
+    assert "recordUrl" not in by_id["1760000000.2"] and "recordUrl" not in by_id["1760000000.3"]
+
+
 def test_a_call_retailcrm_already_has_counts_as_written_not_twice(account, tmp_path):
     first = outcome("1760000000.1", **ROUTED, dial_status="NOANSWER")
     account.calls.append({"externalId": first.call_id, "result": "no answer"})  # an upload whose answer was lost

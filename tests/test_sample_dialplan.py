@@ -107,6 +107,19 @@ def test_the_hangup_handler_records_the_calls_own_did(tmp_path):
     assert any(app == "AGI" and data.endswith(f"/route,{SALES_DID}") for app, data in channel.ran)
 
 
+def test_an_answered_call_is_recorded_and_the_outcome_keeps_the_recordings_name(tmp_path):
+    channel, outcomes = run(call_through(SAMPLE, tmp_path, did=SALES_DID, dial=answered_by("101"), queues=queue_names(QUEUES)))
+    assert ("MixMonitor", f"/var/spool/asterisk/monitor/{channel.uniqueid}.wav,b") in channel.ran
+    assert [(o.recording, o.recording_problem) for o in outcomes] == [(f"{channel.uniqueid}.wav", "")]
+
+
+def test_with_crm_record_no_nothing_is_recorded(tmp_path):
+    plan = SAMPLE.replace("CRM_RECORD=yes", "CRM_RECORD=no")
+    channel, outcomes = run(call_through(plan, tmp_path, did=SALES_DID, dial=answered_by("101"), queues=queue_names(QUEUES)))
+    assert not [app for app, _ in channel.ran if app == "MixMonitor"]
+    assert [o.recording for o in outcomes] == [""]
+
+
 def test_a_caller_gone_at_once_still_leaves_an_outcome(tmp_path):
     # The caller hangs up after the Gosub and the first application of [crm-route].
     channel, outcomes = run(call_through(SAMPLE, tmp_path, did=SUPPORT_DID, hang_up_after=2, queues=queue_names(QUEUES)))

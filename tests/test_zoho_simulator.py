@@ -1043,3 +1043,51 @@ def test_control_calls_while_the_server_answers(zoho, api):
             worker.result()
 
     assert statuses == [400, 2] * 5
+
+
+# -- attachments and updates -------------------------------------------------------------
+
+
+def test_an_attachment_is_stored_byte_for_byte_and_listed(zoho, api):
+    call = zoho.add_record("Calls", Subject="Inbound call", Call_Type="Inbound", Call_Start_Time="2024-05-01T10:00:00+02:00")
+    content = bytes(range(256)) * 40 + b"\r\n--not-a-boundary\r\n\r\n"
+    answer = api.post(f"/Calls/{call['id']}/Attachments", files={"file": ("1700000000.7.wav", content, "audio/wav")})
+    assert answer.status_code == 200
+    body = answer.json()["data"][0]
+    assert (body["code"], body["status"], body["message"]) == ("SUCCESS", "success", "attachment uploaded successfully")
+    stored = zoho.attachments("Calls", call["id"])
+    assert [(a["id"], a["File_Name"], a["content"]) for a in stored] == [(body["details"]["id"], "1700000000.7.wav", content)]
+    listed = api.get(f"/Calls/{call['id']}/Attachments", params={"fields": "id,File_Name"}).json()["data"]
+    assert listed == [{"id": body["details"]["id"], "File_Name": "1700000000.7.wav"}]
+
+
+def test_attachment_errors_are_zohos(zoho, api):
+    call = zoho.add_record("Calls", Subject="Inbound call", Call_Type="Inbound", Call_Start_Time="2024-05-01T10:00:00+02:00")
+    assert api.get(f"/Calls/{call['id']}/Attachments", params={"fields": "id"}).status_code == 204
+    assert api.get(f"/Calls/{call['id']}/Attachments").json()["code"] == "REQUIRED_PARAM_MISSING"
+    unknown = api.post("/Calls/999/Attachments", files={"file": ("a.wav", b"x", "audio/wav")})
+    assert unknown.status_code == 400 and unknown.json()["details"] == {"resource_path_index": 1}
+    no_file = api.post(f"/Calls/{call['id']}/Attachments", files={"other": ("a.wav", b"x", "audio/wav")})
+    assert no_file.status_code == 400 and no_file.json()["code"] == "MANDATORY_NOT_FOUND"
+    not_multipart = api.post(f"/Calls/{call['id']}/Attachments", content=b"RIFF....", headers={"Content-Type": "audio/wav"})
+    assert not_multipart.status_code == 400
+    zoho.attachment_limit_bytes = 1000
+    too_large = api.post(f"/Calls/{call['id']}/Attachments", files={"file": ("a.wav", b"x" * 1001, "audio/wav")})
+    assert too_large.status_code == 413
+    assert too_large.json() == {
+        "code": "FILE_SIZE_MORE_THAN_ALLOWED_SIZE", "details": {}, "message": "Please check if the size of the file is in the correct range", "status": "error",
+    }
+    huge = api.post(f"/Calls/{call['id']}/Attachments", files={"file": ("a.wav", b"x" * 200_000, "audio/wav")})
+    assert huge.status_code == 413 and huge.json()["code"] == "FILE_SIZE_MORE_THAN_ALLOWED_SIZE"
+    assert zoho.attachments("Calls", call["id"]) == []
+
+
+def test_a_record_is_updated_by_put(zoho, api):
+    call = zoho.add_record("Calls", Subject="Inbound call", Call_Type="Inbound", Call_Start_Time="2024-05-01T10:00:00+02:00")
+    done = api.put(f"/Calls/{call['id']}", json={"data": [{"id": call["id"], "Voice_Recording__s": "https://pbx.example.com/rec/a.wav"}]})
+    assert done.status_code == 200 and done.json()["data"][0]["message"] == "record updated"
+    assert zoho.records("Calls")[0]["Voice_Recording__s"] == "https://pbx.example.com/rec/a.wav"
+    refused = api.put(f"/Calls/{call['id']}", json={"data": [{"id": call["id"], "Call_Type": "Sideways"}]})
+    assert refused.status_code == 400 and refused.json()["data"][0]["code"] == "INVALID_DATA"
+    missing = api.put("/Calls/999", json={"data": [{"id": "999", "Subject": "x"}]})
+    assert missing.status_code == 400 and missing.json()["data"][0]["code"] == "INVALID_DATA"

@@ -46,6 +46,19 @@ and of Zoho Accounts that crmroute uses, as Zoho documents them:
   (``SUCCESS``/``record added``, or ``MANDATORY_NOT_FOUND``/``INVALID_DATA``
   with ``api_name`` and ``json_path``); 201 when all succeed, 207 when some
   do, 400 when none do.
+* ``PUT /crm/v8/{module}/{id}`` with ``{"data": [{...}]}``: the record's
+  fields updated, answered like an insert (``SUCCESS``/``record updated``;
+  ``INVALID_DATA`` for an unknown id or a bad value).
+* ``POST /crm/v8/{module}/{id}/Attachments``, ``multipart/form-data`` with the
+  file in the part ``file``: stored on the record, answered 200 with
+  ``{"data": [{"code": "SUCCESS", "details": {"id", ...}, "message":
+  "attachment uploaded successfully", "status": "success"}]}``; a file over
+  :attr:`ZohoSimulator.attachment_limit_bytes` (20 MB, as Zoho's help on record
+  attachments says) is a 413 ``FILE_SIZE_MORE_THAN_ALLOWED_SIZE``; a body that
+  is not multipart, or has no ``file`` part, a 400 ``MANDATORY_NOT_FOUND``; an
+  unknown record a 400 ``INVALID_DATA`` (``resource_path_index`` 1).
+  ``GET /crm/v8/{module}/{id}/Attachments`` (``fields`` required) lists them
+  (``id``, ``File_Name``, ``Size``, ``Created_Time``), 204 when there is none.
 * Errors in Zoho's envelope ``{"code", "details", "message", "status"}``:
   401 ``INVALID_TOKEN`` for an expired or revoked token, 401
   ``OAUTH_SCOPE_MISMATCH`` when the token lacks the endpoint's documented
@@ -169,6 +182,9 @@ MAX_PER_PAGE = 200
 # Get Records by ``ids``: at most this many in one request.
 MAX_IDS_PARAM = 100
 MAX_BODY = 1024 * 1024
+ATTACHMENT_LIMIT = 20 * 1024 * 1024
+# Multipart framing around an attachment (boundaries, part headers), at most.
+MULTIPART_OVERHEAD = 64 * 1024
 MAX_FIELDS_PARAM = 50
 DISCRETE_MAX_PAGE = 10
 DISCRETE_MAX_RECORDS = 2000
@@ -600,6 +616,33 @@ class _Reply(Exception):
 
 def _bad(code: str, message: str, **details: Any) -> _Reply:
     return _Reply(400, envelope(code, message, details))
+
+
+def _too_large() -> _Reply:
+    return _Reply(413, envelope("FILE_SIZE_MORE_THAN_ALLOWED_SIZE", "Please check if the size of the file is in the correct range"))
+
+
+def _multipart_file(content_type: str, body: bytes) -> tuple[str, bytes] | None:
+    """The ``file`` part of a ``multipart/form-data`` body: (its file name, its bytes); None without one."""
+    kind, _, params = content_type.partition(";")
+    found = re.search(r'boundary="?([^";]+)"?', params)
+    if kind.strip().lower() != "multipart/form-data" or found is None:
+        return None
+    delimiter = b"--" + found.group(1).encode("latin-1")
+    if not body.startswith(delimiter):
+        return None
+    for segment in body[len(delimiter):].split(b"\r\n" + delimiter):
+        if segment.startswith(b"--"):
+            break  # the closing delimiter
+        head, separator, content = segment.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        if not separator:
+            return None
+        disposition = next((line for line in head.decode("latin-1").split("\r\n") if line.lower().startswith("content-disposition:")), "")
+        name = re.search(r';\s*name="([^"]*)"', disposition)
+        filename = re.search(r';\s*filename="([^"]*)"', disposition)
+        if name is not None and name.group(1) == "file":
+            return (filename.group(1) if filename else "file"), content
+    return None
 
 
 def _missing(param: str) -> _Reply:
@@ -1158,7 +1201,10 @@ def _required_scopes(method: str, parts: list[str]) -> list[tuple[str, ...]]:
         return [("ZohoCRM.coql.READ",)]
     if head not in MODULES:
         return []
-    groups = [_module_scopes(head, "CREATE" if method == "POST" else "READ")]
+    operation = {"POST": "CREATE", "PUT": "UPDATE"}.get(method, "READ")
+    groups = [_module_scopes(head, operation)]
+    if parts[2:] == ["Attachments"]:
+        groups.append(tuple(f"ZohoCRM.modules.{op}" for op in ("ALL", operation)) + tuple(f"ZohoCRM.modules.attachments.{op}" for op in ("ALL", operation)))
     if parts[1:] == ["search"]:
         groups.append(("ZohoSearch.securesearch.READ", "ZohoSearch.securesearch.ALL"))
     return groups
@@ -1261,6 +1307,9 @@ class ZohoSimulator:
         self.faults: list[Fault] = []
         self.latencies: list[PathLatency] = []
         self.max_in_flight_seen = 0
+        self.attachment_limit_bytes = ATTACHMENT_LIMIT
+        # Attachments by (module, record id), in upload order, content included.
+        self._attachments: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._credits: collections.Counter[str] = collections.Counter()
         # API requests whose path matches it wait until the test lets them go (see Stall).
         self.stall: Stall | None = None
@@ -1484,6 +1533,11 @@ class ZohoSimulator:
     def records(self, module: str) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(record) for record in self._records[module].values()]
+
+    def attachments(self, module: str, record_id: str) -> list[dict[str, Any]]:
+        """The attachments of a record, in upload order; each with its ``content`` (bytes)."""
+        with self._lock:
+            return [dict(item) for item in self._attachments.get((module, str(record_id)), [])]
 
     def deleted_records(self, module: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -1852,6 +1906,10 @@ class ZohoSimulator:
             return self._module_api(method, head, parts[1:], query, headers, body)
 
     def _module_api(self, method: str, module: str, rest: list[str], query: dict[str, str], headers: dict[str, str], body: bytes) -> _Reply:
+        if len(rest) == 2 and rest[1] == "Attachments":
+            return self._attachment_api(method, module, rest[0], query, headers, body)
+        if method == "PUT" and len(rest) == 1:
+            return self._update(module, rest[0], body)
         if method == "POST":
             return self._insert(module, body) if not rest else _Reply(404)
         if method != "GET" or len(rest) > 2:
@@ -2213,6 +2271,62 @@ class ZohoSimulator:
         display = self._display_name(target_module, target) if target is not None else value.get("name")
         return {"name": display, "id": target_id}
 
+    # -- attachments and updates -------------------------------------------
+
+    def _attachment_api(self, method: str, module: str, record_id: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> _Reply:
+        if record_id not in self._records[module]:
+            return _Reply(400, envelope("INVALID_DATA", "the related id given seems to be invalid", {"resource_path_index": 1}))
+        if method == "GET":
+            if not query.get("fields"):
+                return _missing("fields")
+            return self._page(self._attachments.get((module, record_id), []), query)
+        if method != "POST":
+            return _Reply(405, envelope("INVALID_REQUEST_METHOD", "The http request method type is not a valid one"))
+        if len(body) > self.attachment_limit_bytes + MULTIPART_OVERHEAD:
+            return _too_large()
+        part = _multipart_file(headers.get("content-type", ""), body)
+        if part is None:
+            return _Reply(400, envelope("MANDATORY_NOT_FOUND", "required field not found", {"api_name": "file"}))
+        name, content = part
+        if len(content) > self.attachment_limit_bytes:
+            return _too_large()
+        now = zoho_time(self.now())
+        creator = self._acting_user()
+        by = {"name": creator["full_name"], "id": creator["id"]}
+        attachment_id = self.new_id()
+        self._attachments.setdefault((module, record_id), []).append({
+            "id": attachment_id, "File_Name": name, "Size": str(len(content)), "Created_Time": now, "Modified_Time": now,
+            "Created_By": by, "Owner": by, "Parent_Id": {"id": record_id, "module": {"api_name": module}}, "$file_id": secrets.token_hex(16),
+            "content": content,
+        })
+        details = {"Modified_Time": now, "Modified_By": by, "Created_Time": now, "id": attachment_id, "Created_By": by}
+        return _Reply(200, {"data": [{"code": "SUCCESS", "details": details, "message": "attachment uploaded successfully", "status": "success"}]})
+
+    def _update(self, module: str, record_id: str, body: bytes) -> _Reply:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _Reply(400, envelope("INVALID_DATA", "the input data is not a valid JSON", {}))
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
+            return _Reply(400, envelope("MANDATORY_NOT_FOUND", "required field not found", {"api_name": "data", "json_path": "$.data"}))
+        record = self._records[module].get(record_id)
+        if record is None:
+            answer = envelope("INVALID_DATA", "the id given seems to be invalid", {"api_name": "id", "json_path": "$.data[0].id"})
+            return _Reply(400, {"data": [answer]})
+        changes = {key: value for key, value in data[0].items() if key != "id"}
+        for name, value in changes.items():
+            problem = self._format_problem(module, name, value) or self._reference_problem(module, name, value, {**record, **changes})
+            if problem:
+                answer = envelope("INVALID_DATA", "invalid data", {"api_name": name, "json_path": f"$.data[0].{name}", **problem})
+                return _Reply(400, {"data": [answer]})
+        now = zoho_time(self.now())
+        creator = self._acting_user()
+        by = {"name": creator["full_name"], "id": creator["id"]}
+        self._store(module, {**record, **changes, "Modified_Time": now, "Modified_By": by})
+        details = {"Modified_Time": now, "Modified_By": by, "Created_Time": record.get("Created_Time"), "id": record_id, "Created_By": record.get("Created_By")}
+        return _Reply(200, {"data": [{"code": "SUCCESS", "details": details, "message": "record updated", "status": "success"}]})
+
     # -- inserts ----------------------------------------------------------
 
     def _insert(self, module: str, body: bytes) -> _Reply:
@@ -2334,7 +2448,11 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         parts = urlsplit(self.path)
         length = int(self.headers.get("content-length") or 0)
-        if length > MAX_BODY:
+        if parts.path.endswith("/Attachments") and length > self.sim.attachment_limit_bytes + MULTIPART_OVERHEAD:
+            self.close_connection = True
+            self._write(_too_large(), method, parts, started)
+            return
+        if length > MAX_BODY and not parts.path.endswith("/Attachments"):
             self.close_connection = True
             self._write(_Reply(413, envelope("INVALID_DATA", "request body too large")), method, parts, started)
             return

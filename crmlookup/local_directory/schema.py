@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS calls (
     duration_s  INTEGER NOT NULL,
     caller      TEXT NOT NULL DEFAULT '',
     subject     TEXT NOT NULL DEFAULT '',
-    description TEXT NOT NULL DEFAULT ''
+    description TEXT NOT NULL DEFAULT '',
+    recording   TEXT NOT NULL DEFAULT ''   -- the recording's file on the PBX, when the call was recorded
 );
 CREATE INDEX IF NOT EXISTS calls_by_record ON calls (module, record_id);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -88,6 +89,9 @@ def ensure_history_schema(conn: sqlite3.Connection) -> None:
     if "origin" not in columns:
         # A directory from before: everything in it came from an import.
         conn.execute("ALTER TABLE records ADD COLUMN origin TEXT NOT NULL DEFAULT 'import'")
+        conn.commit()
+    if "recording" not in {row[1] for row in conn.execute("PRAGMA table_info(calls)")}:
+        conn.execute("ALTER TABLE calls ADD COLUMN recording TEXT NOT NULL DEFAULT ''")
         conn.commit()
 
 

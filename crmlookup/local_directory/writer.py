@@ -1,6 +1,7 @@
 """The local directory as a CRM writer: call history per record, tasks, new leads.
 
-Calls and tasks go into their own tables, linked to the record they concern;
+Calls and tasks go into their own tables, linked to the record they concern
+(a recorded call with its recording's path on the PBX);
 a new lead becomes a record with its phone, so the next call from that number
 routes to the lead's owner. Entries are checked as a CRM would check them: an
 entry with bad data (a NUL byte, over-long text, an owner who is not a user)
@@ -150,11 +151,12 @@ def _insert(conn: sqlite3.Connection, entry: Entry) -> str:
     module, record_id = (entry.record.module, entry.record.record_id) if entry.record else ("", "")
     if isinstance(entry, CallEntry):
         conn.execute(
-            "INSERT OR IGNORE INTO calls (key, module, record_id, owner_id, call_type, started_at, duration_s, caller, subject, description) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO calls (key, module, record_id, owner_id, call_type, started_at, duration_s, caller, subject, description, recording) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 entry.key, module, record_id, entry.owner_id, "Inbound" if entry.answered else "Missed",
                 entry.start.isoformat(timespec="seconds"), entry.duration_seconds, entry.caller_number, entry.subject, entry.description,
+                entry.recording_path,
             ),
         )
         table = "calls"

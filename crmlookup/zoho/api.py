@@ -111,13 +111,17 @@ class ZohoApi:
         trace: list[str] | None = None,
         per_record: bool = False,
         purpose: str = "lookup",
+        files: Mapping[str, tuple[str, bytes, str]] | None = None,
     ) -> Answer:
-        """:meth:`request` with extra request ``headers`` (``If-Modified-Since``), answering with Zoho's clock too."""
-        reply, token = await self._send(method, path, params, json_body, headers, trace, purpose)
+        """:meth:`request` with extra request ``headers`` (``If-Modified-Since``), answering with Zoho's clock too.
+
+        ``files``: a ``multipart/form-data`` body instead of JSON (``{"file": (name, content, type)}``).
+        """
+        reply, token = await self._send(method, path, params, json_body, headers, trace, purpose, files)
         if reply.status == 401 and error_code(reply) == "INVALID_TOKEN":
             # Expired early or revoked: one refresh, one retry.
             self._tokens.invalidate(token)
-            reply, _token = await self._send(method, path, params, json_body, headers, trace, purpose)
+            reply, _token = await self._send(method, path, params, json_body, headers, trace, purpose, files)
         if per_record and reply.status == 400:
             body = _records_answer(reply)
             if body is not None:
@@ -142,6 +146,7 @@ class ZohoApi:
         headers: Mapping[str, str] | None,
         trace: list[str] | None,
         purpose: str,
+        files: Mapping[str, tuple[str, bytes, str]] | None = None,
     ) -> tuple[Reply, AccessToken]:
         self._check_breaker(trace, purpose)
         async with self._slots:
@@ -151,7 +156,9 @@ class ZohoApi:
             url = (self._api_domain_override or token.api_domain) + API_PREFIX + path
             if params:
                 url += "?" + encode_query(params)
-            request = self._client.build_request(method, url, json=json_body, headers={**(headers or {}), "Authorization": token.header})
+            request = self._client.build_request(
+                method, url, json=json_body, files=dict(files) if files else None, headers={**(headers or {}), "Authorization": token.header}
+            )
             self.sent[purpose] += 1
             started = time.perf_counter()
             try:

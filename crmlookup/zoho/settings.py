@@ -71,6 +71,10 @@ class ZohoSettings:
     # "Asterisk_Call_ID") that holds the call's unique id, so a write whose answer
     # was lost is found again by it; empty: found by its exact Subject.
     call_id_field: str = ""
+    # Call recordings linked rather than attached ([recordings]): the Calls field
+    # that takes the address (Voice_Recording__s, which Zoho's telephony
+    # integrations fill); empty: a "Recording:" line added to the description.
+    recording_field: str = ""
     # How long a record just created may take to show in Zoho's search; a write
     # whose answer was lost is looked for only after this long.
     search_lag_s: int = bounded(60, 0, 3600)
@@ -93,7 +97,7 @@ class ZohoSettings:
         check_bounds(self)
         if self.backoff_max_ms < self.backoff_initial_ms:
             raise ValueError("backoff_max_ms must not be below backoff_initial_ms")
-        for name in ("user_extension_field", "call_id_field"):
+        for name in ("user_extension_field", "call_id_field", "recording_field"):
             value = getattr(self, name)
             if value and not value.replace("_", "").isalnum():
                 raise ValueError(f"{name} {value!r} is not a field API name")

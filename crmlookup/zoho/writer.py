@@ -13,6 +13,13 @@
   is found by its phone number.
   The criteria search compares loosely when conditions are joined, so every
   hit is checked against the exact value here.
+* A call's recording goes on its Call after the Call exists: ``POST
+  /crm/v8/Calls/{id}/Attachments`` (multipart, field ``file``; Zoho answers
+  ``{"data": [{"code": "SUCCESS", "details": {"id"}}]}``, or 413
+  ``FILE_SIZE_MORE_THAN_ALLOWED_SIZE`` for a file over its limit); an upload
+  whose answer never came is looked for by its file name in ``GET
+  /Calls/{id}/Attachments`` first. A link is written with ``PUT /Calls/{id}``
+  into ``zoho.recording_field``, else as a line of the description.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import CrmBadResponse
 from ..records import Owner
-from ..writer import ALL_KINDS, CallEntry, Entry, LeadEntry, TaskEntry, WriteKind, WriteResult
+from ..writer import ALL_KINDS, AttachmentTooLarge, CallEntry, CallRecording, Entry, LeadEntry, TaskEntry, WriteKind, WriteResult
 from .api import ZohoApi
 from .http import clip
 from .metadata import ActiveUsers
@@ -61,6 +68,7 @@ class ZohoWriter:
     def __init__(self, api: ZohoApi, settings: ZohoSettings, users: ActiveUsers | None = None):
         self._api = api
         self._call_id_field = settings.call_id_field
+        self._recording_field = settings.recording_field
         self.search_lag_s = float(settings.search_lag_s)
         # The lookup backend's copy when given: the org's users are fetched once for both.
         self._users = users or ActiveUsers(api, settings.user_extension_field, settings.users_ttl_s)
@@ -104,6 +112,48 @@ class ZohoWriter:
 
     async def aclose(self) -> None:
         """The API client belongs to the lookup backend, which closes it."""
+
+    # -- recordings ------------------------------------------------------------------
+
+    async def attach_recording(self, recording: CallRecording, content: bytes) -> WriteResult:
+        path = f"/{recording.call.module}/{recording.call.record_id}/Attachments"
+        try:
+            answer = await self._api.fetch(
+                "POST", path, files={"file": (recording.file_name, content, _audio_type(recording.file_name))}, per_record=True, purpose="write"
+            )
+        except CrmBadResponse as exc:
+            if exc.code == TOO_LARGE:
+                raise AttachmentTooLarge(str(exc), code=exc.code) from None
+            raise
+        answers = (answer.body or {}).get("data")
+        if not isinstance(answers, list) or len(answers) != 1:
+            raise CrmBadResponse(f"POST {path}: expected one answer, got {clip(answer.body, 120)}")
+        return _result(_Keyed(recording.key), answers[0])
+
+    async def find_recording(self, recording: CallRecording) -> str:
+        path = f"/{recording.call.module}/{recording.call.record_id}/Attachments"
+        page = 1
+        while True:
+            body = await self._api.get(path, {"fields": "id,File_Name", "per_page": "200", "page": str(page)}, purpose="write")
+            for record in records_of(body, "attachment list"):
+                if isinstance(record, dict) and record.get("File_Name") == recording.file_name:
+                    return record_id(record, "attachment")
+            info = (body or {}).get("info")
+            if not (isinstance(info, dict) and info.get("more_records") is True) or page >= 50:
+                return ""
+            page += 1
+
+    async def link_recording(self, recording: CallRecording) -> WriteResult:
+        if self._recording_field:
+            fields: dict[str, Any] = {self._recording_field: recording.link}
+        else:
+            fields = {"Description": f"{recording.description}\nRecording: {recording.link}".lstrip("\n")}
+        path = f"/{recording.call.module}/{recording.call.record_id}"
+        body = await self._api.request("PUT", path, json_body={"data": [{"id": recording.call.record_id, **fields}]}, per_record=True)
+        answers = (body or {}).get("data")
+        if not isinstance(answers, list) or len(answers) != 1:
+            raise CrmBadResponse(f"PUT {path}: expected one answer, got {clip(body, 120)}")
+        return _result(_Keyed(recording.key), answers[0])
 
     # -- records as Zoho wants them -------------------------------------------------
 
@@ -168,7 +218,22 @@ class ZohoWriter:
         return record
 
 
-def _result(entry: Entry, answer: Any) -> WriteResult:
+TOO_LARGE = "FILE_SIZE_MORE_THAN_ALLOWED_SIZE"
+_AUDIO_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "ogg": "audio/ogg", "oga": "audio/ogg", "opus": "audio/ogg", "flac": "audio/flac", "gsm": "audio/x-gsm"}
+
+
+def _audio_type(name: str) -> str:
+    return _AUDIO_TYPES.get(name.rpartition(".")[2].lower(), "application/octet-stream")
+
+
+class _Keyed:
+    """What :func:`_result` needs of an entry: its key."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _result(entry: Entry | _Keyed, answer: Any) -> WriteResult:
     if not isinstance(answer, dict):
         return WriteResult(entry.key, error="Zoho answered this record with something that is not an object")
     if answer.get("status") == "success":

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from ..errors import CrmBadResponse
 from ..http import clip
 from ..records import Owner
-from ..writer import CallEntry, CrmWriter, Entry, WriteKind, WriteResult
+from ..writer import CallEntry, CallRecording, CrmWriter, Entry, RecordingWriter, WriteKind, WriteResult
 from .api import DeskApi
 from .backend import TICKETS
 
@@ -168,3 +168,26 @@ class WithTicketCalls:
 
     async def aclose(self) -> None:
         await self.crm.aclose()
+
+
+class WithTicketCallsAndRecordings(WithTicketCalls):
+    """:class:`WithTicketCalls` for a CRM writer that also puts recordings on its Calls: those go to the CRM."""
+
+    def __init__(self, crm: CrmWriter, desk: DeskCallWriter):
+        super().__init__(crm, desk)
+        assert isinstance(crm, RecordingWriter)
+        self._recordings: RecordingWriter = crm
+
+    async def attach_recording(self, recording: CallRecording, content: bytes) -> WriteResult:
+        return await self._recordings.attach_recording(recording, content)
+
+    async def find_recording(self, recording: CallRecording) -> str:
+        return await self._recordings.find_recording(recording)
+
+    async def link_recording(self, recording: CallRecording) -> WriteResult:
+        return await self._recordings.link_recording(recording)
+
+
+def with_ticket_calls(crm: CrmWriter, desk: DeskCallWriter) -> WithTicketCalls:
+    """The CRM's writer with Desk's beside it, keeping what else the CRM's writer can do (recordings)."""
+    return WithTicketCallsAndRecordings(crm, desk) if isinstance(crm, RecordingWriter) else WithTicketCalls(crm, desk)

@@ -26,6 +26,7 @@ from crmlookup.writer import ALL_KINDS, CallEntry, Entry, LeadEntry, RecordRef, 
 
 from ..hours import BusinessHours
 from ..outcome import CallOutcome
+from ..recordings import RecordingSettings
 from .context import CrmContext
 from .settings import OutcomeSettings
 
@@ -40,6 +41,7 @@ class Step:
     LEAD = "lead"
     CALL = "call"
     TASK = "task"
+    RECORDING = "recording"  # the call's recording, onto the Call once it exists
     # The call activity on the Zoho Desk ticket that routed the call (written by the Desk writer).
     TICKET = "ticket"
 
@@ -77,6 +79,7 @@ def plan_writes(
     tz: tzinfo,
     task_hours: Callable[[str], BusinessHours | None] = no_schedule,
     kinds: frozenset[WriteKind] = ALL_KINDS,
+    recordings: RecordingSettings | None = None,
     ticket_calls: bool = False,
 ) -> list[PlannedWrite]:
     """The records ``outcome`` should leave in the CRM, in writing order.
@@ -85,8 +88,11 @@ def plan_writes(
     due outside it is due when it next opens (a call missed at 21:48 is called
     back in the morning, not at 01:48). ``kinds``: what the writer creates;
     the others are left out of the plan (and nothing links to a lead that is
-    not written). ``ticket_calls``: the writer also logs calls on Zoho Desk
-    tickets; a call a ticket routed gets one there (step ``ticket``).
+    not written). ``recordings``: where a recording's file is and is served
+    (its path and address go on the Call: the local directory keeps the one,
+    retailCRM's call history the other). ``ticket_calls``: the writer also
+    logs calls on Zoho Desk tickets; a call a ticket routed gets one there
+    (step ``ticket``).
     """
     settings = _only(settings, kinds)
     writes: list[PlannedWrite] = []
@@ -103,9 +109,9 @@ def plan_writes(
     has_lead = bool(writes)
     if settings.log_calls:
         owner = (context.answerer_id if answered else "") or context.owner_id or (lead_owner if has_lead else "")
-        writes.append(PlannedWrite(Step.CALL, WriteKind.CALL, _call(outcome, context, owner, tz), links_lead=has_lead))
+        writes.append(PlannedWrite(Step.CALL, WriteKind.CALL, _call(outcome, context, owner, tz, recordings), links_lead=has_lead))
     if ticket_calls and context.ticket_id:
-        writes.append(PlannedWrite(Step.TICKET, WriteKind.CALL, _ticket_call(outcome, context, tz)))
+        writes.append(PlannedWrite(Step.TICKET, WriteKind.CALL, _ticket_call(outcome, context, tz, recordings)))
     due = datetime.fromtimestamp((context.planned_at or outcome.ended_at) + settings.task_due_hours * 3600, tz)
     if known and not answered and settings.missed_known_task:
         writes.append(_task(outcome, context, context.owner_id, due, "Call back", tz, task_hours(context.owner_id)))
@@ -205,8 +211,10 @@ def _description(outcome: CallOutcome, context: CrmContext, tz: tzinfo) -> str:
     return "\n".join(lines)
 
 
-def _call(outcome: CallOutcome, context: CrmContext, owner_id: str, tz: tzinfo) -> CallEntry:
+def _call(outcome: CallOutcome, context: CrmContext, owner_id: str, tz: tzinfo, recordings: RecordingSettings | None) -> CallEntry:
     kind = "Inbound call" if outcome.answered else "Missed call"
+    # Only an answered call has a conversation; a missed one's CRM_RECORDING is not passed on.
+    recorded = outcome.recording if outcome.answered and recordings is not None else ""
     return CallEntry(
         key=outcome.call_id,
         answered=outcome.answered,
@@ -220,13 +228,15 @@ def _call(outcome: CallOutcome, context: CrmContext, owner_id: str, tz: tzinfo) 
         who=context.who,
         dial_status=outcome.dial_status,
         extension=outcome.answered_extension or outcome.route.extension,
-        recording_url=outcome.recording_url,
+        recording_url=outcome.recording_url or (recordings.link(recorded) if recordings is not None else ""),
+        recording_path=str(recordings.path_of(recorded)) if recordings is not None and recorded else "",
     )
 
 
-def _ticket_call(outcome: CallOutcome, context: CrmContext, tz: tzinfo) -> CallEntry:
+def _ticket_call(outcome: CallOutcome, context: CrmContext, tz: tzinfo, recordings: RecordingSettings | None) -> CallEntry:
     """The call on the Desk ticket: its agent owns it; the call id ends the subject, so a
     write whose answer was lost is found in the ticket's calls by it."""
+    recorded = outcome.recording if outcome.answered and recordings is not None else ""
     kind = "Inbound call" if outcome.answered else "Missed call"
     subject = f"{_subject(f'{kind} from {_who(outcome, context)}')} [{_line(outcome.call_id)}]"
     return CallEntry(
@@ -241,7 +251,7 @@ def _ticket_call(outcome: CallOutcome, context: CrmContext, tz: tzinfo) -> CallE
         record=RecordRef(TICKETS, context.ticket_id),
         dial_status=outcome.dial_status,
         extension=outcome.answered_extension or outcome.route.extension,
-        recording_url=outcome.recording_url,
+        recording_url=outcome.recording_url or (recordings.link(recorded) if recordings is not None else ""),
     )
 
 

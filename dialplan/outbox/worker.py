@@ -34,15 +34,17 @@ from typing import Any, Callable, Sequence
 from crmlookup.backend import CrmBackend
 from crmlookup.condition import Condition
 from crmlookup.errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited
-from crmlookup.writer import CrmWriter, Entry, LeadEntry, RecordRef, WriteKind, WriteResult
+from crmlookup.writer import CallEntry, CrmWriter, Entry, LeadEntry, RecordingWriter, RecordRef, WriteKind, WriteResult
 
 from ..hours import BusinessHours
 from ..policy import Policy
 from ..policy_settings import owner_key
+from ..recordings import RecordingSettings
 from ..settings import RoutingSettings
 from .context import ExtensionDirectory, CrmContext, resolve_context
 from .keeper import first_of
 from .plan import PlannedWrite, Step, lead_name, plan_writes, zone
+from .recording_step import RecordingStep, StepResult
 from .settings import OutboxSettings, OutcomeSettings
 from .store import Finish, Outbox, OutboxItem, OutboxState, WriteRow, WriteState, chunks
 
@@ -101,6 +103,8 @@ class _Attempt:
     transient: bool = False  # the CRM (or we) failed: try again later
     deferred: bool = False  # not this round (another outcome creates the same lead)
     retry_at: float = 0.0
+    waiting: str = ""  # what a deferred outcome waits for, when not an earlier write (its recording)
+    fatal: bool = False  # it can never be delivered as it is: dead now, ``error`` says why
 
     @property
     def open(self) -> bool:
@@ -128,6 +132,7 @@ class SyncWorker:
         routing: RoutingSettings,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        recordings: RecordingSettings | None = None,
     ):
         self._outbox = outbox
         self._writer = writer
@@ -140,6 +145,11 @@ class SyncWorker:
         self._tz = zone(outcomes)
         self._book = routing.book  # each outcome's DID policy: its business hours
         self._batch = max(1, min(settings.batch_size, writer.max_batch))
+        self._recordings = recordings or RecordingSettings()
+        # Recordings go on the Call as a step of their own, for a writer that takes them so.
+        self._recording_step = (
+            RecordingStep(self._recordings, writer, clock, lag_s=writer.search_lag_s) if isinstance(writer, RecordingWriter) else None
+        )
         self._wake = asyncio.Event()
         self._users: ExtensionDirectory | None = None
         self._users_at = 0.0
@@ -229,6 +239,7 @@ class SyncWorker:
         try:
             await self._plan(attempts, now)
             wrote = await self._deliver(attempts)
+            wrote = await self._deliver_recordings(attempts) or wrote
         except CrmAuthError as exc:
             result.paused = f"the CRM refused our credentials: {exc}"
         except CrmRateLimited as exc:
@@ -284,9 +295,11 @@ class SyncWorker:
                 context = await self._our_lead(attempt, context)
             policy = self._book.for_did(item.outcome.did)
             attempt.plan = plan_writes(
-                item.outcome, context, self._outcomes, self._tz, functools.partial(_task_schedule, policy, users), kinds=self._writer.writes,
+                item.outcome, context, self._outcomes, self._tz, functools.partial(_task_schedule, policy, users),
+                kinds=self._writer.writes, recordings=self._recordings,
                 ticket_calls=bool(getattr(self._writer, "logs_ticket_calls", False)),
             )
+            attempt.plan += self._recording_write(item, attempt.plan)
             creates_lead = any(w.step == Step.LEAD for w in attempt.plan)
             if attempt.deferred or (creates_lead and not started_lead and number in leads_planned):
                 # Another outcome creates this caller's lead: this one waits for
@@ -383,6 +396,34 @@ class SyncWorker:
             await self._mark(step, [_answered(kind, attempt, result) for (attempt, _), result in zip(going, results)])
         return asked
 
+    def _recording_write(self, item: OutboxItem, plan: list[PlannedWrite]) -> list[PlannedWrite]:
+        """The recording step, for an answered call with a recording (or a refused one) and a Call planned."""
+        outcome = item.outcome
+        call = next((write for write in plan if write.step == Step.CALL), None)
+        if self._recording_step is None or call is None or not outcome.answered or not (outcome.recording or outcome.recording_problem):
+            return []
+        return [PlannedWrite(Step.RECORDING, WriteKind.CALL, call.entry)]
+
+    async def _deliver_recordings(self, attempts: list[_Attempt]) -> bool:
+        """The recording step of each outcome whose Call is written (one file at a time); True once the CRM was asked."""
+        step = self._recording_step
+        asked = False
+        for attempt in attempts:
+            write = next((w for w in attempt.plan or () if w.step == Step.RECORDING), None)
+            call = attempt.item.writes.get(Step.CALL)
+            if step is None or write is None or not attempt.open or attempt.complete():
+                continue
+            if call is None or call.state is not WriteState.DONE or not isinstance(write.entry, CallEntry):
+                continue  # the Call first
+
+            async def mark(state: WriteState, crm_id: str, note: str, attempt: _Attempt = attempt) -> None:
+                await self._mark(Step.RECORDING, [(attempt, state, crm_id, note)])
+
+            result = await step.run(attempt.item, write.entry, call.crm_id, mark)
+            asked = asked or not result.wait_until
+            _apply_recording(attempt, result)
+        return asked
+
     async def _create(self, step: str, kind: WriteKind, chunk: list[tuple[_Attempt, Entry]]) -> list[WriteResult]:
         """Create the chunk's records (marked sent); a request refused before anything
         was created (a 429, our credentials) leaves no uncertain write to look for later."""
@@ -435,12 +476,17 @@ class SyncWorker:
             if attempt.complete():
                 finishes.append(Finish(item.id, item.lease_token, OutboxState.DONE))
                 result.delivered += 1
+            elif attempt.fatal:
+                finishes.append(Finish(item.id, item.lease_token, OutboxState.DEAD, attempt.error, now))
+                result.dead += 1
+                result.error = result.error or attempt.error
             elif result.paused and not attempt.rejected:
                 # Not the outcome's fault: it waits, uncounted, for a working token.
                 finishes.append(Finish(item.id, item.lease_token, idle, f"paused: {result.paused}", now, counted=False))
             elif attempt.deferred:
                 retry_at = attempt.retry_at or now + min(self._settings.flush_interval_s, self._settings.backoff_initial_s)
-                finishes.append(Finish(item.id, item.lease_token, idle, "waiting for an earlier write to settle", retry_at, counted=False))
+                waiting = attempt.waiting or "waiting for an earlier write to settle"
+                finishes.append(Finish(item.id, item.lease_token, idle, waiting, retry_at, counted=False))
                 result.deferred += 1
             elif attempt.rejected and item.rejections + 1 >= self._settings.max_attempts:
                 finishes.append(Finish(item.id, item.lease_token, OutboxState.DEAD, attempt.error, now, rejected=True))
@@ -556,6 +602,16 @@ def _linked(write: PlannedWrite, item: OutboxItem) -> Entry:
     if lead is None or lead.state is not WriteState.DONE:
         return write.entry
     return replace(write.entry, record=RecordRef(WriteKind.LEAD.value, lead.crm_id))
+
+
+def _apply_recording(attempt: _Attempt, result: StepResult) -> None:
+    """What the recording step said, on the outcome's attempt."""
+    if result.fatal:
+        attempt.error, attempt.fatal = result.fatal, True
+    elif result.rejected:
+        attempt.error, attempt.rejected = result.rejected, True
+    elif result.wait_until:
+        attempt.deferred, attempt.retry_at, attempt.waiting = True, result.wait_until, result.waiting
 
 
 def _fail_open(attempts: list[_Attempt], error: str, retry_at: float = 0.0) -> None:

@@ -77,6 +77,7 @@ async def record_outcome(session: AgiSession, app: App) -> dict[str, str]:
             complete=complete,
             # Read as route read it: the DID's policy may rewrite the trunk's prefixes.
             number=app.router.book.for_did(did).rewrite.apply(env.caller_number),
+            recordings_dir=app.config.recordings.directory,
         )
     except InvalidOutcome as exc:
         logger.warning("outcome not recorded: %s (peer=%s)", exc, session.peer)
