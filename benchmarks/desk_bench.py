@@ -111,9 +111,9 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         measured = asyncio.run(decisions(sim, Path(state), numbers))
     round_trip = statistics.median(trip)
     cold, warm = measured["cold"], measured["warm"]
-    # Requests a day: live, each call that misses the cache is one search (the agents and
-    # availability copies are refreshed at most every agents_ttl_s / presence_ttl_s, counted apart).
-    live_searches = options.desk_calls_per_day * options.desk_new_caller_share
+    # Requests a day: live, each call that misses the cache is two searches, tickets and contacts
+    # (the agents and availability copies are refreshed at most every agents_ttl_s / presence_ttl_s, counted apart).
+    live_searches = options.desk_calls_per_day * options.desk_new_caller_share * 2
     side = 86_400 / 600 * 2 + 86_400 / 30  # agents + departments every 10 min, availability every 30 s (at most)
     mirror = 86_400 / options.desk_mirror_interval_s * max(1, math.ceil(options.desk_open_tickets / 100))
     return {

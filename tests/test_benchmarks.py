@@ -102,6 +102,6 @@ def test_desk_smoke_run(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(output.read_text())["desk"]
     assert report["misrouted"] == 0
-    assert report["later_lookup_requests_p50"] == 1
+    assert report["later_lookup_requests_p50"] == 2  # the ticket search and the contact search, at once
     assert report["requests_per_day_live"] < report["requests_per_day_mirror"]
     assert "Zoho Desk: 50 ms per request" in done.stdout

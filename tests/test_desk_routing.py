@@ -289,3 +289,29 @@ def test_the_sample_dialplans_support_line_rings_the_agent_of_the_open_ticket(de
     assert channel.variables["CRM_MODULE"] == "Tickets" and channel.variables["CRM_RECORD_ID"] == ticket
     assert channel.variables["CRM_TARGET"] == "PJSIP/201"
     assert any(app == "Dial" and data.startswith("PJSIP/201") for app, data in channel.ran)
+
+
+def test_a_ticket_raised_by_mail_is_found_through_the_callers_contact(desk: ZohoDeskSimulator) -> None:
+    """The ticket has no phone; the contact who raised it has the caller's mobile: a second request finds it."""
+    contact = desk.add_contact("Ana", "Díaz", mobile="+34 928 00 00 00")
+    ticket = desk.add_ticket("", assignee=desk.bob, contact_id=contact)  # type: ignore[attr-defined]
+    variables = route(desk_config(desk))
+    assert (variables["CRM_TARGET"], variables["CRM_RECORD_ID"]) == ("PJSIP/202", ticket)
+    assert variables["CRM_CALLER_NAME"] == "Ana Díaz"
+    [by_contact] = [r for r in desk.requests_to("/api/v1/tickets/search") if "contactId" in r.query]
+    assert by_contact.query["contactId"] == [contact]
+
+
+def test_a_contact_whose_tickets_carry_the_phone_costs_no_second_request(desk: ZohoDeskSimulator) -> None:
+    contact = desk.add_contact("Ana", "Díaz", phone=CALLER)
+    desk.add_ticket(CALLER, assignee=desk.ann, contact_id=contact)  # type: ignore[attr-defined]
+    assert decision(desk_config(desk)).target == "PJSIP/201"
+    assert len(desk.requests_to("/api/v1/tickets/search")) == 1
+    assert len(desk.requests_to("/api/v1/contacts/search")) == 1
+
+
+def test_contacts_search_failing_still_routes_by_the_tickets_phone(desk: ZohoDeskSimulator) -> None:
+    desk.add_ticket(CALLER, assignee=desk.ann)  # type: ignore[attr-defined]
+    desk.fail_next("/api/v1/contacts/search", 403, {"errorCode": "SCOPE_MISMATCH", "message": "OAuth scope mismatch"})
+    result = decision(desk_config(desk))
+    assert result.target == "PJSIP/201" and any("contacts not searched" in step for step in result.steps)

@@ -22,6 +22,10 @@ shapes of Desk's published OpenAPI description (``zoho/zohodesk-oas``,
   ``status``, ``statusType`` (``Open``, ``On Hold``, ``Closed``),
   ``assigneeId`` (null: unassigned), ``departmentId``, ``contactId``,
   ``phone``, ``email``, ``createdTime``, ``modifiedTime`` (ISO, ``...Z``).
+* ``GET /api/v1/contacts/search`` with ``phone`` (compared with the
+  contact's ``phone`` and ``mobile``), ``limit``, ``from``: ``{"data",
+  "count"}`` or 204; ``GET /api/v1/tickets/search?contactId=a,b`` finds
+  those contacts' tickets (a ticket raised by mail has no phone of its own).
 * ``GET /api/v1/agents`` with ``limit`` (at most 200) and ``from``:
   ``{"data": [...]}`` (204 past the end); each agent ``id``, ``name``,
   ``firstName``, ``lastName``, ``emailId``, ``extn``, ``status``
@@ -135,6 +139,7 @@ class ZohoDeskSimulator:
         self.tickets: dict[str, dict[str, Any]] = {}
         self.agents: dict[str, dict[str, Any]] = {}
         self.departments: dict[str, dict[str, Any]] = {}
+        self.contacts: dict[str, dict[str, Any]] = {}
         self.presence: dict[str, dict[str, str]] = {}
         self.calls: list[dict[str, Any]] = []
         self.requests: list[Request] = []
@@ -208,6 +213,13 @@ class ZohoDeskSimulator:
             self.departments[department_id] = {"id": department_id, "name": name, "isEnabled": True}
         return department_id
 
+    def add_contact(self, first: str, last: str, *, phone: str = "", mobile: str = "") -> str:
+        contact_id = self.new_id()
+        with self._lock:
+            self.contacts[contact_id] = {"id": contact_id, "firstName": first, "lastName": last, "phone": phone or None,
+                                         "mobile": mobile or None, "email": None, "accountId": None, "isSpam": False}
+        return contact_id
+
     def add_agent(self, first: str, last: str = "", *, email: str = "", extn: str = "", status: str = "ACTIVE",
                   online: bool = True, agent_id: str = "") -> str:
         agent_id = agent_id or self.new_id()
@@ -238,7 +250,7 @@ class ZohoDeskSimulator:
                 "id": ticket_id, "ticketNumber": number, "subject": subject,
                 "status": status or {"Open": "Open", "On Hold": "On Hold", "Closed": "Closed"}[status_type],
                 "statusType": status_type, "assigneeId": assignee, "departmentId": department or next(iter(self.departments), ""),
-                "contactId": contact_id or self.new_id(), "phone": phone, "email": None,
+                "contactId": contact_id or self.new_id(), "phone": phone or None, "email": None,
                 "createdTime": iso(modified - 3600), "modifiedTime": iso(modified),
                 "channel": "Phone", "webUrl": f"{self.url}/support/ShowHomePage.do#Cases/dv/{ticket_id}",
             }
@@ -325,6 +337,7 @@ class ZohoDeskSimulator:
         if method == "GET":
             routes = {
                 "/api/v1/tickets/search": self._search,
+                "/api/v1/contacts/search": self._search_contacts,
                 "/api/v1/agents": self._agents,
                 "/api/v1/departments": self._departments,
                 "/api/v1/agentAvailability": self._availability,
@@ -381,8 +394,11 @@ class ZohoDeskSimulator:
             raise error(422, "INVALID_DATA", "The data is invalid due to validation restrictions",
                         [{"fieldName": "/sortBy", "errorType": "invalid", "errorMessage": ""}])
         statuses = {s.strip().casefold() for s in _one(query, "status").split(",") if s.strip()}
+        contact_ids = {c for c in _one(query, "contactId").split(",") if c}
         with self._lock:
-            found = [dict(t) for t in self.tickets.values() if _phone_matches(t.get("phone") or "", phones)]
+            found = [self._with_contact(t) for t in self.tickets.values()
+                     if (not phones or _phone_matches(t.get("phone") or "", phones)) and (not contact_ids or t["contactId"] in contact_ids)
+                     and (phones or contact_ids)]
         if statuses:
             found = [t for t in found if t["status"].casefold() in statuses]
         if sort and sort.lstrip("-") != "relevance":
@@ -391,6 +407,26 @@ class ZohoDeskSimulator:
         if not page:
             return _Reply(204, b"")
         return _Reply(200, {"data": page, "count": len(found)})
+
+    def _with_contact(self, ticket: dict[str, Any]) -> dict[str, Any]:
+        """A ticket as the search lists it, with its contact's names (as Desk's listing carries them)."""
+        contact = self.contacts.get(ticket["contactId"])
+        shown = dict(ticket)
+        if contact is not None:
+            shown["contact"] = {key: contact[key] for key in ("id", "firstName", "lastName", "phone", "mobile", "email")}
+        return shown
+
+    def _search_contacts(self, query: dict[str, list[str]]) -> _Reply:
+        limit, start = _paging(query, 10, 100, 999)
+        phones = [p for p in _one(query, "phone").split(",") if p]
+        if len(phones) > 30:
+            raise error(422, "INVALID_DATA", "The data is invalid due to validation restrictions",
+                        [{"fieldName": "/phone", "errorType": "invalid", "errorMessage": "at most 30 values"}])
+        with self._lock:
+            found = [dict(c) for c in self.contacts.values()
+                     if phones and (_phone_matches(c.get("phone") or "", phones) or _phone_matches(c.get("mobile") or "", phones))]
+        page = found[start:start + limit]
+        return _Reply(200, {"data": page, "count": len(found)}) if page else _Reply(204, b"")
 
     def _agents(self, query: dict[str, list[str]]) -> _Reply:
         limit, start = _paging(query, 10, 200, 10**6)

@@ -6,6 +6,10 @@ A lookup sends, at the same time (within ``max_concurrency``):
   Desk compares the ticket's phone text, so the compact forms and the forms
   people type are all sent (at most 30 values, Desk's limit); 204 means no
   ticket has the number;
+* ``GET /api/v1/contacts/search?phone=...`` (``search_contacts``): a
+  contact with the number whose tickets have no phone of their own (raised
+  by mail) has them asked for by ``contactId``, a second request made only
+  then;
 * the portal's agents and departments (``/agents``, ``/departments``), when
   the copy kept for ``agents_ttl_s`` is older than that;
 * the agents' availability (``/agentAvailability?departmentId=-1``), when
@@ -52,6 +56,8 @@ TICKETS = "Tickets"
 TOKEN_FILE = "zoho-desk-token.json"
 # Desk takes at most 30 values of one search parameter.
 MAX_PHONE_VALUES = 30
+# Contacts one number may belong to, at most (a shared office line).
+MAX_CONTACTS = 10
 AGENTS_PAGE = 200
 PRESENCE_PAGE = 50
 # Pages read at most per listing (10,000 agents): a portal larger than that is not a support desk.
@@ -132,20 +138,39 @@ class ZohoDeskBackend:
         return self._result(tickets, steps)
 
     async def _search(self, number: PhoneNumber, steps: list[str]) -> list[dict[str, Any]]:
-        forms = list(dict.fromkeys([*number.variants(), *number.typed_forms()]))[:MAX_PHONE_VALUES]
-        params = {"phone": ",".join(forms), "sortBy": "-modifiedTime", "limit": str(self.settings.search_limit)}
-        body = await self.api.get("/tickets/search", params, steps)
-        if body is None:
-            return []
-        data = body.get("data")
-        if not isinstance(data, list):
-            from ..errors import CrmBadResponse
+        """The tickets with the caller's number and, at the same time, the contacts with it: a
+        contact's tickets that lack the number (raised by mail) take a second request."""
+        phones = ",".join(list(dict.fromkeys([*number.variants(), *number.typed_forms()]))[:MAX_PHONE_VALUES])
+        tickets: list[dict[str, Any]]
+        contacts: list[str] = []
+        if self.settings.search_contacts:
+            tickets, contacts = await asyncio.gather(self._tickets({"phone": phones}, steps), self._contacts(phones, steps))
+        else:
+            tickets = await self._tickets({"phone": phones}, steps)
+        seen = {_text(ticket.get("contactId")) for ticket in tickets}
+        missing = [contact for contact in contacts if contact not in seen][:MAX_PHONE_VALUES]
+        if missing:
+            steps.append(f"{len(missing)} contact(s) with this number: their tickets asked for too")
+            known = {_text(ticket.get("id")) for ticket in tickets}
+            tickets += [t for t in await self._tickets({"contactId": ",".join(missing)}, steps) if _text(t.get("id")) not in known]
+        return tickets
 
-            raise CrmBadResponse("GET /api/v1/tickets/search: the answer has no data list")
-        count = body.get("count")
-        if isinstance(count, int) and count > len(data):
-            steps.append(f"{count} tickets have this number; the {len(data)} most recently modified were read")
-        return [ticket for ticket in data if isinstance(ticket, dict)]
+    async def _tickets(self, criteria: dict[str, str], steps: list[str]) -> list[dict[str, Any]]:
+        params = {**criteria, "sortBy": "-modifiedTime", "limit": str(self.settings.search_limit)}
+        rows, count = _rows(await self.api.get("/tickets/search", params, steps), "GET /api/v1/tickets/search")
+        if count > len(rows):
+            steps.append(f"{count} tickets match; the {len(rows)} most recently modified were read")
+        return rows
+
+    async def _contacts(self, phones: str, steps: list[str]) -> list[str]:
+        """The ids of the contacts whose phone or mobile is the caller's number (a failure costs only this part)."""
+        try:
+            body = await self.api.get("/contacts/search", {"phone": phones, "limit": str(MAX_CONTACTS)}, steps)
+        except CrmError as exc:
+            steps.append(f"Zoho Desk contacts not searched ({exc}): tickets by their own phone only")
+            return []
+        rows, _count = _rows(body, "GET /api/v1/contacts/search")
+        return [contact_id for contact_id in (_text(row.get("id")) for row in rows) if contact_id]
 
     async def _refresh(self, kept: _Kept, read: Callable[[list[str]], Awaitable[dict[str, Any]]], now: float,
                        steps: list[str], what: str) -> None:
@@ -244,6 +269,19 @@ class ZohoDeskBackend:
             if kept.flight is not None and not kept.flight.done():
                 kept.flight.cancel()
         await self.api.aclose()
+
+
+def _rows(body: dict[str, Any] | None, label: str) -> tuple[list[dict[str, Any]], int]:
+    """A search answer's rows and its count (204: none)."""
+    if body is None:
+        return [], 0
+    data = body.get("data")
+    if not isinstance(data, list):
+        from ..errors import CrmBadResponse
+
+        raise CrmBadResponse(f"{label}: the answer has no data list")
+    count = body.get("count")
+    return [row for row in data if isinstance(row, dict)], count if isinstance(count, int) else len(data)
 
 
 def _text(value: object) -> str:

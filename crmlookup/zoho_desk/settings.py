@@ -47,7 +47,7 @@ class ZohoDeskSettings:
     org_id: str = ""
     # Credentials: each from its key, from the file its *_file key names, or from
     # $CRMROUTE_ZOHO_DESK_CLIENT_ID / _CLIENT_SECRET / _REFRESH_TOKEN. Scopes:
-    # Desk.tickets.READ, Desk.search.READ, Desk.basic.READ, Desk.settings.READ,
+    # Desk.tickets.READ, Desk.search.READ, Desk.contacts.READ, Desk.basic.READ, Desk.settings.READ,
     # Desk.activities.calls.CREATE, Desk.activities.calls.READ.
     client_id: str = _secret_field()
     client_id_file: str = ""
@@ -61,6 +61,10 @@ class ZohoDeskSettings:
     # Tickets "On Hold" (waiting on the customer) count as open: a customer who
     # calls back about one wants its agent. False: only statusType "Open" routes.
     include_on_hold: bool = True
+    # Also find the caller's Desk contact by phone, for their tickets that carry no
+    # phone of their own (raised by mail): a request beside the ticket search, and a
+    # second one only when such a contact is found. Scope Desk.contacts.READ.
+    search_contacts: bool = True
     # How many of the caller's tickets one search reads (most recently modified first; Desk allows 100).
     search_limit: int = 50
     # How long Desk's agents (their extn, email, status) and departments are kept.
