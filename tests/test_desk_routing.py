@@ -315,3 +315,22 @@ def test_contacts_search_failing_still_routes_by_the_tickets_phone(desk: ZohoDes
     desk.fail_next("/api/v1/contacts/search", 403, {"errorCode": "SCOPE_MISMATCH", "message": "OAuth scope mismatch"})
     result = decision(desk_config(desk))
     assert result.target == "PJSIP/201" and any("contacts not searched" in step for step in result.steps)
+
+
+def test_desks_requests_are_in_the_servers_metrics(desk: ZohoDeskSimulator) -> None:
+    import dataclasses
+
+    from fastagi_server.config import MetricsSettings
+    from metrics_scrape import scrape, total
+
+    desk.add_ticket(CALLER, assignee=desk.ann)  # type: ignore[attr-defined]
+    config = dataclasses.replace(desk_config(desk), metrics=MetricsSettings(listen="127.0.0.1:0"))
+
+    async def scenario() -> Any:
+        async with agi_server(config) as server:
+            await route_call(server.port, caller=CALLER)
+            return await asyncio.to_thread(scrape, server.monitor.url)
+
+    samples = run(scenario())
+    assert total(samples, "crmroute_crm_requests_total", backend="zoho_desk", operation="lookup", result="ok") >= 2
+    assert total(samples, "crmroute_token_mints_total", backend="zoho_desk") == 1

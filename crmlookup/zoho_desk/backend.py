@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
 from ..circuit import CircuitBreaker
+from ..condition import Condition
 from ..errors import CrmError
 from ..http import clip, pooled_client
 from ..phone import PhoneNumber
@@ -123,6 +124,16 @@ class ZohoDeskBackend:
         api = DeskApi(client, tokens, CircuitBreaker.from_settings(settings), org_id=settings.org_id, desk_url=settings.desk_url,
                       max_concurrency=settings.max_concurrency, stats=stats)
         return cls(api, settings)
+
+    @property
+    def conditions(self) -> dict[str, Condition]:
+        """What may be in trouble, for the server's health notes: Desk reachable, its credentials accepted."""
+        return {"zoho_desk": self.api.reachable, "zoho_desk_credentials": self.api.tokens.credentials}
+
+    @property
+    def request_stats(self) -> RequestStats:
+        """The requests sent to Desk (searches, listings, writes, tokens), for the server's metrics."""
+        return self.api.stats
 
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
         """The caller's open tickets, most recently modified first; CrmError when the search fails."""
