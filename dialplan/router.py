@@ -268,6 +268,9 @@ def _merge_tickets(found: Found, tickets: Found, crm_asked: bool) -> None:
     result.matches = [*result.matches, *extra.matches]
     result.steps = [*result.steps, *extra.steps]
     result.passed_over = [*result.passed_over, *extra.passed_over]
+    if not crm_asked:
+        # Desk was the only source asked: where the answer came from is its to say (the call's log line).
+        result.source, result.from_cache, result.age_s = extra.source, extra.from_cache, extra.age_s
     if tickets.failure is None:
         return
     if crm_asked or found.failure is not None:

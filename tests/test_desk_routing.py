@@ -334,3 +334,17 @@ def test_desks_requests_are_in_the_servers_metrics(desk: ZohoDeskSimulator) -> N
     samples = run(scenario())
     assert total(samples, "crmroute_crm_requests_total", backend="zoho_desk", operation="lookup", result="ok") >= 2
     assert total(samples, "crmroute_token_mints_total", backend="zoho_desk") == 1
+
+
+def test_a_tickets_only_policy_says_where_its_answer_came_from(desk: ZohoDeskSimulator) -> None:
+    desk.add_ticket(CALLER, assignee=desk.ann)  # type: ignore[attr-defined]
+
+    async def scenario() -> tuple[str, str]:
+        app = App.from_config(desk_config(desk, routing={"lookup_order": ["Tickets"]}))
+        try:
+            first, second = await decide(app, CALLER), await decide(app, CALLER)
+            return first.source, second.source
+        finally:
+            await app.aclose()
+
+    assert run(scenario()) == ("live", "cache")
