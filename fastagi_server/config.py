@@ -20,7 +20,7 @@ from crmlookup.plugins import CrmPlugin, PluginError, PluginRegistry, default_pl
 from crmlookup.settings import CacheSettings, CrmSettings, DirectorySettings, bounded, check_bounds
 from crmlookup.zoho.settings import ZohoSettings
 from crmlookup.zoho_desk.settings import ZohoDeskSettings
-from dialplan.outbox.settings import OutboxSettings, OutcomeSettings
+from dialplan.outbox.settings import OutboxSettings, OutcomeSettings, StoreSettings
 from dialplan.policy import unknown_rule
 from dialplan.policy_settings import LAST_AGENT, TICKETS
 from dialplan.recordings import RecordingSettings
@@ -155,6 +155,7 @@ class Config:
     mirror: MirrorSettings = field(default_factory=MirrorSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     outcomes: OutcomeSettings = field(default_factory=OutcomeSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     recordings: RecordingSettings = field(default_factory=RecordingSettings)
     # Where it was read from; empty for the built-in defaults. Not a TOML key.
     source: str = field(default="", metadata={"toml": False})

@@ -167,3 +167,10 @@ def test_the_readme_classic_agi_lines_pass_the_did(snippet):
     lines = [line for line in block.splitlines() if "AGI(" in line]
     assert lines and all(line.rstrip().endswith("${ARG1})") for line in lines), lines
     assert "${EXTEN}" not in block
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("Run the tests:"):]
+    command = section[section.index("```sh\n") + 6 : section.index("\n```", section.index("```sh\n"))]
+    assert command.strip() in (ROOT / ".ci" / "run").read_text()
