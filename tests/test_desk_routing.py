@@ -348,3 +348,23 @@ def test_a_tickets_only_policy_says_where_its_answer_came_from(desk: ZohoDeskSim
             await app.aclose()
 
     assert run(scenario()) == ("live", "cache")
+
+
+def test_desk_down_a_caller_seen_before_still_rings_the_tickets_agent_from_the_cache(desk: ZohoDeskSimulator) -> None:
+    """The cache entry has expired (ttl 0); Desk refuses connections: the stale entry beats no answer."""
+    desk.add_ticket(CALLER, assignee=desk.ann)  # type: ignore[attr-defined]
+
+    async def scenario() -> tuple[str, str, str]:
+        app = App.from_config(desk_config(desk, routing={"lookup_order": ["Tickets"]}, cache={"ttl_s": 0, "negative_ttl_s": 0}))
+        try:
+            first = await decide(app, CALLER)
+            desk.go_down()
+            second = await decide(app, CALLER)
+            served = next((step for step in second.steps if "serving the entry that expired" in step), "")
+            return first.target, second.target, served
+        finally:
+            await app.aclose()
+
+    first, second, served = run(scenario())
+    assert (first, second) == ("PJSIP/201", "PJSIP/201")
+    assert "zoho_desk failed" in served

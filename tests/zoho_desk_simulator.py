@@ -62,6 +62,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 from collections import deque
@@ -155,6 +156,7 @@ class ZohoDeskSimulator:
         self._changed = threading.Condition(self._lock)
         self._server: ThreadingHTTPServer | None = None
         self._port = 0
+        self._connections: set[socket.socket] = set()
 
     # -- life cycle ---------------------------------------------------------
 
@@ -177,8 +179,15 @@ class ZohoDeskSimulator:
             self._server = None
 
     def go_down(self) -> None:
-        """Desk unreachable: the port refuses connections until :meth:`come_back`."""
+        """Desk unreachable: the port refuses connections, and the open ones are cut, until :meth:`come_back`."""
         self.stop()
+        with self._lock:
+            connections, self._connections = list(self._connections), set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def come_back(self) -> None:
         self.start()
@@ -528,6 +537,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.sim._lock:
+            self.sim._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.sim._lock:
+            self.sim._connections.discard(self.connection)
+        super().finish()
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
