@@ -368,3 +368,19 @@ def test_desk_down_a_caller_seen_before_still_rings_the_tickets_agent_from_the_c
     first, second, served = run(scenario())
     assert (first, second) == ("PJSIP/201", "PJSIP/201")
     assert "zoho_desk failed" in served
+
+
+def test_lookup_explain_shows_the_ticket_and_its_agent(desk: ZohoDeskSimulator, tmp_path: Any) -> None:
+    """``crmroute lookup --explain`` asks Desk as a call would, and says which ticket decided."""
+    import subprocess
+    import sys
+
+    ticket = desk.add_ticket(CALLER, assignee=desk.ann, subject="Printer on fire")  # type: ignore[attr-defined]
+    settings = desk.desk_config(token_cache_file=str(tmp_path / "desk-token.json"))
+    lines = "\n".join(f'{key} = "{value}"' for key, value in settings.items())
+    path = tmp_path / "crmroute.toml"
+    path.write_text(f'[routing]\ndefault_region = "ES"\nlookup_order = ["Tickets"]\ncheck_availability = false\n[zoho_desk]\n{lines}\n')
+    done = subprocess.run([sys.executable, "-m", "fastagi_server", "lookup", CALLER, "--explain", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"matched Tickets {ticket}" in done.stdout and "PJSIP/201" in done.stdout
