@@ -14,7 +14,7 @@ loop at all:
   anything, are run to their end by :func:`run_now`.
 
 Backends that talk to a CRM over the network (and policies that read the call
-history) take the asyncio path of :mod:`.stdio` as before.
+history or ask Zoho Desk) take the asyncio path of :mod:`.stdio` as before.
 """
 
 from __future__ import annotations
@@ -152,10 +152,13 @@ class RouteOnlyApp:
 
 def routes_without_event_loop(config: Config, script: str) -> bool:
     """True when this call can take the event-loop-free path: ``route`` on the local
-    directory, with no policy reading the call history (the outbox's)."""
-    from dialplan.router import last_agent_keys
+    directory, with no policy reading the call history (the outbox's) or Zoho Desk."""
+    from dialplan.router import last_agent_keys, ticket_keys
 
-    return script == "route" and config.crm.backend == "local" and not last_agent_keys(config.routing)
+    return (
+        script == "route" and config.crm.backend == "local"
+        and not last_agent_keys(config.routing) and not ticket_keys(config.routing)
+    )
 
 
 def route_now(session: SyncStdioSession, config: Config) -> None:
