@@ -296,3 +296,14 @@ def test_the_routing_deadline_holds_on_a_slow_state_answer(tmp_path):
     assert "state unchecked (deadline)" in v["CRM_ROUTE_REASON"]
     assert int(v["CRM_LOOKUP_MS"]) < 2000  # the deadline, not the 2.5 s answer
     assert [argv[:2] for argv in result.commands] == [["GET", "FULL"], ["EXEC", "MSet"]]
+
+
+def test_only_route_on_the_local_directory_without_history_or_desk_skips_the_event_loop():
+    from conftest import make_config
+    from dialplan.policy_settings import LAST_AGENT
+    from fastagi_server.stdio_route import routes_without_event_loop
+
+    assert routes_without_event_loop(make_config(), "route")
+    assert not routes_without_event_loop(make_config(), "outcome")
+    assert not routes_without_event_loop(make_config({"crm": {"backend": "zoho"}, "zoho": {"client_id": "x"}}), "route")
+    assert not routes_without_event_loop(make_config({"routing": {"lookup_order": [LAST_AGENT, "Leads"]}}), "route")
