@@ -23,7 +23,8 @@ from crmlookup.records import Owner
 from dialplan.outbox.settings import STORE_URL_ENV
 
 from .app import App
-from .config import Config
+from .config import Config, ConfigError
+from .event_loop import loop_factory
 
 
 @dataclass
@@ -138,6 +139,10 @@ def unknown_owner_keys(config: Config, users: list[Owner]) -> list[str]:
 async def inspect(config: Config, *, online: bool = False) -> CheckReport:
     """Open what ``config`` names, as the server would, and report on it (``online``: and ask the CRM)."""
     report = CheckReport()
+    try:
+        loop_factory(config.server.event_loop)
+    except ConfigError as exc:
+        report.problems.append(str(exc))
     report.outbox, problem = store_location(config)
     if problem:
         report.problems.append(problem)
