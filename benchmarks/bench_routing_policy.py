@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from asterisk_peer import AsteriskPeer, asterisk_headers  # noqa: E402
-from crmlookup.records import LookupResult, Match, Owner  # noqa: E402
-from dialplan import FixedDeviceStates, InboundCall, Router  # noqa: E402
-from fastagi_server.app import App  # noqa: E402
-from fastagi_server.config import config_from_dict  # noqa: E402
-from fastagi_server.server import FastAgiServer  # noqa: E402
+from asterisk_peer import AsteriskPeer, asterisk_headers
+from crmlookup.records import LookupResult, Match, Owner
+from dialplan import FixedDeviceStates, InboundCall, Router
+from fastagi_server.app import App
+from fastagi_server.config import config_from_dict
+from fastagi_server.server import FastAgiServer
 
 MATCHES = [
     Match("Leads", "L-1", "Chain Caller", Owner("u1", "Ana", "ana@example.com", ("101",))),

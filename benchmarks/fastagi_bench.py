@@ -256,7 +256,7 @@ class Scraper:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.scrapes = 0
 
-    def __enter__(self) -> "Scraper":
+    def __enter__(self) -> Scraper:
         if self._url:
             self._thread.start()
         return self
@@ -334,7 +334,7 @@ def run(options) -> dict:
             if zoho is not None:
                 zoho[1].stop()
     results = []
-    for name, measured in runs.items():
+    for measured in runs.values():
         best = min(measured, key=lambda r: r["server_cpu_us_per_session"])
         best["all_runs"] = [
             {"sessions_per_s": r["sessions_per_s"], "server_cpu_us_per_session": r["server_cpu_us_per_session"], "p99_ms": r["latency_ms"]["p99"]}

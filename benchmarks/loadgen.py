@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from asterisk_peer import AsteriskPeer, CallResult, asterisk_headers, header_block, parse_args  # noqa: E402
-from report import percentiles  # noqa: E402
+from asterisk_peer import AsteriskPeer, CallResult, asterisk_headers, header_block, parse_args
+from report import percentiles
 
 CONTRACT_VARIABLES = (
     "CRM_ROUTE_STATUS", "CRM_TARGET", "CRM_EXTENSION", "CRM_OWNER_ID", "CRM_OWNER_NAME", "CRM_OWNER_EMAIL",

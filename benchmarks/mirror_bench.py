@@ -208,7 +208,11 @@ store.apply(batch, rule, "ES")
 store.put({{"load_complete": "1"}})
 count = store.conn.execute("SELECT count(*) FROM phones").fetchone()[0]
 store.close()
-print(json.dumps({{"phones": count, "build_s": round(time.perf_counter() - started, 1), "build_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "file_mib": round(path.stat().st_size / 2**20, 1)}}))
+print(json.dumps({{
+    "phones": count, "build_s": round(time.perf_counter() - started, 1),
+    "build_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    "file_mib": round(path.stat().st_size / 2**20, 1),
+}}))
 """
 
 LOOKUP_SCRIPT = r"""
@@ -233,7 +237,11 @@ async def main():
     timings.sort()
     return timings
 timings = asyncio.run(main())
-print(json.dumps({{"lookups": len(timings), "p50_ms": round(timings[len(timings) // 2] * 1000, 3), "p99_ms": round(timings[int(len(timings) * 0.99)] * 1000, 3), "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}}))
+print(json.dumps({{
+    "lookups": len(timings), "p50_ms": round(timings[len(timings) // 2] * 1000, 3),
+    "p99_ms": round(timings[int(len(timings) * 0.99)] * 1000, 3),
+    "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+}}))
 """
 
 

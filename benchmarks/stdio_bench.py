@@ -27,7 +27,7 @@ from report import percentiles
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from asterisk_peer import AsteriskPeer, CallResult, parse_args, stdio_headers  # noqa: E402
+from asterisk_peer import AsteriskPeer, CallResult, parse_args, stdio_headers
 
 BARE_PYST2 = '''\
 from asterisk.agi import AGI

@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from zoho_simulator import ZohoSimulator  # noqa: E402
+from zoho_simulator import ZohoSimulator
 
-from dialplan import InboundCall  # noqa: E402
-from fastagi_server.app import App  # noqa: E402
-from fastagi_server.config import config_from_dict  # noqa: E402
+from dialplan import InboundCall
+from fastagi_server.app import App
+from fastagi_server.config import config_from_dict
 
 
 def seed(simulator: ZohoSimulator, numbers: int) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from zoho_simulator import ZohoSimulator, generate_org  # noqa: E402
+from zoho_simulator import ZohoSimulator, generate_org
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -127,7 +127,7 @@ class CachedBackend:
             # Read here so a lookup nobody waited for any more is not reported as "never retrieved".
             logger.debug("lookup %s failed: %s", key[0], flight.exception())
 
-    def adopt(self, previous: "CachedBackend") -> None:
+    def adopt(self, previous: CachedBackend) -> None:
         """Take the entries of the cache this one replaces (a reload), so the last known answers survive it.
 
         Each entry keeps the times it was stored with; the CRM must be the same one.

@@ -44,7 +44,7 @@ class CircuitBreaker:
         self.reason = ""
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "CircuitBreaker":
+    def from_settings(cls, settings: Any) -> CircuitBreaker:
         """The breaker a CRM's settings describe (``breaker_failures``, ``breaker_open_s``,
         ``backoff_initial_ms``, ``backoff_max_ms``)."""
         return cls(
@@ -88,7 +88,7 @@ class CircuitBreaker:
 
     def record_rate_limited(self, retry_after_s: float | None = None, status: int = 429) -> float:
         """A rate-limit answer (``status``, a 429 for most CRMs). Returns the back-off chosen (seconds)."""
-        backoff = min(self._backoff_max_s, self._backoff_initial_s * (2 ** self._rate_limits))
+        backoff = min(self._backoff_max_s, self._backoff_initial_s * (2.0 ** self._rate_limits))
         self._rate_limits += 1
         if retry_after_s is not None:
             backoff = min(self._backoff_max_s, max(backoff, retry_after_s))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from .backend import CrmBackend
 from .cache import CachedBackend
 from .mirror.settings import MirrorSettings
-from .plugins import CrmPlugin, OpenContext, PluginRegistry
+from .plugins import NO_CONTEXT, CrmPlugin, OpenContext, PluginRegistry
 from .settings import CacheSettings, CrmSettings, DirectorySettings
 from .zoho.settings import ZohoSettings
 
@@ -24,7 +24,7 @@ def open_plugin_backend(
     settings: Any,
     cache: CacheSettings | None = None,
     *,
-    context: OpenContext = OpenContext(),
+    context: OpenContext = NO_CONTEXT,
     mirror: MirrorSettings | None = None,
 ) -> CrmBackend:
     """``plugin``'s backend behind the cache, ready for lookups.

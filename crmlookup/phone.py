@@ -115,7 +115,7 @@ def normalise(raw: str, region: str) -> PhoneNumber:
     return PhoneNumber(
         raw=raw,
         e164=e164,
-        country_code=parsed.country_code,
+        country_code=parsed.country_code or 0,
         national=national,
         national_prefix=national_prefix,
     )

@@ -56,6 +56,10 @@ class OpenContext:
     serving: bool = False
 
 
+# The context of a backend opened on its own (a script, a test): every default.
+NO_CONTEXT = OpenContext()
+
+
 @runtime_checkable
 class CrmPlugin(Protocol):
     """A CRM, as ``crm.backend`` names it.

@@ -1,7 +1,7 @@
 """One SQLite connection and the one thread that uses it.
 
 The event loop never waits on the disk: blocking work on the connection is
-handed to a dedicated thread (:meth:`ConnectionThread.run`), which is the
+handed to a dedicated thread (:meth:`ConnectionThread.call`), which is the
 only thread touching the connection while the loop runs. Synchronous code
 (the CLI) may use the connection directly.
 """
@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Callable, ParamSpec, TypeVar
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -24,15 +25,15 @@ class ConnectionThread:
         self._name = name
         self._executor: ThreadPoolExecutor | None = None
 
-    def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
-        """Queue ``function(*args)`` on the thread, without waiting."""
+    def submit(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Queue ``function(*args, **kwargs)`` on the thread, without waiting."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
-        return self._executor.submit(function, *args)
+        return self._executor.submit(function, *args, **kwargs)
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
-        """``function(*args)`` on the thread, awaited."""
-        return await asyncio.wrap_future(self.submit(function, *args))
+    async def call(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``function(*args, **kwargs)`` on the thread, awaited."""
+        return await asyncio.wrap_future(self.submit(function, *args, **kwargs))
 
     def close(self) -> None:
         """Finish queued work, stop the thread, close the connection."""

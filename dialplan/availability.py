@@ -111,7 +111,7 @@ class StateTemplate:
         self._argument = match[2]
 
     @classmethod
-    def for_dial_template(cls, dial_template: str) -> "StateTemplate":
+    def for_dial_template(cls, dial_template: str) -> StateTemplate:
         """The natural question for a dial template.
 
         ``PJSIP/{ext}`` -> ``DEVICE_STATE(PJSIP/{ext})``. A Local channel's own

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 from crmlookup.records import Match
 
 from .hours import BusinessHours
-from .settings import LAST_AGENT
+from .policy_settings import LAST_AGENT
 
 if TYPE_CHECKING:
     from .policy import Policy

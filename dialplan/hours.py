@@ -10,7 +10,7 @@ asking whether a schedule is open is a few comparisons.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, UTC
 from typing import Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -35,7 +35,7 @@ class BusinessHours:
         self._closed = closed_dates
 
     @classmethod
-    def parse(cls, name: str, time_zone: str, lines: Iterable[str], closed_dates: Iterable[str]) -> "BusinessHours":
+    def parse(cls, name: str, time_zone: str, lines: Iterable[str], closed_dates: Iterable[str]) -> BusinessHours:
         """Build a schedule; raises ValueError naming the key (``open[1]``, ``time_zone``...)."""
         try:
             zone = ZoneInfo(time_zone)
@@ -94,7 +94,7 @@ class BusinessHours:
 
 def utc_now() -> datetime:
     """The current time, aware, in UTC: the router's default clock."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _parse_line(line: str) -> tuple[list[int], int, int]:

@@ -118,7 +118,7 @@ class CallOutcome:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CallOutcome":
+    def from_dict(cls, data: Mapping[str, Any]) -> CallOutcome:
         values = dict(data)
         values["route"] = RouteSnapshot(**values.get("route", {}))
         return cls(**values)
@@ -191,7 +191,10 @@ def outcome_from_channel(
     call_id = call_id.strip()
     if not _CALL_ID.fullmatch(call_id):
         raise InvalidOutcome(f"not a channel unique id: {call_id[:40]!r}")
-    get = lambda name: readings.get(name, "").strip()  # noqa: E731
+
+    def get(name: str) -> str:
+        return readings.get(name, "").strip()
+
     dial_status = get("dial_status").upper()
     member = extension_of(get("member_interface"))
     explicit = extension_of(get("answered_by"))

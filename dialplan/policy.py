@@ -9,9 +9,10 @@ things up. Every error is a ValueError that names its key.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from crmlookup.phone import MAX_NUMBER_LENGTH, InvalidNumber, normalise
 from crmlookup.records import MODULES, Owner
@@ -20,7 +21,7 @@ from .availability import DEVICE_STATES, StateTemplate
 from .candidates import Candidate, senior_manager_candidate, team_candidate
 from .hours import BusinessHours
 from .rewrite import NumberRewrite
-from .settings import FALLBACK_STEPS, LAST_AGENT, POLICY_KEYS, owner_key
+from .policy_settings import FALLBACK_STEPS, LAST_AGENT, POLICY_KEYS, owner_key
 from .targets import DialTargets
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ class PolicyBook:
         return policy
 
     @classmethod
-    def build(cls, settings: RoutingSettings) -> "PolicyBook":
+    def build(cls, settings: RoutingSettings) -> PolicyBook:
         """Check and compile ``settings``; raises ValueError naming the key."""
         try:
             re.compile(settings.extension_pattern)
@@ -124,7 +125,7 @@ class PolicyBook:
         hours = {}
         for name, schedule in settings.hours.items():
             _check_name(name, f"hours.{name}")
-            hours[name] = _keyed(f"hours.{name}", lambda: schedule.compile(name))
+            hours[name] = _keyed(f"hours.{name}", functools.partial(schedule.compile, name))
         staff = _staff(settings, valid, hours)
         teams = {}
         for name, team in settings.teams.items():
@@ -152,7 +153,7 @@ class PolicyBook:
 
 
 def _compile(
-    name: str, values: dict, where: str, settings: RoutingSettings, staff: Staff, teams: dict[str, Candidate], hours: dict[str, BusinessHours]
+    name: str, values: dict[str, Any], where: str, settings: RoutingSettings, staff: Staff, teams: dict[str, Candidate], hours: dict[str, BusinessHours]
 ) -> Policy:
     rules = _rules(values["lookup_order"], where)
     targets = _keyed(where.rstrip("."), lambda: DialTargets(values["dial_template"], settings.extension_pattern))
@@ -275,7 +276,10 @@ def _check_name(name: str, where: str) -> None:
         raise ValueError(f"{where}: names may hold letters, digits, _ and - only")
 
 
-def _keyed(where: str, build):
+_Built = TypeVar("_Built")
+
+
+def _keyed(where: str, build: Callable[[], _Built]) -> _Built:
     """Run ``build``, prefixing a ValueError with the key it is about."""
     try:
         return build()

@@ -28,7 +28,7 @@ class NumberRewrite:
     add_prefix: str = ""
 
     @classmethod
-    def build(cls, strip_prefixes: tuple[str, ...], add_prefix: str) -> "NumberRewrite":
+    def build(cls, strip_prefixes: tuple[str, ...], add_prefix: str) -> NumberRewrite:
         """Check and order the rules; raises ValueError naming the key."""
         for index, prefix in enumerate(strip_prefixes):
             if not _PREFIX.fullmatch(prefix):

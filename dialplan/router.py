@@ -27,8 +27,9 @@ from .chooser import Chooser, Ring, StateChecker
 from .decision import RouteDecision, RouteStatus, Trace
 from .history import CallHistory
 from .hours import utc_now
-from .policy import Policy, PolicyBook
-from .settings import LAST_AGENT, RoutingSettings
+from .policy import Policy
+from .policy_settings import LAST_AGENT
+from .settings import RoutingSettings
 
 _NO_PROBE = NoDeviceStates("no device-state probe given")
 
@@ -62,7 +63,7 @@ class Router:
         self.settings = settings
         self.backend = backend
         self.history = history
-        self.book = PolicyBook.build(settings)
+        self.book = settings.book
         self._clock = clock
         self._deadline_s = settings.deadline_ms / 1000
         require_history(settings, history)

@@ -1,6 +1,7 @@
 """Routing policy settings: the ``[routing]`` section of ``crmroute.toml`` and its tables.
 
-These are plain data, read from TOML. :mod:`.policy` checks them as a whole
+These are plain data, read from TOML (the tables a policy is made of are in
+:mod:`.policy_settings`). :mod:`.policy` checks them as a whole
 (names that refer to each other, extensions against the pattern) and compiles
 them into the objects a call is routed with; a value that is wrong raises
 ValueError naming its key.
@@ -11,69 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from crmlookup.phone import is_valid_region
+from crmlookup.settings import bounded, check_bounds
 
 from .availability import DEFAULT_SKIP_STATES
-from .hours import BusinessHours
-
-# The rule in ``lookup_order`` that rings whoever last answered this caller.
-LAST_AGENT = "LastAgent"
-# What ``on_unavailable`` and ``on_unmapped`` may list.
-FALLBACK_STEPS = ("next_owner", "team", "senior_manager")
-
-
-@dataclass(frozen=True)
-class HoursSettings:
-    """``[routing.hours.<name>]``: a weekly schedule in a time zone."""
-
-    time_zone: str = "UTC"
-    # Lines like "mon-fri 09:00-18:00", "sat 10:00-14:00", "fri 22:00-02:00".
-    open: tuple[str, ...] = ("mon-fri 09:00-18:00",)
-    # Whole days closed, ISO dates: "2025-12-25".
-    closed_dates: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        self.compile("")  # validate now; errors name the key
-
-    def compile(self, name: str) -> BusinessHours:
-        """The schedule, parsed; raises ValueError naming the key."""
-        return BusinessHours.parse(name, self.time_zone, self.open, self.closed_dates)
-
-
-@dataclass(frozen=True)
-class TeamSettings:
-    """``[routing.teams.<name>]``: a ring group, the fallback when owners cannot take the call."""
-
-    extensions: tuple[str, ...] = ()
-    # A schedule from [routing.hours]; empty: always open.
-    hours: str = ""
-
-
-@dataclass(frozen=True)
-class PolicySettings:
-    """``[routing.policies.<name>]``: a policy for the DIDs it lists.
-
-    Every other key is optional: left out, it takes the value of the same key in ``[routing]``.
-    """
-
-    dids: tuple[str, ...] = ()
-    lookup_order: tuple[str, ...] | None = None
-    dial_template: str | None = None
-    state_template: str | None = None
-    check_availability: bool | None = None
-    skip_states: tuple[str, ...] | None = None
-    on_unavailable: tuple[str, ...] | None = None
-    on_unmapped: tuple[str, ...] | None = None
-    team: str | None = None
-    senior_manager: str | None = None
-    last_agent_max_age_s: int | None = None
-    strip_prefixes: tuple[str, ...] | None = None
-    add_prefix: str | None = None
-    business_hours: str | None = None
-
-
-# The keys a policy may set; [routing] holds their defaults.
-POLICY_KEYS = tuple(name for name in PolicySettings.__dataclass_fields__ if name != "dids")
-
+from .policy import PolicyBook
+from .policy_settings import HoursSettings, PolicySettings, TeamSettings, owner_key
 
 @dataclass(frozen=True)
 class RoutingSettings:
@@ -86,7 +29,7 @@ class RoutingSettings:
 
     # The decision comes back within this many milliseconds, whatever the CRM
     # and the device-state checks do.
-    deadline_ms: int = 1500
+    deadline_ms: int = bounded(1500, 10, 60_000)
     # Region (ISO 3166 code) for caller IDs without a country code.
     default_region: str = "US"
     # Rules in order, first hit rings: CRM modules, and LastAgent.
@@ -128,19 +71,19 @@ class RoutingSettings:
     policies: dict[str, PolicySettings] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from .policy import PolicyBook  # the one place the whole section is checked
-
-        if not 10 <= self.deadline_ms <= 60_000:
-            raise ValueError(f"deadline_ms must be between 10 and 60000, got {self.deadline_ms}")
+        check_bounds(self)
         if not is_valid_region(self.default_region):
             raise ValueError(f"default_region {self.default_region!r} is not a known region code (e.g. US, GB, ES)")
         # Emails compare case-insensitively; ids exactly.
         object.__setattr__(self, "owner_extensions", {owner_key(k): tuple(v) for k, v in self.owner_extensions.items()})
         object.__setattr__(self, "owner_hours", {owner_key(k): v for k, v in self.owner_hours.items()})
         object.__setattr__(self, "default_region", self.default_region.upper())
-        PolicyBook.build(self)
+        # The one place the whole section is checked, and compiled once: the router and the
+        # sync worker route and plan with this book.
+        object.__setattr__(self, "_book", PolicyBook.build(self))
 
-
-def owner_key(key: str) -> str:
-    """How an owner is keyed in the config maps: emails in lower case, ids as they are."""
-    return key.lower() if "@" in key else key
+    @property
+    def book(self) -> PolicyBook:
+        """The section compiled: each DID's policy."""
+        book: PolicyBook = self._book  # type: ignore[attr-defined]  # set in __post_init__, not a field
+        return book

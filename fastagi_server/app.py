@@ -71,7 +71,7 @@ class App:
         backend: CrmBackend | None = None,
         writer: CrmWriter | None = None,
         events: CallEvents | None = None,
-    ) -> "App":
+    ) -> App:
         """Open the backend and build the router: the app builder.
 
         ``history`` (recorded call outcomes) serves the LastAgent rule; when a
@@ -189,7 +189,7 @@ class App:
         if warm is not None:
             self._warming = asyncio.get_running_loop().create_task(warm(), name="read CRM metadata ahead")
 
-    def adopt(self, previous: "App") -> None:
+    def adopt(self, previous: App) -> None:
         """Take over what the app being replaced (a reload) learnt: the cache's last known answers; its mirror stops refreshing."""
         old_mirror = previous.mirror
         if old_mirror is not None:
@@ -207,7 +207,7 @@ class App:
         memory are committed as soon as it can take them.
         """
         if self._keeper_task is None:
-            self.writer  # a writer that cannot be made is a configuration error: raised now
+            _ = self.writer  # a writer that cannot be made is a configuration error: raised now
             self._worker_stop = asyncio.Event()
             self._keeper_task = asyncio.get_running_loop().create_task(self.outbox_keeper.run(self._worker_stop, self._outbox_opened))
 
@@ -236,7 +236,7 @@ class App:
         ended = CallEnded(outcome.call_id, outcome.caller_e164 or outcome.caller, outcome.did, extensions, outcome.answered, outcome.dial_status)
         self._send_event("ended", outcome.call_id, self.events.ended(ended))
 
-    def _send_event(self, kind: str, call_id: str, send: "Coroutine[object, object, None]") -> None:
+    def _send_event(self, kind: str, call_id: str, send: Coroutine[object, object, None]) -> None:
         key = (kind, call_id)
         if key in self._events_sent:
             send.close()  # this call's event went already (a dialplan that ran the script twice)
@@ -283,7 +283,7 @@ class App:
 
 
 
-async def _logged_event(kind: str, call_id: str, send: "Coroutine[object, object, None]") -> None:
+async def _logged_event(kind: str, call_id: str, send: Coroutine[object, object, None]) -> None:
     try:
         await send
     except CrmError as exc:

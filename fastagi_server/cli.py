@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,8 @@ from .outbox_cli import outbox
 from .status_cli import status
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from crmlookup.errors import DirectoryImportError
     from crmlookup.local_directory import ImportSummary
     from dialplan import RouteDecision
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 class CrmrouteGroup(click.Group):
     """Turns any error into one line on stderr and exit status 1 (a traceback with --debug)."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
@@ -136,7 +138,7 @@ def lookup(
     probe = FixedDeviceStates(given) if given else NoDeviceStates(OFFLINE)
     when = _parse_time(at) if at else None
 
-    async def decide():
+    async def decide() -> RouteDecision:
         app = App.from_config(config)
         router = app.router if when is None else Router(config.routing, app.backend, history=app.router.history, clock=lambda: when)
         try:
@@ -219,7 +221,7 @@ def _parse_states(pairs: tuple[str, ...]) -> dict[str, str]:
     return states
 
 
-def _parse_time(text: str):
+def _parse_time(text: str) -> datetime:
     from datetime import datetime
 
     try:

@@ -12,12 +12,12 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from crmlookup.errors import CrmrouteError
 from crmlookup.mirror.settings import MirrorSettings
 from crmlookup.plugins import CrmPlugin, PluginError, PluginRegistry, default_plugins
-from crmlookup.settings import CacheSettings, CrmSettings, DirectorySettings
+from crmlookup.settings import CacheSettings, CrmSettings, DirectorySettings, bounded, check_bounds
 from crmlookup.zoho.settings import ZohoSettings
 from dialplan.outbox.settings import OutboxSettings, OutcomeSettings
 from dialplan.policy import unknown_rule
@@ -25,6 +25,9 @@ from dialplan.recordings import RecordingSettings
 from dialplan.settings import RoutingSettings
 
 from .limits import SessionLimits
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 ENV_CONFIG = "CRMROUTE_CONFIG"
 # Read when neither --config nor $CRMROUTE_CONFIG names a file, if it exists:
@@ -41,36 +44,27 @@ class ServerSettings:
     """The ``[server]`` section."""
 
     host: str = "127.0.0.1"
-    port: int = 4573
+    port: int = bounded(4573, 0, 65535)
     # Peers allowed to connect (addresses or networks); loopback only by default.
     allowed_peers: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     # Sessions served at once (counted once their header block is complete); past
     # this a call gets CRM_ROUTE_STATUS=ERROR at once.
-    max_sessions: int = 500
+    max_sessions: int = bounded(500, 1, 100_000)
     # Connections still sending their header block, at most: past it the one that
     # has waited longest is dropped (Asterisk sends its block at once; a peer that
     # trickles it, or says nothing, is not a call).
-    max_connecting: int = 128
+    max_connecting: int = bounded(128, 1, 100_000)
     # Connections open at once, at most; capped below the open-file limit (raised to
     # its hard limit at start). Past it, new connections wait in the kernel's queue.
-    max_connections: int = 4096
+    max_connections: int = bounded(4096, 1, 1_000_000)
     # On SIGTERM/SIGINT, how long in-flight sessions may take to finish.
-    shutdown_grace_ms: int = 5000
+    shutdown_grace_ms: int = bounded(5000, 0, 600_000)
     log_level: str = "INFO"
     # "text" (one line per record, key=value for calls) or "json" (one object per line, for log shippers).
     log_format: str = "text"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
-        if not 1 <= self.max_sessions <= 100_000:
-            raise ValueError(f"max_sessions must be between 1 and 100000, got {self.max_sessions}")
-        if not 1 <= self.max_connecting <= 100_000:
-            raise ValueError(f"max_connecting must be between 1 and 100000, got {self.max_connecting}")
-        if not 1 <= self.max_connections <= 1_000_000:
-            raise ValueError(f"max_connections must be between 1 and 1000000, got {self.max_connections}")
-        if not 0 <= self.shutdown_grace_ms <= 600_000:
-            raise ValueError(f"shutdown_grace_ms must be between 0 and 600000, got {self.shutdown_grace_ms}")
+        check_bounds(self)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:
@@ -271,7 +265,7 @@ def _build_config(data: Any, plugins: PluginRegistry, problems: list[str] | None
     own = {key: value for key, value in data.items() if key in _CONFIG_SECTIONS}
     if plugin is not None:
         own = _with_plugin_lookup_order(own, plugin)
-    sections = {}
+    sections: dict[str, Any] = {}
     for key, value in data.items():
         if key in _CONFIG_SECTIONS:
             continue
@@ -330,7 +324,10 @@ def _check_plugin_fits(config: Config, plugin: CrmPlugin, problems: list[str] | 
         _problem(problems, ConfigError(f"routing: {problem}"))
 
 
-def _build(cls: type, data: Any, where: str, problems: list[str] | None = None) -> Any:
+_Settings = typing.TypeVar("_Settings", bound="DataclassInstance")
+
+
+def _build(cls: type[_Settings], data: Any, where: str, problems: list[str] | None = None) -> _Settings:
     """``cls`` from ``data``. With ``problems``, a bad key is listed there and left at its default."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a table, got {_kind(data)}")
@@ -340,7 +337,7 @@ def _build(cls: type, data: Any, where: str, problems: list[str] | None = None) 
     for key in data:
         if key not in known:
             _problem(problems, ConfigError(f"{_join(where, key)}: unknown key (known: {', '.join(sorted(known))})"))
-    values = {}
+    values: dict[str, Any] = {}
     for f in settable:
         if f.name not in data:
             continue
@@ -371,7 +368,7 @@ def _convert(kind: Any, value: Any, where: str, problems: list[str] | None = Non
     ``secret``, quoting the value) when it is of another type."""
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
-    if is_dataclass(kind):
+    if isinstance(kind, type) and is_dataclass(kind):
         return _build(kind, value, where, problems)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

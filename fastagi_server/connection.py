@@ -111,6 +111,7 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         return self._read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        assert self._read_buffer is not None  # get_buffer came first
         self.data_received(bytes(self._read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
@@ -285,11 +286,12 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         if now >= self._session_deadline:
             self._limit_hit(f"session longer than {limits.session_timeout_ms} ms")
             return
-        owed = self._reply is not None  # a reply is owed, whether or not anyone still waits for it
-        if owed and now >= self._reply_deadline:
+        reply = self._reply
+        owed = reply is not None  # a reply is owed, whether or not anyone still waits for it
+        if reply is not None and now >= self._reply_deadline:
             verb = " ".join(self._reply_command.split(" ", 2)[:2])
             reason = f"no reply to {verb} within {limits.reply_timeout_ms} ms"
-            if self._reply.done() and self._owed is None:
+            if reply.done() and self._owed is None:
                 self._limit_hit(reason)  # abandoned and never answered: nothing more can be sent
                 return
             self._server.limit_hit(reason)

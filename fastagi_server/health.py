@@ -221,7 +221,7 @@ async def _outbox_view(keeper: OutboxKeeper) -> OutboxView:
         view.problem = view.problem or "not opened yet"
         return view
     try:
-        view.counts, oldest = await outbox.run(_depth, outbox)
+        view.counts, oldest = await outbox.on_thread(_depth, outbox)
     except Exception as exc:  # sqlite3.Error: a broken file; the keeper says more
         view.problem = view.problem or f"cannot read: {exc}"
         return view

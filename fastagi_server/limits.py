@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from crmlookup.settings import check_ranges
+from crmlookup.settings import bounded, check_bounds
 
 
 @dataclass(frozen=True)
@@ -16,24 +16,18 @@ class SessionLimits:
     """
 
     # Longest line (header or reply) accepted, in bytes.
-    max_line_bytes: int = 4096
+    max_line_bytes: int = bounded(4096, 256, 1 << 20)
     # Most header lines in one block (Asterisk sends about 25 plus one per argument).
-    max_headers: int = 256
+    max_headers: int = bounded(256, 32, 100_000)
     # Time for the whole header block to arrive after the connection opens.
-    header_timeout_ms: int = 2000
+    header_timeout_ms: int = bounded(2000, 10, 600_000)
     # Time for Asterisk to answer one command.
-    reply_timeout_ms: int = 2000
+    reply_timeout_ms: int = bounded(2000, 10, 600_000)
     # Time for the whole session, from connect to close.
-    session_timeout_ms: int = 10000
+    session_timeout_ms: int = bounded(10000, 100, 3_600_000)
 
     def __post_init__(self) -> None:
-        check_ranges(self, (
-            ("max_line_bytes", 256, 1 << 20),
-            ("max_headers", 32, 100_000),
-            ("header_timeout_ms", 10, 600_000),
-            ("reply_timeout_ms", 10, 600_000),
-            ("session_timeout_ms", 100, 3_600_000),
-        ))
+        check_bounds(self)
 
 
 # How each limit's reason begins (the session's log line), and the setting it comes from.

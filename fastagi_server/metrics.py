@@ -198,7 +198,7 @@ class ServerMetrics:
     def __init__(self, server: FastAgiServer, build: Mapping[str, str]):
         # The library's switch for every registry of the process: no "_created" series (the
         # start time of each counter), which would double what each scrape carries.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
         self.registry = CollectorRegistry()
         self.state = StateCollector(server)
         self.registry.register(self.state)

@@ -7,15 +7,20 @@ import json
 import time
 from datetime import datetime
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from crmlookup.durations import age_text
 from crmlookup.mirror import store as keys
-from crmlookup.mirror.credits import estimate
+from crmlookup.mirror.credits import CreditEstimate, estimate
 from crmlookup.mirror.store import MirrorFileError, MirrorSnapshot, open_readonly, snapshot
 
 from .cli_options import CONFIG_OPTION
 from .config import Config, load_config
+
+if TYPE_CHECKING:
+    from crmlookup.mirror.refresher import PassSummary
 
 MODULES = ("Leads", "Contacts", "Accounts", "Deals")
 
@@ -62,7 +67,7 @@ def status(config_path: str | None, as_json: bool) -> None:
         click.echo(line)
 
 
-def _lines(view: MirrorSnapshot, config: Config, cost, now: float) -> list[str]:
+def _lines(view: MirrorSnapshot, config: Config, cost: CreditEstimate, now: float) -> list[str]:
     ready = view.state.get(keys.LOAD_COMPLETE) == "1"
     lines = [f"mirror {view.path} (Zoho CRM, region {view.state.get(keys.REGION, '?')})"]
     lines.append("  state        " + ("ready: calls are answered from it" if ready else "first load in progress: calls are looked up in Zoho"))
@@ -92,7 +97,7 @@ def _lines(view: MirrorSnapshot, config: Config, cost, now: float) -> list[str]:
     return lines
 
 
-def _as_dict(view: MirrorSnapshot, cost, now: float) -> dict:
+def _as_dict(view: MirrorSnapshot, cost: CreditEstimate, now: float) -> dict[str, Any]:
     last = view.number(keys.LAST_REFRESH_AT)
     return {
         "path": view.path,
@@ -125,7 +130,7 @@ def sync(config_path: str | None, full: bool) -> None:
     config = load_config(config_path)
     _require_mirror(config)
 
-    async def once():
+    async def once() -> PassSummary:
         backend = open_backend(
             config.crm, config.directory, config.zoho, config.cache,
             mirror=config.mirror, region=config.routing.default_region, keep_mirror=True,

@@ -18,7 +18,7 @@ import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -104,7 +104,7 @@ class MonitorHandler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._send(200 if self.path.split("?", 1)[0] in ("/metrics", "/healthz", "/readyz") else 404, b"", "text/plain", body=False)
 
-    def _json(self, status: int, body: dict) -> None:
+    def _json(self, status: int, body: dict[str, Any]) -> None:
         self._send(status, json.dumps(body, indent=1).encode() + b"\n", "application/json")
 
     def _send(self, status: int, payload: bytes, content_type: str, *, body: bool = True) -> None:

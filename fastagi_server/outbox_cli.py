@@ -7,6 +7,7 @@ import json
 import re
 import time
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +18,9 @@ from dialplan.outbox.worker import PAUSE_KEY
 
 from .cli_options import CONFIG_OPTION, command_config
 from .config import Config
+
+if TYPE_CHECKING:
+    from dialplan.outbox.worker import FlushSummary
 
 STATES = [state.value for state in OutboxState]
 _RELATIVE = re.compile(r"(\d+)\s*([smhd])")
@@ -171,7 +175,7 @@ def flush(max_seconds: float | None, config_path: str | None) -> None:
     config = command_config(config_path)
     _open(config).close()  # an outbox that is not there has nothing to deliver
 
-    async def deliver():
+    async def deliver() -> tuple[FlushSummary, dict[str, int]]:
         app = App.from_config(config)
         try:
             summary = await app.sync_worker.flush(max_seconds=max_seconds)

@@ -232,7 +232,8 @@ class FastAgiServer:
     @property
     def port(self) -> int:
         assert self._listener is not None, "server not started"
-        return self._listener.sockets[0].getsockname()[1]
+        port: int = self._listener.sockets[0].getsockname()[1]
+        return port
 
     @property
     def active_sessions(self) -> int:
@@ -374,7 +375,7 @@ async def serve(
 
 async def _wait_for_tasks(tasks: list[asyncio.Task[None]], timeout: float, now: asyncio.Event | None) -> None:
     """Until every task is done, ``timeout`` seconds pass, or ``now`` is set; never cancels the tasks."""
-    waiters: list[asyncio.Future] = [asyncio.ensure_future(asyncio.wait(tasks))]
+    waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(asyncio.wait(tasks))]
     if now is not None:
         waiters.append(asyncio.ensure_future(now.wait()))
     try:

@@ -12,6 +12,8 @@ import json
 import urllib.error
 import urllib.request
 
+from typing import Any
+
 import click
 
 from crmlookup.durations import age_text
@@ -31,7 +33,7 @@ def readyz_url(listen: str) -> str:
     return f"http://[{host}]:{port}/readyz" if ":" in host else f"http://{host}:{port}/readyz"
 
 
-def fetch_readiness(url: str) -> dict:
+def fetch_readiness(url: str) -> dict[str, Any]:
     """The JSON of ``/readyz`` (ready or not); ClickException when the server does not answer it."""
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
@@ -71,7 +73,7 @@ def status(config_path: str | None, url: str | None, as_json: bool) -> None:
         raise click.exceptions.Exit(NOT_READY_EXIT)
 
 
-def report_lines(state: dict) -> list[str]:
+def report_lines(state: dict[str, Any]) -> list[str]:
     """The report as an admin reads it: the verdict, each check, then the counts."""
     where = ", ".join(state.get("listening") or []) or "not listening"
     lines = [f"crmroute {state.get('version', '?')} on {where}: {'READY' if state.get('ready') else 'NOT READY'}"]
@@ -84,7 +86,7 @@ def report_lines(state: dict) -> list[str]:
     return lines
 
 
-def _outbox_lines(outbox: dict | None) -> list[str]:
+def _outbox_lines(outbox: dict[str, Any] | None) -> list[str]:
     if not outbox or not outbox.get("counts"):
         return []
     counts = outbox["counts"]
@@ -97,7 +99,7 @@ def _outbox_lines(outbox: dict | None) -> list[str]:
     return [line]
 
 
-def _mirror_lines(mirror: dict | None) -> list[str]:
+def _mirror_lines(mirror: dict[str, Any] | None) -> list[str]:
     if not mirror:
         return []
     records = sum((mirror.get("records") or {}).values())

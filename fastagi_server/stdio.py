@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     # hang-up during start-up must find it there as early as can be.
     import asyncio
 
+    from .config import Config
+
 
 class StdinReader:
     """stdin as pyst2 reads it: UTF-8 with replacement, bounded lines and header count,
@@ -76,7 +78,7 @@ class StdinReader:
         self._keys.add(text)
 
 
-class QuietAGI(AGI):
+class QuietAGI(AGI):  # type: ignore[misc]  # pyst2 ships no type information
     """pyst2's AGI. Its stderr chatter (every header, every command) is sent to
     /dev/null: Asterisk prints a process AGI's stderr on its console."""
 
@@ -272,11 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     # at server.log_level once the configuration is read; other libraries' warnings.
     configure_logging(logging.WARNING, "crmroute-agi %(levelname)s %(name)s: %(message)s", sys.stderr)
     log = logging.getLogger("crmroute.stdio")
+    config: Config | None = None
+    config_problem = ""
     try:
         config = load_config(config_path)
-        config_problem = ""
     except Exception as exc:
-        config, config_problem = None, str(exc)
+        config_problem = str(exc)
         log.error("%s", exc)
     else:
         logging.getLogger("crmroute").setLevel(config.server.log_level.upper())

@@ -50,7 +50,7 @@ class Dialplan:
     globals: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: str) -> "Dialplan":
+    def parse(cls, text: str) -> Dialplan:
         plan = cls()
         context = ""
         last: tuple[str, list[Step]] | None = None

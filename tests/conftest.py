@@ -13,9 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fastagi_server.app import App  # noqa: E402
-from fastagi_server.config import Config, config_from_dict  # noqa: E402
-from fastagi_server.server import FastAgiServer  # noqa: E402
+from fastagi_server.app import App
+from fastagi_server.config import Config, config_from_dict
+from fastagi_server.server import FastAgiServer
 
 
 def make_config(data: dict[str, Any] | None = None) -> Config:

@@ -148,7 +148,7 @@ class RetailCrmSimulator:
 
     # -- life cycle ---------------------------------------------------------
 
-    def start(self) -> "RetailCrmSimulator":
+    def start(self) -> RetailCrmSimulator:
         simulator = self
 
         class Handler(_Handler):
@@ -166,7 +166,7 @@ class RetailCrmSimulator:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "RetailCrmSimulator":
+    def __enter__(self) -> RetailCrmSimulator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -92,7 +92,7 @@ class ServeProcess:
         self._reader.join(timeout)
         return code
 
-    def __enter__(self) -> "ServeProcess":
+    def __enter__(self) -> ServeProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,12 +5,8 @@ limit. Each gets a bounded log, never a line (or a traceback) per connection."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import resource
-import signal
-import socket
-import time
 
 from asterisk_peer import AsteriskPeer, asterisk_headers
 from conftest import make_config, run, session_lines

@@ -37,7 +37,7 @@ async def raw_session(port: int, payload: bytes, *, close_write: bool = False, r
                 closed = True
                 break
             received += chunk
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     except ConnectionResetError:
         closed = True

@@ -86,12 +86,35 @@ def flush_command(config_path) -> list[str]:
     return [sys.executable, "-m", "fastagi_server", "outbox", "flush", "--config", str(config_path)]
 
 
+def claimed_by(outbox_path, pid: int) -> int:
+    """Outcomes the process ``pid`` holds in flight (its lease token names it: host:pid:random)."""
+    conn = sqlite3.connect(outbox_path)
+    try:
+        return conn.execute("SELECT count(*) FROM outcomes WHERE state = 'in_flight' AND lease_token LIKE ?", (f"%:{pid}:%",)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def wait_until_busy(proc: subprocess.Popen, outbox_path, bound_s: float = 120.0) -> None:
+    """Until ``proc`` has claimed work (or has ended): kills then land inside the work
+    however long the process takes to start on a loaded machine."""
+    give_up = time.monotonic() + bound_s
+    while proc.poll() is None and time.monotonic() < give_up:
+        try:
+            if claimed_by(outbox_path, proc.pid):
+                return
+        except sqlite3.OperationalError:
+            pass  # the file is being migrated or locked for a moment: look again
+        time.sleep(0.002)
+
+
 def flush_killed(command: list[str], env: dict[str, str], outbox_path, kills: int, pause) -> int:
-    """Start ``command`` ``kills`` times, each killed with SIGKILL after ``pause()`` seconds;
-    how many kills left a write uncertain (sent, its answer never recorded)."""
+    """Start ``command`` ``kills`` times, each killed with SIGKILL ``pause()`` seconds after
+    it has work in flight; how many kills left a write uncertain (sent, its answer never recorded)."""
     killed_mid_write = 0
     for _ in range(kills):
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        wait_until_busy(proc, outbox_path)
         time.sleep(pause())
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -119,7 +142,8 @@ def test_sigkill_during_flush_loses_nothing_and_writes_nothing_twice(tmp_path):
 
         command = flush_command(config_path)
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        killed_mid_write = flush_killed(command, env, outbox_path, KILLS, lambda: rng.uniform(0.4, 1.6))
+        # Half the kills at once (a write on the wire), half a little later (anywhere in a round).
+        killed_mid_write = flush_killed(command, env, outbox_path, KILLS, lambda: rng.choice((0.0, rng.uniform(0.0, 0.6))))
         finishing = []
         for _ in range(10):
             finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)

@@ -318,7 +318,7 @@ def test_the_local_directory_keeps_the_path_on_the_call_row(tmp_path):
         app = App.from_config(cfg)
         try:
             writer = app.writer
-            rows = await writer._directory.run(lambda: writer._conn().execute("SELECT key, recording FROM calls").fetchall())  # type: ignore[attr-defined]
+            rows = await writer._directory.on_thread(lambda: writer._conn().execute("SELECT key, recording FROM calls").fetchall())  # type: ignore[attr-defined]
             return [dict(zip(("key", "recording"), row)) for row in rows]
         finally:
             await app.aclose()

@@ -246,7 +246,7 @@ def test_sigkill_during_flush_uploads_every_call_exactly_once(tmp_path):
 
         command = flush_command(config_path)
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-        killed_mid_write = flush_killed(command, env, outbox_path, KILLS, lambda: rng.uniform(0.5, 1.5))
+        killed_mid_write = flush_killed(command, env, outbox_path, KILLS, lambda: rng.choice((0.0, rng.uniform(0.0, 0.6))))
         finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
         assert finished.returncode == 0, finished.stdout + finished.stderr
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import pytest
 
@@ -44,9 +44,9 @@ UNKNOWN = "+34928199999"
 SALES_DID = "+34928555100"
 SUPPORT_DID = "+34928555200"
 
-MONDAY_10 = datetime(2025, 1, 6, 10, 0, tzinfo=timezone.utc)  # 10:00 in the Canaries too (UTC+0 in winter)
-MONDAY_20 = datetime(2025, 1, 6, 20, 0, tzinfo=timezone.utc)
-SATURDAY_10 = datetime(2025, 1, 11, 10, 0, tzinfo=timezone.utc)
+MONDAY_10 = datetime(2025, 1, 6, 10, 0, tzinfo=UTC)  # 10:00 in the Canaries too (UTC+0 in winter)
+MONDAY_20 = datetime(2025, 1, 6, 20, 0, tzinfo=UTC)
+SATURDAY_10 = datetime(2025, 1, 11, 10, 0, tzinfo=UTC)
 
 ROUTING = {
     "default_region": "ES",

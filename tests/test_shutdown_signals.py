@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 
-import pytest
 
 from asterisk_peer import AsteriskPeer, asterisk_headers
 from conftest import run

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from asterisk_peer import AsteriskPeer, CallResult, asterisk_headers, header_block, parse_args, stdio_headers
+from asterisk_peer import AsteriskPeer, CallResult, parse_args, stdio_headers
 from dialplan import CONTRACT_VARIABLES
 
 AGI_COMMAND = [sys.executable, "-m", "fastagi_server.stdio"]

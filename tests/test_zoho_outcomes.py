@@ -134,8 +134,9 @@ def test_calls_go_in_batches_of_at_most_100(org, tmp_path):
     cfg = config(sim, tmp_path, outcomes={"missed_known_task": False})
     box = Outbox.open(tmp_path / "outbox.sqlite")
     now = time.time()
+    missed = {"dial_status": "NOANSWER", "route_status": "OWNER", "owner_id": org["ana"]["id"], "module": "Leads", "record_id": org["lead"]["id"]}
     box.record_many([
-        (outcome_from_channel(call_id=f"{int(now)}.{i}", caller=KNOWN, readings={"dial_status": "NOANSWER", "route_status": "OWNER", "owner_id": org["ana"]["id"], "module": "Leads", "record_id": org["lead"]["id"]}, ended_at=now, region="ES"), now)
+        (outcome_from_channel(call_id=f"{int(now)}.{i}", caller=KNOWN, readings=missed, ended_at=now, region="ES"), now)
         for i in range(250)
     ])
     box.close()

@@ -8,7 +8,7 @@ import json
 import ssl
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 
 import httpx
@@ -107,7 +107,8 @@ def test_invalid_records_get_zohos_per_record_errors(api, people):
     assert answer.status_code == 207
     results = answer.json()["data"]
     assert results[0]["status"] == "success"
-    assert results[1] == {"code": "INVALID_DATA", "details": {"api_name": "Call_Type", "json_path": "$.data[1].Call_Type", "expected_data_type": "picklist"}, "message": "invalid data", "status": "error"}
+    details = {"api_name": "Call_Type", "json_path": "$.data[1].Call_Type", "expected_data_type": "picklist"}
+    assert results[1] == {"code": "INVALID_DATA", "details": details, "message": "invalid data", "status": "error"}
     assert (results[2]["code"], results[2]["details"]["api_name"]) == ("INVALID_DATA", "Call_Start_Time")
     assert results[3] == {"code": "MANDATORY_NOT_FOUND", "details": {"api_name": "Subject", "json_path": "$.data[3].Subject"}, "message": "required field not found", "status": "error"}
     assert (results[4]["code"], results[4]["details"]["api_name"]) == ("INVALID_DATA", "What_Id")
@@ -279,7 +280,7 @@ def test_the_default_clock_is_the_real_one_with_an_offset(zoho):
 
     stamp = datetime.fromisoformat(record["Created_Time"])
     assert stamp.tzinfo is not None and stamp.microsecond == 0
-    assert abs((datetime.now(timezone.utc) - stamp).total_seconds()) < 3600
+    assert abs((datetime.now(UTC) - stamp).total_seconds()) < 3600
 
 
 def test_deleted_records_leave_the_lists_and_appear_in_the_deleted_list(zoho, api, clock):

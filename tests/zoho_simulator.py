@@ -148,7 +148,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, UTC
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -449,7 +449,7 @@ def _field_defs(module: str, specs: Iterable[_Spec], ids: Iterator[int]) -> dict
 
 
 def _local_now() -> datetime:
-    return datetime.now(timezone.utc).astimezone()
+    return datetime.now(UTC).astimezone()
 
 
 def zoho_time(moment: datetime) -> str:
@@ -479,7 +479,7 @@ def _date_of(value: Any) -> float | None:
         return None
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
         try:
-            return datetime.combine(date.fromisoformat(value), datetime.min.time(), timezone.utc).timestamp()
+            return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC).timestamp()
         except ValueError:
             return None
     return _epoch(value)
@@ -703,8 +703,8 @@ class Cond:
 @dataclass(frozen=True)
 class Join:
     op: str  # "and" or "or"
-    left: "Cond | Join"
-    right: "Cond | Join"
+    left: Cond | Join
+    right: Cond | Join
 
 
 _NEGATIONS = {"!=": "=", "not_in": "in", "not_like": "like", "not_between": "between"}
@@ -1099,7 +1099,7 @@ def _like_pattern(pattern: str) -> re.Pattern[str]:
 class _Matcher:
     """Evaluates a condition tree on one module's records, following lookups to other modules."""
 
-    def __init__(self, sim: "ZohoSimulator", module: str):
+    def __init__(self, sim: ZohoSimulator, module: str):
         self.sim = sim
         self.module = module
         self._prepared: dict[Cond, tuple[FieldDef | None, Any]] = {}
@@ -1345,7 +1345,7 @@ class ZohoSimulator:
 
     # -- life cycle -------------------------------------------------------
 
-    def start(self) -> "ZohoSimulator":
+    def start(self) -> ZohoSimulator:
         simulator = self
 
         class Handler(_Handler):
@@ -1372,7 +1372,7 @@ class ZohoSimulator:
             except OSError:
                 pass
 
-    def __enter__(self) -> "ZohoSimulator":
+    def __enter__(self) -> ZohoSimulator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -2419,7 +2419,7 @@ class _Handler(BaseHTTPRequestHandler):
     wbufsize = 64 * 1024
     disable_nagle_algorithm = True
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def setup(self) -> None:

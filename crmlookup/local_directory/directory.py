@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, ParamSpec, Sequence, TypeVar
 
 from ..errors import DirectoryError
-from ..files import create_private_file, ensure_private_directory
+from ..files import create_private_file
 from ..phone import PhoneNumber
 from ..sqlite_thread import ConnectionThread
 from ..state import state_directory
@@ -18,6 +19,7 @@ from ..records import LookupResult, Match, Owner
 from .importer import ImportSummary, import_csv, utf8_lines
 from .schema import ensure_schema, has_links, is_directory
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 logger = logging.getLogger("crmroute.directory")
@@ -93,8 +95,8 @@ def _fill_with_demo_data(conn: sqlite3.Connection) -> None:
     from importlib import resources  # only the demo needs it; a process per call should not pay for it
 
     ensure_schema(conn)
-    with resources.files(__package__).joinpath(DEMO_CSV).open(encoding="utf-8", newline="") as demo:
-        import_csv(conn, demo, DEMO_REGION)
+    text = resources.files(__package__).joinpath(DEMO_CSV).read_bytes().decode("utf-8")
+    import_csv(conn, io.StringIO(text, newline=""), DEMO_REGION)
 
 
 def demo_directory_path() -> Path:
@@ -141,10 +143,10 @@ class LocalDirectory:
         self._links = has_links(conn)
         # One Owner per distinct owner row: a cache holding many numbers of the
         # same few salespeople then holds each of them once, not once per number.
-        self._owners: dict[tuple, Owner] = {}
+        self._owners: dict[tuple[Any, ...], Owner] = {}
 
     @classmethod
-    def open(cls, path: str | Path | None) -> "LocalDirectory":
+    def open(cls, path: str | Path | None) -> LocalDirectory:
         """The directory at ``path``, or the packaged demo directory (kept in the state
         directory, see :func:`open_demo_file`) when ``path`` is empty."""
         if path:
@@ -201,18 +203,18 @@ class LocalDirectory:
         return owner
 
     async def lookup(self, number: PhoneNumber, modules: Sequence[str]) -> LookupResult:
-        return await self.run(self.lookup_sync, number, modules)
+        return await self.on_thread(self.lookup_sync, number, modules)
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
-        """Run ``function(*args)`` on the directory's own thread (the only one using the connection)."""
-        return await self._thread.run(function, *args)
+    async def on_thread(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``function(*args, **kwargs)`` on the directory's own thread (the only one using the connection), awaited."""
+        return await self._thread.call(function, *args, **kwargs)
 
     @property
     def connection(self) -> sqlite3.Connection:
         """The SQLite connection; use it only inside :meth:`run` (or from synchronous code)."""
         return self._conn
 
-    def import_csv(self, source, region: str, **options: Any) -> ImportSummary:
+    def import_csv(self, source: Iterable[str], region: str, **options: Any) -> ImportSummary:
         """Load a CSV export given as lines of text (see :func:`.importer.import_csv` for the options)."""
         return import_csv(self._conn, source, region, **options)
 

@@ -25,7 +25,7 @@ import io
 import itertools
 import sqlite3
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from ..errors import DirectoryImportError
 from ..extensions import NotAnExtensionList, is_safe_extension, split_extensions
@@ -170,7 +170,7 @@ def import_csv(
         staging.drop()
 
 
-def import_csv_text(conn: sqlite3.Connection, text: str, region: str, **options) -> ImportSummary:
+def import_csv_text(conn: sqlite3.Connection, text: str, region: str, **options: Any) -> ImportSummary:
     """:func:`import_csv` for a string (tests, the packaged demo data)."""
     return import_csv(conn, io.StringIO(text), region, **options)
 
@@ -243,11 +243,12 @@ def _record_row(cells: dict[str, str], valid: Callable[[str], bool]) -> _Row | s
     if is_open is None:
         return f"status {cells.get('status', '')!r} is not open or closed"
     owner_id = cells.get("owner_id", "") or None
-    owner = None
+    owner: _User | None = None
     if owner_id:
-        owner = _user_from(owner_id, cells.get("owner_name", ""), cells.get("owner_email", ""), cells.get("owner_extensions", ""), valid)
-        if isinstance(owner, str):
-            return owner
+        user = _user_from(owner_id, cells.get("owner_name", ""), cells.get("owner_email", ""), cells.get("owner_extensions", ""), valid)
+        if isinstance(user, str):
+            return user
+        owner = user
     phones = split_cell(cells.get("phones", ""))
     if not phones:
         return None
@@ -458,7 +459,7 @@ class _Staging:
         conn.execute(f"DELETE FROM phones WHERE (module, record_id) NOT IN ({kept})", (ORIGIN_CALL,))
         conn.execute("DELETE FROM records WHERE origin != ?", (ORIGIN_CALL,))
         conn.execute("DELETE FROM users WHERE id NOT IN (SELECT owner_id FROM records WHERE owner_id IS NOT NULL)")
-        return conn.execute("SELECT count(*) FROM records").fetchone()[0]
+        return int(conn.execute("SELECT count(*) FROM records").fetchone()[0])
 
     def drop(self) -> None:
         self._conn.execute("DROP TABLE IF EXISTS temp.import_records")

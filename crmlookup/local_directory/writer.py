@@ -43,13 +43,13 @@ class LocalDirectoryWriter:
         self._schema_ready = False
 
     async def create(self, kind: WriteKind, entries: Sequence[Entry]) -> list[WriteResult]:
-        return await self._directory.run(self.create_sync, kind, list(entries))
+        return await self._directory.on_thread(self.create_sync, kind, list(entries))
 
     async def find_existing(self, kind: WriteKind, entries: Sequence[Entry]) -> dict[str, str]:
-        return await self._directory.run(self.find_existing_sync, kind, [entry.key for entry in entries])
+        return await self._directory.on_thread(self.find_existing_sync, kind, [entry.key for entry in entries])
 
     async def users(self) -> Sequence[Owner]:
-        return await self._directory.run(self.users_sync)
+        return await self._directory.on_thread(self.users_sync)
 
     async def check_access(self) -> None:
         """A file has no credentials to refuse."""

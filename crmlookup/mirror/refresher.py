@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from ..condition import Condition
@@ -139,8 +139,8 @@ class MirrorRefresher:
 
     async def open(self) -> None:
         """Read the file's progress (ready? refreshed when?) and apply a changed default region."""
-        await self._thread.run(self._store.renormalise, self._region)
-        state = await self._thread.run(self._state)
+        await self._thread.call(self._store.renormalise, self._region)
+        state = await self._thread.call(self._state)
         self.status.ready = state.get(keys.LOAD_COMPLETE) == "1"
         refreshed = state.get(keys.LAST_REFRESH_AT)
         self.status.refreshed_at = float(refreshed) if refreshed else None
@@ -191,7 +191,7 @@ class MirrorRefresher:
             summary = PassSummary("quick refresh")
             sent_before = Counter(self._feed.requests_sent())
             try:
-                state = await self._thread.run(self._state)
+                state = await self._thread.call(self._state)
                 await _all(self._list(module, rule, summary, since=since) for module, since in self._sinces(state).items())
             except Exception as exc:  # the next regular pass will say what is wrong
                 logger.debug("mirror: quick refresh failed: %s", exc)
@@ -234,7 +234,7 @@ class MirrorRefresher:
                 delay = float(self._settings.retry_max_s)
                 logger.exception("mirror: refresh failed unexpectedly; next attempt in %.0f s", delay)
             self.check_freshness()
-            await self._thread.run(self._store.put, {keys.NEXT_REFRESH_AT: str(self._clock() + delay)})
+            await self._thread.call(self._store.put, {keys.NEXT_REFRESH_AT: str(self._clock() + delay)})
             await self._sleep(stop, delay)
 
     def check_freshness(self) -> bool:
@@ -284,19 +284,19 @@ class MirrorRefresher:
         started = self._pass_started = self._clock()
         self._cancel_soon()
         sent_before = Counter(self._feed.requests_sent())
-        await self._thread.run(self._store.put, {keys.LAST_ATTEMPT_AT: str(started)})
+        await self._thread.call(self._store.put, {keys.LAST_ATTEMPT_AT: str(started)})
         summary = PassSummary("pass")  # until the pass knows its kind
         try:
             summary = await self._pass(full, started)
         except Exception as exc:
             self.status.last_error = str(exc)
-            await self._thread.run(self._store.put, {keys.LAST_ERROR: f"{type(exc).__name__}: {exc}"[:500]})
+            await self._thread.call(self._store.put, {keys.LAST_ERROR: f"{type(exc).__name__}: {exc}"[:500]})
             raise
         finally:
             await self._count_credits(sent_before, summary)
         summary.seconds = self._clock() - started
         finished = self._clock()
-        await self._thread.run(self._store.put, {keys.LAST_REFRESH_AT: str(finished), keys.LAST_ERROR: None})
+        await self._thread.call(self._store.put, {keys.LAST_REFRESH_AT: str(finished), keys.LAST_ERROR: None})
         self.status.refreshed_at = finished
         self.status.failing_since = None
         self.status.last_error = ""
@@ -304,13 +304,13 @@ class MirrorRefresher:
         return summary
 
     async def _pass(self, full: bool, started: float) -> PassSummary:
-        state = await self._thread.run(self._state)
+        state = await self._thread.call(self._state)
         reconcile_due = started - float(state.get(keys.LAST_RECONCILE_AT) or 0) >= self._settings.reconcile_s
         loading = state.get(keys.LOAD_COMPLETE) != "1"
         rule = await self._feed.prepare(fresh=full or loading or reconcile_due or not self._prepared)
         self._prepared = True
         self.status.rule = rule
-        await self._thread.run(self._store.rejudge, rule)
+        await self._thread.call(self._store.rejudge, rule)
         if loading:
             return await self._load(rule)
         if full or reconcile_due:
@@ -319,8 +319,8 @@ class MirrorRefresher:
 
     async def _load(self, rule: OpenRule) -> PassSummary:
         summary = PassSummary("first load")
-        generation = int(await self._thread.run(self._store.get, keys.GENERATION) or 0) or 1
-        await self._thread.run(self._store.put, {keys.GENERATION: str(generation)})
+        generation = int(await self._thread.call(self._store.get, keys.GENERATION) or 0) or 1
+        await self._thread.call(self._store.put, {keys.GENERATION: str(generation)})
         cursors = await _all(
             self._list(module, rule, summary, generation=generation, key=f"load:{module}") for module in self._feed.modules
         )
@@ -329,21 +329,21 @@ class MirrorRefresher:
         for module, cursor in zip(self._feed.modules, cursors):
             values[f"watermark:{module}"] = str(cursor.started)
             values[f"load:{module}"] = None
-        await self._thread.run(self._store.put, values)
+        await self._thread.call(self._store.put, values)
         self.status.ready = True
         return summary
 
     async def _reconcile(self, rule: OpenRule) -> PassSummary:
         summary = PassSummary("reconcile")
-        generation = int(await self._thread.run(self._store.get, keys.GENERATION) or 0) + 1
-        await self._thread.run(self._store.put, {keys.GENERATION: str(generation)})
+        generation = int(await self._thread.call(self._store.get, keys.GENERATION) or 0) + 1
+        await self._thread.call(self._store.put, {keys.GENERATION: str(generation)})
         cursors = await _all(self._list(module, rule, summary, generation=generation) for module in self._feed.modules)
         for module in self._feed.modules:
             summary.deleted[module] += await self._sweep(module, generation)
         await self._users(None, summary)
         values: dict[str, str | None] = {keys.LAST_RECONCILE_AT: str(self._clock())}
         values.update({f"watermark:{module}": str(cursor.started) for module, cursor in zip(self._feed.modules, cursors)})
-        await self._thread.run(self._store.put, values)
+        await self._thread.call(self._store.put, values)
         return summary
 
     async def _refresh(self, rule: OpenRule, state: dict[str, str]) -> PassSummary:
@@ -358,8 +358,8 @@ class MirrorRefresher:
         cursor = await self._list(module, rule, summary, since=since)
         gone = await self._feed.deleted(module, _moment(since))
         if gone:
-            summary.deleted[module] += await self._thread.run(self._store.delete, module, gone)
-        await self._thread.run(self._store.put, {f"watermark:{module}": str(cursor.started)})
+            summary.deleted[module] += await self._thread.call(self._store.delete, module, gone)
+        await self._thread.call(self._store.put, {f"watermark:{module}": str(cursor.started)})
 
     async def _list(
         self,
@@ -376,7 +376,7 @@ class MirrorRefresher:
         The next page is asked for as soon as a page arrives, while that one is
         stored: a listing takes the CRM's time per page, not the CRM's and ours.
         """
-        cursor = Cursor.parse(await self._thread.run(self._store.get_json, key) if key else None, since)
+        cursor = Cursor.parse(await self._thread.call(self._store.get_json, key) if key else None, since)
         ahead: asyncio.Future[Page] | None = None
         try:
             while not cursor.done:
@@ -394,13 +394,13 @@ class MirrorRefresher:
                     cursor.started = page.server_time.timestamp() if page.server_time else self._clock()
                 if page.next_token is not None:
                     ahead = asyncio.ensure_future(self._feed.list_page(module, since=_moment(cursor.since), token=page.next_token))
-                summary.written[module] += await self._thread.run(self._store.apply, page.records, rule, self._region, generation)
+                summary.written[module] += await self._thread.call(self._store.apply, page.records, rule, self._region, generation)
                 if page.newest > cursor.newest:
                     cursor.newest, cursor.restarts = page.newest, 0
                 cursor.token = page.next_token
                 cursor.done = page.next_token is None
                 if key:
-                    await self._thread.run(self._store.put, {key: json.dumps(asdict(cursor))})
+                    await self._thread.call(self._store.put, {key: json.dumps(asdict(cursor))})
         finally:
             if ahead is not None:
                 ahead.cancel()
@@ -413,14 +413,14 @@ class MirrorRefresher:
     async def _users(self, since: float | None, summary: PassSummary) -> None:
         users, server_time = await self._feed.users(_moment(since))
         if users:
-            await self._thread.run(self._store.apply_users, users)
+            await self._thread.call(self._store.apply_users, users)
         summary.users += len(users)
         stamp = server_time.timestamp() if server_time else self._clock()
-        await self._thread.run(self._store.put, {"watermark:users": str(stamp)})
+        await self._thread.call(self._store.put, {"watermark:users": str(stamp)})
 
     async def _sweep(self, module: str, generation: int) -> int:
         """Delete the records the full listing did not see, once the CRM says they are gone."""
-        unseen = await self._thread.run(self._store.unseen, module, generation, MAX_SWEEP_CHECKS + 1)
+        unseen = await self._thread.call(self._store.unseen, module, generation, MAX_SWEEP_CHECKS + 1)
         if len(unseen) > MAX_SWEEP_CHECKS:
             logger.warning("mirror: the reconcile did not see more than %d %s; checking the first %d only", MAX_SWEEP_CHECKS, module, MAX_SWEEP_CHECKS)
             unseen = unseen[:MAX_SWEEP_CHECKS]
@@ -430,14 +430,14 @@ class MirrorRefresher:
             existing = await self._feed.existing(module, chunk)
             gone = [record_id for record_id in chunk if record_id not in existing]
             if gone:
-                deleted += await self._thread.run(self._store.delete, module, gone)
+                deleted += await self._thread.call(self._store.delete, module, gone)
         return deleted
 
     async def _count_credits(self, sent_before: Counter[str], summary: PassSummary) -> None:
         """Store what was spent since ``sent_before`` (by purpose: lookups made meanwhile too)."""
         spent = Counter(self._feed.requests_sent())
         spent.subtract(sent_before)
-        await self._thread.run(self._store.add_credits, {purpose: n for purpose, n in spent.items() if n > 0})
+        await self._thread.call(self._store.add_credits, {purpose: n for purpose, n in spent.items() if n > 0})
         summary.credits = spent["mirror"] + spent["metadata"]
 
     def _cancel_soon(self) -> None:
@@ -486,7 +486,7 @@ def _float(value: str | None) -> float | None:
 
 
 def _moment(seconds: float | None) -> datetime | None:
-    return datetime.fromtimestamp(seconds, timezone.utc) if seconds is not None else None
+    return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
 
 
 def _log_failure(future: Any) -> None:

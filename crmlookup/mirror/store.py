@@ -21,7 +21,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -77,7 +77,7 @@ class MirrorFileError(DirectoryError):
 
 
 def utc_day(at: float | None = None) -> str:
-    return datetime.fromtimestamp(time.time() if at is None else at, timezone.utc).date().isoformat()
+    return datetime.fromtimestamp(time.time() if at is None else at, UTC).date().isoformat()
 
 
 def open_writable(path: Path) -> sqlite3.Connection:

@@ -129,7 +129,8 @@ class RetailCrmApi:
 
     def _refused(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
         """The error an answer with ``success: false`` (or an HTTP error status) is."""
-        message = body.get("errorMsg") if isinstance(body.get("errorMsg"), str) else ""
+        error_msg = body.get("errorMsg")
+        message = error_msg if isinstance(error_msg, str) else ""
         errors = _errors_of(body.get("errors"))
         problem = f"{reply.label}: {reply.status} {clip(message or next(iter(errors.values()), '') or 'RetailCRM API Error')}"
         if message in CREDENTIAL_ERRORS or reply.status in (401, 403):

@@ -53,7 +53,7 @@ class RetailCrmBackend:
         self.statuses: dict[str, tuple[str, bool]] = {}
 
     @classmethod
-    def open(cls, settings: RetailCrmSettings, environ: Mapping[str, str] | None = None) -> "RetailCrmBackend":
+    def open(cls, settings: RetailCrmSettings, environ: Mapping[str, str] | None = None) -> RetailCrmBackend:
         """The backend with its one pooled HTTP client; the key read now (errors name the key)."""
         if not settings.url:
             raise CrmAuthError("retailcrm.url is not set (the account's address, like https://mystore.retailcrm.ru)")
@@ -133,7 +133,8 @@ class RetailCrmBackend:
         """Every user's status and whether they are active (``GET /api/v5/users``, page by page)."""
         statuses: dict[str, tuple[str, bool]] = {}
         for user in await self.list_users(purpose="status"):
-            status = user.get("status") if isinstance(user.get("status"), str) else ""
+            given = user.get("status")
+            status = given if isinstance(given, str) else ""
             statuses[clip(user["id"], 40)] = (status, _flag(user.get("active"), True))
         self.statuses = statuses
 
@@ -144,7 +145,8 @@ class RetailCrmBackend:
             body = await self._api.get("/users", {"limit": str(USERS_PAGE), "page": str(page)}, purpose=purpose)
             listed = body.get("users")
             users += [u for u in listed if isinstance(u, dict) and u.get("id") not in (None, "")] if isinstance(listed, list) else []
-            pagination = body.get("pagination") if isinstance(body.get("pagination"), dict) else {}
+            paging = body.get("pagination")
+            pagination: dict[str, Any] = paging if isinstance(paging, dict) else {}
             total_pages = pagination.get("totalPageCount")
             if not isinstance(total_pages, int) or page >= total_pages:
                 break

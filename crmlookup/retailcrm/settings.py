@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ..settings import check_ranges
+from ..settings import bounded, check_bounds
 
 ENV_API_KEY = "CRMROUTE_RETAILCRM_API_KEY"
 # The statuses retailCRM gives a user (Users > status; the API's UserStatus).
@@ -30,21 +30,21 @@ class RetailCrmSettings:
     skip_statuses: tuple[str, ...] = ("busy", "dinner", "break")
     # How often the server reads the managers' statuses (retailCRM's manager
     # lookup does not say it). 0: never; every manager then counts as free.
-    status_refresh_s: int = 15
+    status_refresh_s: int = bounded(15, 0, 3600)
     # Screen pop: while the phone rings, tell retailCRM who is calling whom
     # (POST /telephony/call/event), and when the call ends.
     call_events: bool = True
-    connect_timeout_ms: int = 2000
-    read_timeout_ms: int = 10_000
+    connect_timeout_ms: int = bounded(2000, 50, 60_000)
+    read_timeout_ms: int = bounded(10_000, 50, 300_000)
     # Requests at once from this process; retailCRM limits requests per second per key.
-    max_concurrency: int = 5
+    max_concurrency: int = bounded(5, 1, 50)
     # After this many failures in a row (5xx, timeouts) retailCRM is left alone for breaker_open_s.
-    breaker_failures: int = 5
-    breaker_open_s: int = 30
+    breaker_failures: int = bounded(5, 1, 1000)
+    breaker_open_s: int = bounded(30, 1, 3600)
     # A rate-limit answer leaves retailCRM alone for backoff_initial_ms, doubling
     # on each one in a row up to backoff_max_ms (or as long as Retry-After says).
-    backoff_initial_ms: int = 1000
-    backoff_max_ms: int = 60_000
+    backoff_initial_ms: int = bounded(1000, 10, 600_000)
+    backoff_max_ms: int = bounded(60_000, 10, 3_600_000)
 
     def __post_init__(self) -> None:
         if self.url:
@@ -54,16 +54,7 @@ class RetailCrmSettings:
                 raise ValueError(f"skip_statuses: {status!r} is not one of {', '.join(USER_STATUSES)}")
         if self.site and not self.site.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"site {self.site!r} is not a store code (letters, digits, '-', '_')")
-        check_ranges(self, (
-            ("status_refresh_s", 0, 3600),
-            ("connect_timeout_ms", 50, 60_000),
-            ("read_timeout_ms", 50, 300_000),
-            ("max_concurrency", 1, 50),
-            ("breaker_failures", 1, 1000),
-            ("breaker_open_s", 1, 3600),
-            ("backoff_initial_ms", 10, 600_000),
-            ("backoff_max_ms", 10, 3_600_000),
-        ))
+        check_bounds(self)
         if self.backoff_max_ms < self.backoff_initial_ms:
             raise ValueError("backoff_max_ms must not be below backoff_initial_ms")
 

@@ -90,7 +90,7 @@ class ZohoBackend:
         self.coql_refused = ""  # why COQL is not used (a missing scope), once it was refused
 
     @classmethod
-    def open(cls, settings: ZohoSettings, environ: dict[str, str] | None = None) -> "ZohoBackend":
+    def open(cls, settings: ZohoSettings, environ: dict[str, str] | None = None) -> ZohoBackend:
         """The backend with its one pooled HTTP client; credentials read now (errors name the key)."""
         secrets = {
             name: read_secret(f"zoho.{name}", getattr(settings, name), getattr(settings, f"{name}_file"), ENV_PREFIX + name.upper(), environ)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from ..errors import CrmBadResponse
@@ -80,8 +80,8 @@ class ZohoOpenRule:
 class ZohoFeed:
     """Reads Zoho CRM for the mirror (every request counted under the purpose ``mirror``)."""
 
-    modules = MODULES
-    cursor_refusals = PAGE_TOKEN_REFUSALS
+    modules: tuple[str, ...] = MODULES
+    cursor_refusals: frozenset[str] = PAGE_TOKEN_REFUSALS
 
     def __init__(
         self,
@@ -210,5 +210,5 @@ class ZohoFeed:
 def zoho_time(moment: datetime) -> str:
     """``2019-07-25T15:26:49+00:00``: the form Zoho's If-Modified-Since takes."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat()
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat()

@@ -9,7 +9,7 @@ id becomes part of a request path (``/Contacts/{id}/Deals``).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from ..errors import CrmBadResponse
@@ -99,5 +99,5 @@ def modified_at(record: dict[str, Any], what: str) -> float:
     except ValueError:
         raise CrmBadResponse(f"{what}: Modified_Time {clip(value, 40)!r} is not an ISO 8601 time") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()

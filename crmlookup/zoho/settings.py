@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ..settings import check_ranges
+from ..settings import bounded, check_bounds
 
 # Accounts server (OAuth) and API domain per data centre, as Zoho's SDKs list
 # them. The token response's ``api_domain`` wins over the API domain here.
@@ -25,7 +25,7 @@ ENV_PREFIX = "CRMROUTE_ZOHO_"
 
 def _secret_field() -> str:
     # Credentials stay out of reprs: a Config printed in a log or a traceback shows none.
-    return field(default="", repr=False)  # type: ignore[return-value]
+    return field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,12 @@ class ZohoSettings:
     # (crmroute-agi runs one per call, each crmroute command is one). Empty:
     # zoho-token.json in crmroute's state directory.
     token_cache_file: str = ""
-    connect_timeout_ms: int = 2000
+    connect_timeout_ms: int = bounded(2000, 50, 60_000)
     # Long enough for a slow answer to still fill the cache after the call was answered.
-    read_timeout_ms: int = 10_000
+    read_timeout_ms: int = bounded(10_000, 50, 300_000)
     # Requests to Zoho at once, from this process. The org's limit (Standard 10,
     # Professional 15, Enterprise 20, Ultimate 25) is shared with its other integrations.
-    max_concurrency: int = 10
+    max_concurrency: int = bounded(10, 1, 100)
     # Lead_Status values that mean the lead no longer decides who owns the caller.
     closed_lead_statuses: tuple[str, ...] = ("Junk Lead", "Lost Lead", "Not Qualified")
     # Deals layouts whose pipelines say which stages are open; empty: ask Zoho for them.
@@ -62,8 +62,8 @@ class ZohoSettings:
     # A custom field of the Users module holding each user's extension(s); empty: none.
     user_extension_field: str = ""
     # How long the active users and the pipeline stage table are kept.
-    users_ttl_s: int = 600
-    pipeline_ttl_s: int = 3600
+    users_ttl_s: int = bounded(600, 0, 86_400)
+    pipeline_ttl_s: int = bounded(3600, 0, 86_400)
     # Also search the forms people type ("928 00 00 00", "+34-928-000-000"): only
     # for an org whose search compares phone text exactly; costs requests on a miss.
     search_typed_formats: bool = False
@@ -77,13 +77,13 @@ class ZohoSettings:
     recording_field: str = ""
     # How long a record just created may take to show in Zoho's search; a write
     # whose answer was lost is looked for only after this long.
-    search_lag_s: int = 60
+    search_lag_s: int = bounded(60, 0, 3600)
     # After this many failures in a row (5xx, timeouts) Zoho is left alone for breaker_open_s.
-    breaker_failures: int = 5
-    breaker_open_s: int = 30
+    breaker_failures: int = bounded(5, 1, 1000)
+    breaker_open_s: int = bounded(30, 1, 3600)
     # A 429 leaves Zoho alone for backoff_initial_ms, doubling on each 429 in a row up to backoff_max_ms.
-    backoff_initial_ms: int = 1000
-    backoff_max_ms: int = 60_000
+    backoff_initial_ms: int = bounded(1000, 10, 600_000)
+    backoff_max_ms: int = bounded(60_000, 10, 3_600_000)
 
     def __post_init__(self) -> None:
         centre = self.data_centre.upper()
@@ -94,18 +94,7 @@ class ZohoSettings:
             value = getattr(self, name)
             if value:
                 object.__setattr__(self, name, _check_url(name, value))
-        check_ranges(self, (
-            ("connect_timeout_ms", 50, 60_000),
-            ("read_timeout_ms", 50, 300_000),
-            ("max_concurrency", 1, 100),
-            ("users_ttl_s", 0, 86_400),
-            ("pipeline_ttl_s", 0, 86_400),
-            ("breaker_failures", 1, 1000),
-            ("breaker_open_s", 1, 3600),
-            ("backoff_initial_ms", 10, 600_000),
-            ("backoff_max_ms", 10, 3_600_000),
-            ("search_lag_s", 0, 3600),
-        ))
+        check_bounds(self)
         if self.backoff_max_ms < self.backoff_initial_ms:
             raise ValueError("backoff_max_ms must not be below backoff_initial_ms")
         for name in ("user_extension_field", "call_id_field", "recording_field"):

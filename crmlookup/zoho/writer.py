@@ -24,7 +24,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any, Callable, Sequence
 
@@ -161,7 +160,7 @@ class ZohoWriter:
     def _marker(self, kind: WriteKind) -> tuple[str, Callable[[Entry], str]]:
         """The field a record of ``kind`` is found by, and its value for an entry."""
         if kind is WriteKind.LEAD:
-            return "Phone", lambda entry: entry.phone  # type: ignore[union-attr]
+            return "Phone", lambda entry: entry.phone
         if self._call_id_field:
             return self._call_id_field, lambda entry: entry.key
         return "Subject", self._subject
@@ -243,8 +242,9 @@ def _result(entry: Entry | _Keyed, answer: Any) -> WriteResult:
             return WriteResult(entry.key, record_id=record_id(details if isinstance(details, dict) else {}, "inserted record"))
         except CrmBadResponse as exc:
             return WriteResult(entry.key, error=str(exc))
-    code = answer.get("code") if isinstance(answer.get("code"), str) else "ERROR"
-    message = answer.get("message") if isinstance(answer.get("message"), str) else ""
-    details = answer.get("details") if isinstance(answer.get("details"), dict) else {}
-    field = details.get("api_name") if isinstance(details.get("api_name"), str) else ""
+    given_code, given_message, given_details = answer.get("code"), answer.get("message"), answer.get("details")
+    code = given_code if isinstance(given_code, str) else "ERROR"
+    message = given_message if isinstance(given_message, str) else ""
+    api_name = given_details.get("api_name") if isinstance(given_details, dict) else None
+    field = api_name if isinstance(api_name, str) else ""
     return WriteResult(entry.key, error=clip(f"{code}: {message}" + (f" ({field})" if field else "")))

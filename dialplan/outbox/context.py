@@ -65,7 +65,7 @@ class CrmContext:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CrmContext":
+    def from_dict(cls, data: Mapping[str, Any]) -> CrmContext:
         values = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         values["owner_extensions"] = tuple(values.get("owner_extensions", ()))
         return cls(**values)
@@ -94,13 +94,13 @@ class ExtensionDirectory:
                 self._by_extension.setdefault(extension, user)
         # The config map wins over what the CRM knows, as it does for routing.
         for key, extensions in owner_extensions.items():
-            user = by_email.get(key.lower()) if "@" in key else self._by_id.get(key, Owner(key))
-            if user is None:
+            mapped = by_email.get(key.lower()) if "@" in key else self._by_id.get(key, Owner(key))
+            if mapped is None:
                 continue  # an email the CRM does not know: nobody to credit
             user_extensions = tuple(extensions)
-            self._by_id[user.id] = Owner(user.id, user.name, user.email, user_extensions)
+            self._by_id[mapped.id] = Owner(mapped.id, mapped.name, mapped.email, user_extensions)
             for extension in user_extensions:
-                self._by_extension[extension] = self._by_id[user.id]
+                self._by_extension[extension] = self._by_id[mapped.id]
 
     def by_extension(self, extension: str) -> Owner | None:
         return self._by_extension.get(extension) if extension else None
@@ -140,7 +140,7 @@ def _without_inactive_owner(context: CrmContext, users: ExtensionDirectory, fall
 
 async def _resolve(outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings, users: ExtensionDirectory, now: float) -> CrmContext:
     answerer = users.by_extension(outcome.answered_extension)
-    answer = {"answerer_id": answerer.id, "answerer_name": answerer.name} if answerer else {}
+    answer: dict[str, Any] = {"answerer_id": answerer.id, "answerer_name": answerer.name} if answerer else {}
     route = outcome.route
     if route.status in _ROUTED_TO_RECORD and route.has_record:
         owner = users.by_id(route.owner_id)

@@ -28,4 +28,4 @@ class OutboxCallHistory:
             return None
         since = self._clock() - max_age_s
         outbox = self._current()
-        return await outbox.run(outbox.last_answered_extension, caller_e164, since)
+        return await outbox.on_thread(outbox.last_answered_extension, caller_e164, since)

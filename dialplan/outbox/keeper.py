@@ -138,7 +138,7 @@ class OutboxKeeper:
         if outbox is None:
             return self.problem or "not opened yet"
         try:
-            await outbox.run(outbox.set_meta, PROBE_KEY, repr(now))
+            await outbox.on_thread(outbox.set_meta, PROBE_KEY, repr(now))
         except Exception as exc:  # sqlite3.Error, OSError: a full disk, a folder that is no longer writable
             self.trouble(f"outbox {self.path} cannot commit: {exc}")
             return self.problem
@@ -185,7 +185,7 @@ class OutboxKeeper:
             return False
         batch = list(self._spool)
         try:
-            await outbox.run(outbox.record_many, batch)
+            await outbox.on_thread(outbox.record_many, batch)
         except Exception as exc:  # sqlite3.Error, OSError: the disk is still full, say
             self.trouble(f"outbox {self.path} cannot commit: {exc}")
             return False

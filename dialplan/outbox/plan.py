@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, tzinfo, UTC
 from typing import Callable
 from zoneinfo import ZoneInfo
 
@@ -58,8 +58,8 @@ def zone(settings: OutcomeSettings) -> tzinfo:
     """The configured time zone, or the system's."""
     if settings.timezone:
         return ZoneInfo(settings.timezone)
-    local = datetime.now(timezone.utc).astimezone().tzinfo
-    return local or timezone.utc
+    local = datetime.now(UTC).astimezone().tzinfo
+    return local or UTC
 
 
 def no_schedule(owner_id: str) -> BusinessHours | None:

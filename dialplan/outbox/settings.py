@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from crmlookup.settings import check_ranges
+from crmlookup.settings import bounded, check_bounds
 from crmlookup.state import state_directory
 
 OUTBOX_FILE = "outbox.sqlite"
@@ -25,36 +25,24 @@ class OutboxSettings:
     # The SQLite file; empty: see default_outbox_path().
     path: str = ""
     # Outcomes taken per round; each kind of record is sent in requests of at most this many.
-    batch_size: int = 100
+    batch_size: int = bounded(100, 1, 100)
     # How often an idle worker looks for due outcomes (a new outcome wakes it at once).
-    flush_interval_s: float = 5.0
+    flush_interval_s: float = bounded(5.0, 0.01, 3600)
     # A record the CRM refuses for its data is retried; after this many refusals it is dead.
-    max_attempts: int = 5
+    max_attempts: int = bounded(5, 1, 1000)
     # Back-off after a failed attempt: doubles from the first value up to the second, with jitter.
-    backoff_initial_s: float = 5.0
-    backoff_max_s: float = 900.0
+    backoff_initial_s: float = bounded(5.0, 0.01, 86_400)
+    backoff_max_s: float = bounded(900.0, 0.01, 86_400)
     # After the CRM refused our credentials: the queue pauses, and tries again this often
     # (a config reload with SIGHUP tries at once).
-    auth_retry_s: float = 300.0
+    auth_retry_s: float = bounded(300.0, 0.01, 86_400)
     # A claimed outcome not finished within this is taken up again (the worker died).
-    lease_s: float = 120.0
+    lease_s: float = bounded(120.0, 1, 86_400)
     # Delivered outcomes are kept this many days (call history); 0 keeps them forever.
-    keep_days: int = 90
+    keep_days: int = bounded(90, 0, 36_500)
 
     def __post_init__(self) -> None:
-        check_ranges(
-            self,
-            (
-                ("batch_size", 1, 100),
-                ("flush_interval_s", 0.01, 3600),
-                ("max_attempts", 1, 1000),
-                ("backoff_initial_s", 0.01, 86_400),
-                ("backoff_max_s", 0.01, 86_400),
-                ("auth_retry_s", 0.01, 86_400),
-                ("lease_s", 1, 86_400),
-                ("keep_days", 0, 36_500),
-            ),
-        )
+        check_bounds(self)
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError("backoff_max_s must not be less than backoff_initial_s")
 
@@ -78,14 +66,14 @@ class OutcomeSettings:
     # Unknown caller answered: a lead owned by whoever answered.
     answered_unknown_lead: bool = True
     # Tasks are due this many hours after the call.
-    task_due_hours: float = 4.0
+    task_due_hours: float = bounded(4.0, 0, 24 * 365)
     # CRM user id owning leads from missed unknown callers; empty: the CRM's default owner.
     senior_manager_id: str = ""
     # IANA time zone for call times written to the CRM (Europe/Madrid); empty: the system's.
     timezone: str = ""
 
     def __post_init__(self) -> None:
-        check_ranges(self, (("task_due_hours", 0, 24 * 365),))
+        check_bounds(self)
         if self.timezone:
             try:
                 ZoneInfo(self.timezone)

@@ -15,7 +15,7 @@ answers. A ``sent`` row found later means an attempt whose result we never
 saw: the worker searches for the record before creating it again.
 
 All methods are synchronous and use one connection; in the server they run on
-the outbox's own thread (:meth:`Outbox.run`), so the event loop never waits
+the outbox's own thread (:meth:`Outbox.on_thread`), so the event loop never waits
 on the disk.
 """
 
@@ -31,7 +31,8 @@ import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from types import TracebackType
+from typing import Any, Callable, Iterable, ParamSpec, Sequence, TypeVar
 
 from crmlookup.errors import CrmrouteError
 from crmlookup.files import create_private_file
@@ -39,6 +40,7 @@ from crmlookup.sqlite_thread import ConnectionThread
 
 from ..outcome import CallOutcome
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
@@ -176,7 +178,7 @@ class Outbox:
         self._committing = False
 
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = True) -> "Outbox":
+    def open(cls, path: str | Path, *, create: bool = True) -> Outbox:
         """Open (or, with ``create``, create: mode 0600, a new folder 0700) the outbox at ``path``;
         raises :class:`OutboxError`.
 
@@ -211,9 +213,9 @@ class Outbox:
 
     # -- threads ------------------------------------------------------------
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
-        """Run ``function(*args)`` on the outbox's own thread."""
-        return await self._thread.run(function, *args)
+    async def on_thread(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``function(*args, **kwargs)`` on the outbox's own thread (the only one using its connection), awaited."""
+        return await self._thread.call(function, *args, **kwargs)
 
     def close(self) -> None:
         self._thread.close()
@@ -425,13 +427,13 @@ class Outbox:
     def oldest_recorded(self, states: Sequence[OutboxState]) -> float | None:
         marks = ",".join("?" * len(states))
         row = self._conn.execute(f"SELECT min(recorded_at) FROM outcomes WHERE state IN ({marks})", [s.value for s in states]).fetchone()
-        return row[0]
+        return None if row[0] is None else float(row[0])
 
     def next_due(self, states: Sequence[OutboxState] = (OutboxState.PENDING, OutboxState.FAILED)) -> float | None:
         """When the next of the outcomes in ``states`` is due."""
         marks = ",".join("?" * len(states))
         row = self._conn.execute(f"SELECT min(next_attempt_at) FROM outcomes WHERE state IN ({marks})", [s.value for s in states]).fetchone()
-        return row[0]
+        return None if row[0] is None else float(row[0])
 
     def list_rows(self, state: OutboxState | None = None, limit: int = 50) -> list[OutboxRow]:
         where, args = ("WHERE state = ?", [state.value]) if state else ("", [])
@@ -516,7 +518,7 @@ class Outbox:
 
     # -- internals ----------------------------------------------------------------
 
-    def _transaction(self) -> "_Transaction":
+    def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)
 
 
@@ -530,7 +532,7 @@ class _Transaction:
     def __enter__(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, kind, value, traceback) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None) -> None:
         if kind is None:
             self._conn.execute("COMMIT")
         else:

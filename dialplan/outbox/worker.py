@@ -23,22 +23,24 @@ again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from crmlookup.backend import CrmBackend
 from crmlookup.condition import Condition
 from crmlookup.errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited
-from crmlookup.writer import CallEntry, CrmWriter, Entry, RecordingWriter, RecordRef, WriteKind, WriteResult
+from crmlookup.writer import CallEntry, CrmWriter, Entry, LeadEntry, RecordingWriter, RecordRef, WriteKind, WriteResult
 
 from ..hours import BusinessHours
-from ..policy import Policy, PolicyBook
+from ..policy import Policy
+from ..policy_settings import owner_key
 from ..recordings import RecordingSettings
-from ..settings import RoutingSettings, owner_key
+from ..settings import RoutingSettings
 from .context import ExtensionDirectory, CrmContext, resolve_context
 from .keeper import first_of
 from .plan import PlannedWrite, Step, lead_name, plan_writes, zone
@@ -141,7 +143,7 @@ class SyncWorker:
         self._clock = clock
         self._jitter = jitter
         self._tz = zone(outcomes)
-        self._book = PolicyBook.build(routing)  # each outcome's DID policy: its business hours
+        self._book = routing.book  # each outcome's DID policy: its business hours
         self._batch = max(1, min(settings.batch_size, writer.max_batch))
         self._recordings = recordings or RecordingSettings()
         # Recordings go on the Call as a step of their own, for a writer that takes them so.
@@ -174,7 +176,7 @@ class SyncWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; never raises for CRM or data trouble."""
-        await self._outbox.run(self._outbox.release_orphans, self._clock())
+        await self._outbox.on_thread(self._outbox.release_orphans, self._clock())
         while not stop.is_set():
             wait = await self._step()
             if wait > 0:
@@ -197,7 +199,7 @@ class SyncWorker:
             return max(self._paused_until, self._hold_until) - self._clock()
         if result.claimed >= self._batch or result.delivered:
             return 0.0
-        next_due = await self._outbox.run(self._outbox.next_due)
+        next_due = await self._outbox.on_thread(self._outbox.next_due)
         if next_due is None:
             return self._settings.flush_interval_s
         return min(self._settings.flush_interval_s, max(0.0, next_due - self._clock()))
@@ -205,7 +207,7 @@ class SyncWorker:
     async def flush(self, *, max_seconds: float | None = None) -> FlushSummary:
         """Deliver everything due now (for ``crmroute outbox flush``); stops when paused."""
         summary = FlushSummary()
-        await self._outbox.run(self._outbox.release_orphans, self._clock())
+        await self._outbox.on_thread(self._outbox.release_orphans, self._clock())
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         while deadline is None or time.monotonic() < deadline:
             if self._hold_until > self._clock():
@@ -227,7 +229,7 @@ class SyncWorker:
     async def round(self) -> RoundResult:
         """Take one batch of due outcomes and try to deliver it."""
         now = self._clock()
-        items = await self._outbox.run(self._outbox.claim, now, self._batch, self._settings.lease_s)
+        items = await self._outbox.on_thread(self._outbox.claim, now, self._batch, self._settings.lease_s)
         result = RoundResult(claimed=len(items))
         if not items:
             await self._note_pause(result, False)
@@ -251,7 +253,7 @@ class SyncWorker:
             logger.exception("delivering %d outcome(s) failed", len(attempts))
             _fail_open(attempts, f"internal error: {exc!r}")
         finishes = self._finishes(attempts, result)
-        await self._outbox.run(self._outbox.finish, finishes, self._clock())
+        await self._outbox.on_thread(self._outbox.finish, finishes, self._clock())
         await self._note_pause(result, wrote)
         self.totals.add(result)
         if result.delivered or result.failed or result.dead or result.paused:
@@ -276,7 +278,7 @@ class SyncWorker:
         users = await self._extension_directory(now)
         resolved = await self._resolve(attempts, users, now)
         leads_planned: set[str] = set()
-        contexts: list[tuple[int, dict | None]] = []
+        contexts: list[tuple[int, dict[str, Any] | None]] = []
         for attempt in attempts:
             item = attempt.item
             number = item.outcome.caller_e164
@@ -293,7 +295,7 @@ class SyncWorker:
                 context = await self._our_lead(attempt, context)
             policy = self._book.for_did(item.outcome.did)
             attempt.plan = plan_writes(
-                item.outcome, context, self._outcomes, self._tz, lambda owner: _task_schedule(policy, users, owner),
+                item.outcome, context, self._outcomes, self._tz, functools.partial(_task_schedule, policy, users),
                 kinds=self._writer.writes, recordings=self._recordings,
             )
             attempt.plan += self._recording_write(item, attempt.plan)
@@ -311,7 +313,7 @@ class SyncWorker:
             if item.context is None or context != known:
                 contexts.append((item.id, context.to_dict()))
         if contexts:
-            await self._outbox.run(self._outbox.save_contexts, contexts)
+            await self._outbox.on_thread(self._outbox.save_contexts, contexts)
 
     async def _resolve(self, attempts: list[_Attempt], users: ExtensionDirectory, now: float) -> dict[int, CrmContext]:
         """The contexts of the outcomes that have none yet, looked up together (the CRM client bounds the concurrency)."""
@@ -340,7 +342,7 @@ class SyncWorker:
         one lead however often they call.
         """
         number = attempt.item.outcome.caller_e164
-        earlier = await self._outbox.run(self._outbox.lead_for_caller, number, attempt.item.id)
+        earlier = await self._outbox.on_thread(self._outbox.lead_for_caller, number, attempt.item.id)
         if earlier is None:
             return context
         state, lead_id, owner_id = earlier
@@ -385,7 +387,7 @@ class SyncWorker:
                 if len(results) != len(chunk) or any(r.key != e.key for r, (_, e) in zip(results, chunk)):
                     raise CrmBadResponse(f"{kind.value}: {len(results)} result(s) for {len(chunk)} record(s)")
                 marks = []
-                for (attempt, entry), outcome in zip(chunk, results):
+                for (attempt, _entry), outcome in zip(chunk, results):
                     if outcome.ok:
                         marks.append((attempt, WriteState.DONE, outcome.record_id, ""))
                     else:
@@ -429,7 +431,7 @@ class SyncWorker:
         try:
             return list(await self._writer.create(kind, [entry for _, entry in chunk]))
         except (CrmRateLimited, CrmAuthError):
-            await self._outbox.run(self._outbox.unmark_sent, [(a.item.id, step) for a, _ in chunk])
+            await self._outbox.on_thread(self._outbox.unmark_sent, [(a.item.id, step) for a, _ in chunk])
             for attempt, _ in chunk:
                 attempt.item.writes.pop(step, None)
             raise
@@ -446,7 +448,7 @@ class SyncWorker:
             await self._mark(step, [(a, WriteState.SENT, "", "") for a, _ in chunk])
             return chunk
         leads = [(a.item.id, a.item.outcome.caller_e164) for a, _ in chunk]
-        refused = await self._outbox.run(self._outbox.claim_leads, leads, self._clock())
+        refused = await self._outbox.on_thread(self._outbox.claim_leads, leads, self._clock())
         now = self._clock()
         going = []
         for attempt, entry in chunk:
@@ -461,7 +463,7 @@ class SyncWorker:
         if not marks:
             return
         rows = [(a.item.id, step, state, crm_id, error) for a, state, crm_id, error in marks]
-        await self._outbox.run(self._outbox.mark_writes, rows, self._clock())
+        await self._outbox.on_thread(self._outbox.mark_writes, rows, self._clock())
         now = self._clock()
         for attempt, state, crm_id, error in marks:
             attempt.item.writes[step] = WriteRow(step, state, crm_id, error, now)
@@ -503,7 +505,7 @@ class SyncWorker:
 
     def _backoff(self, attempts: int) -> float:
         """Exponential back-off with jitter: between half and all of initial * 2^attempts, capped."""
-        base = min(self._settings.backoff_max_s, self._settings.backoff_initial_s * (2 ** min(attempts, 30)))
+        base = min(self._settings.backoff_max_s, self._settings.backoff_initial_s * (2.0 ** min(attempts, 30)))
         return base * (0.5 + 0.5 * self._jitter())
 
     async def _note_pause(self, result: RoundResult, wrote: bool) -> None:
@@ -511,9 +513,9 @@ class SyncWorker:
         for every process using the outbox) only while our credentials are refused."""
         if result.paused:
             self._pause(result.paused)
-            await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, json.dumps({"reason": result.paused, "since": self._clock()}))
+            await self._outbox.on_thread(self._outbox.set_meta, PAUSE_KEY, json.dumps({"reason": result.paused, "since": self._clock()}))
             return
-        if await self._outbox.run(self._outbox.get_meta, PAUSE_KEY) is None:
+        if await self._outbox.on_thread(self._outbox.get_meta, PAUSE_KEY) is None:
             if wrote:
                 self._paused_until = 0.0  # another process may have ended the pause it shared
             return
@@ -529,7 +531,7 @@ class SyncWorker:
                 return  # the CRM cannot say now; the next round asks again
         self._paused_until = 0.0
         logger.info("outbox resumed: the CRM accepts our credentials again")
-        await self._outbox.run(self._outbox.set_meta, PAUSE_KEY, None)
+        await self._outbox.on_thread(self._outbox.set_meta, PAUSE_KEY, None)
 
     def _pause(self, reason: str) -> None:
         self._paused_until = self._clock() + self._settings.auth_retry_s
@@ -556,7 +558,7 @@ class SyncWorker:
         if not self._settings.keep_days or now - self._purged_at < PURGE_EVERY_S:
             return
         self._purged_at = now
-        purged = await self._outbox.run(self._outbox.purge_done, now - self._settings.keep_days * 86400)
+        purged = await self._outbox.on_thread(self._outbox.purge_done, now - self._settings.keep_days * 86400)
         if purged:
             logger.info("outbox: forgot %d delivered outcome(s) older than %d days", purged, self._settings.keep_days)
 
@@ -573,7 +575,7 @@ def _task_schedule(policy: Policy, users: ExtensionDirectory, owner_id: str) -> 
 
 def _linked(write: PlannedWrite, item: OutboxItem) -> Entry:
     """The entry, linked to the lead this outcome created when it needs one."""
-    if not write.links_lead:
+    if not write.links_lead or isinstance(write.entry, LeadEntry):  # a lead is not linked to itself
         return write.entry
     lead = item.writes.get(Step.LEAD)
     if lead is None or lead.state is not WriteState.DONE:
