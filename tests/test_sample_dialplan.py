@@ -167,3 +167,12 @@ def test_the_readme_classic_agi_lines_pass_the_did(snippet):
     lines = [line for line in block.splitlines() if "AGI(" in line]
     assert lines and all(line.rstrip().endswith("${ARG1})") for line in lines), lines
     assert "${EXTEN}" not in block
+
+
+def test_the_readme_recording_lines_are_the_samples():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Call recordings"):]
+    start = section.index("```\n") + 4
+    block = section[start : section.index("```", start)]
+    lines = [line.strip() for line in block.splitlines() if line.strip()]
+    assert lines and all(line in {part.strip() for part in SAMPLE.splitlines()} for line in lines), lines
