@@ -324,3 +324,24 @@ def test_the_local_directory_keeps_the_path_on_the_call_row(tmp_path):
             await app.aclose()
 
     assert asyncio.run(calls()) == [{"key": "1700000000.7", "recording": str(folder / "1700000000.7.wav")}]
+
+
+def test_a_lead_whose_outcome_died_for_its_recording_is_still_the_callers_one_lead(org, tmp_path):
+    sim = org["sim"]
+    clock = Clock()
+    cfg, _folder = settings(sim, tmp_path, recordings={"wait_max_s": 60})
+    unknown = "+34928777001"
+
+    def call(call_id: str) -> None:
+        readings = {"dial_status": "ANSWER", "peer_number": "101", "answered_s": "20", "route_status": "NOMATCH", "recording": f"{call_id}.wav"}
+        outcome = outcome_from_channel(call_id=call_id, caller=unknown, readings=readings, ended_at=clock.now - 5, region="ES", recordings_dir=cfg.recordings.directory)
+        box = Outbox.open(cfg.outbox.resolved_path)
+        box.record_many([(outcome, clock.now)])
+        box.close()
+
+    call("1700000000.1")
+    results = rounds(cfg, clock, [61, 1, 1, 1], before={2: lambda: call("1700000000.2")})
+    assert results[1].dead == 1, "its recording never came"
+    leads = [r for r in sim.records("Leads") if r.get("Phone") == unknown]
+    assert len(leads) == 1, "the second call is logged on the first call's lead"
+    assert {c["What_Id"]["id"] for c in sim.records("Calls")} == {leads[0]["id"]}
