@@ -345,3 +345,45 @@ def test_a_lead_whose_outcome_died_for_its_recording_is_still_the_callers_one_le
     leads = [r for r in sim.records("Leads") if r.get("Phone") == unknown]
     assert len(leads) == 1, "the second call is logged on the first call's lead"
     assert {c["What_Id"]["id"] for c in sim.records("Calls")} == {leads[0]["id"]}
+
+
+class RealClock:
+    """The time now; moving it is a no-op (the waits here are the simulator's)."""
+
+    @property
+    def now(self) -> float:
+        return time.time()
+
+    @now.setter
+    def now(self, value: float) -> None:
+        pass
+
+    def __call__(self) -> float:
+        return time.time()
+
+
+def test_a_round_stops_starting_uploads_well_within_its_lease(org, tmp_path):
+    sim = org["sim"]
+    sim.latency_for(r"/Attachments$", 0.6, method="POST")  # each upload takes at least this long
+    clock = RealClock()
+    cfg, folder = settings(sim, tmp_path)
+    cfg = make_config({**_toml(cfg, sim), "outbox": {"path": str(cfg.outbox.resolved_path), "lease_s": 1}})
+    for i in range(3):
+        written(folder / f"1700000000.{i}.wav", wav_bytes(0.1), time.time() - 30)
+        record(cfg, org, clock, call_id=f"1700000000.{i}", name=f"1700000000.{i}.wav")
+    [first] = rounds(cfg, clock, [0])
+    assert first.delivered == 1 and first.deferred == 2, "past half the 1 s lease, no upload is started"
+    assert len([r for r in sim.requests("/crm/v8/Calls", method="POST") if r.path == "/crm/v8/Calls"]) == 1, "the Calls all went at once"
+    rounds(cfg, clock, [0, 0, 0])
+    assert states(cfg) == {"done": 3}
+    assert sum(len(sim.attachments("Calls", c["id"])) for c in sim.records("Calls")) == 3
+
+
+def _toml(cfg, sim) -> dict[str, Any]:
+    return {
+        "crm": {"backend": "zoho"},
+        "routing": {"default_region": "ES"},
+        "zoho": sim.zoho_config(user_extension_field="Extension", search_lag_s=0, breaker_open_s=1),
+        "outcomes": {"timezone": "Europe/Madrid", "answered_by_other_task": False},
+        "recordings": {"directory": cfg.recordings.directory, "settle_s": 2},
+    }

@@ -409,6 +409,9 @@ class SyncWorker:
         """The recording step of each outcome whose Call is written (one file at a time); True once the CRM was asked."""
         step = self._recording_step
         asked = False
+        # Uploads are large: the round stops starting them well before its lease runs out
+        # (another worker would take the outcomes up meanwhile); the rest wait for the next round.
+        stop_at = self._clock() + self._settings.lease_s / 2
         for attempt in attempts:
             write = next((w for w in attempt.plan or () if w.step == Step.RECORDING), None)
             call = attempt.item.writes.get(Step.CALL)
@@ -416,6 +419,9 @@ class SyncWorker:
                 continue
             if call is None or call.state is not WriteState.DONE or not isinstance(write.entry, CallEntry):
                 continue  # the Call first
+            if self._clock() >= stop_at:
+                _apply_recording(attempt, StepResult(wait_until=self._clock(), waiting="recording: its upload waits for the next round (this one's took long)"))
+                continue
 
             async def mark(state: WriteState, crm_id: str, note: str, attempt: _Attempt = attempt) -> None:
                 await self._mark(Step.RECORDING, [(attempt, state, crm_id, note)])
