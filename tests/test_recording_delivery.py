@@ -387,3 +387,17 @@ def _toml(cfg, sim) -> dict[str, Any]:
         "outcomes": {"timezone": "Europe/Madrid", "answered_by_other_task": False},
         "recordings": {"directory": cfg.recordings.directory, "settle_s": 2},
     }
+
+
+def test_calls_that_take_no_attachments_end_dead_with_zohos_words(org, tmp_path):
+    sim = org["sim"]
+    clock = Clock()
+    cfg, folder = settings(sim, tmp_path)
+    written(folder / "1700000000.7.wav", wav_bytes(0.1), clock.now - 30)
+    record(cfg, org, clock)
+    refusal = {"code": "INVALID_MODULE", "details": {"resource_path_index": 0}, "message": "the module name given seems to be invalid", "status": "error"}
+    sim.add_fault(r"/Attachments$", status=400, body=refusal, method="POST")
+    results = rounds(cfg, clock, [1] * 6)
+    assert [r.failed for r in results[:4]] == [1, 1, 1, 1] and results[4].dead == 1
+    assert states(cfg) == {"dead": 1} and len(sim.records("Calls")) == 1
+    assert "recording: POST /crm/v8/Calls/" in listing(toml_of(cfg, tmp_path, sim)) and "INVALID_MODULE" in listing(toml_of(cfg, tmp_path, sim))
