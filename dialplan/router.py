@@ -108,7 +108,7 @@ class Router:
             trace.step(f"device state: not asked further ({checker.stopped})")
             if ring is not None and ring.unchecked:
                 trace.note(f"state unchecked ({checker.stopped})")
-        decision = self._outcome(policy, found, ring, trace)
+        decision = self._conclude(policy, found, ring, trace)
         decision.normalised_number = number.e164
         decision.from_cache = found.result.from_cache
         decision.source = "cache" if found.result.from_cache else found.result.source
@@ -176,7 +176,8 @@ class Router:
         trace.link(f"{LAST_AGENT}: {extension} answered {number.e164} within the last {_age_text(age)}")
         return extension
 
-    def _outcome(self, policy: Policy, found: Found, ring: Ring | None, trace: Trace) -> RouteDecision:
+    def _conclude(self, policy: Policy, found: Found, ring: Ring | None, trace: Trace) -> RouteDecision:
+        """The route decision from what the lookup found and whom (if anyone) to ring."""
         best = found.result.best
         if ring is None:
             if found.failure is not None:

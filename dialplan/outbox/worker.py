@@ -355,46 +355,12 @@ class SyncWorker:
         """Write leads, then calls, then tasks; True once the CRM accepted a request."""
         wrote = False
         for step, kind in _ORDER:
-            todo: list[tuple[_Attempt, Entry]] = []
-            for attempt in attempts:
-                if not attempt.open:
-                    continue
-                for write in attempt.plan or ():
-                    row = attempt.item.writes.get(step)
-                    if write.step == step and not (row and row.state is WriteState.DONE):
-                        todo.append((attempt, _linked(write, attempt.item)))
+            todo = _writes_to_do(step, attempts)
             if not todo:
                 continue
-            uncertain = [(a, e) for a, e in todo if (row := a.item.writes.get(step)) is not None and row.state is WriteState.SENT]
-            settled_before = self._clock() - self._writer.search_lag_s
-            for attempt, _ in uncertain:
-                sent_at = attempt.item.writes[step].updated_at
-                if sent_at > settled_before:
-                    # Too recent for the CRM's search to show it: look later, not now.
-                    attempt.deferred, attempt.retry_at = True, sent_at + self._writer.search_lag_s
-            uncertain = [(a, e) for a, e in uncertain if not a.deferred]
-            for chunk in chunks(uncertain, self._batch):
-                found = await self._writer.find_existing(kind, [entry for _, entry in chunk])
-                wrote = True
-                await self._mark(step, [(a, WriteState.DONE, found[e.key], "") for a, e in chunk if e.key in found])
+            wrote = await self._settle_uncertain(step, kind, todo) or wrote
             todo = [(a, e) for a, e in todo if a.open and a.item.writes.get(step, _NOT_WRITTEN).state is not WriteState.DONE]
-            for chunk in chunks(todo, self._batch):
-                chunk = await self._mark_sent(step, chunk)
-                if not chunk:
-                    continue
-                results = await self._create(step, kind, chunk)
-                wrote = True
-                if len(results) != len(chunk) or any(r.key != e.key for r, (_, e) in zip(results, chunk)):
-                    raise CrmBadResponse(f"{kind.value}: {len(results)} result(s) for {len(chunk)} record(s)")
-                marks = []
-                for (attempt, _entry), outcome in zip(chunk, results):
-                    if outcome.ok:
-                        marks.append((attempt, WriteState.DONE, outcome.record_id, ""))
-                    else:
-                        error = outcome.error or "the CRM returned no record id"
-                        marks.append((attempt, WriteState.REJECTED, "", error))
-                        attempt.error, attempt.rejected = f"{kind.value}: {error}", True
-                await self._mark(step, marks)
+            wrote = await self._write_new(step, kind, todo) or wrote
         return wrote
 
     def _recording_write(self, item: OutboxItem, plan: list[PlannedWrite]) -> list[PlannedWrite]:
@@ -429,6 +395,38 @@ class SyncWorker:
             result = await step.run(attempt.item, write.entry, call.crm_id, mark)
             asked = asked or not result.wait_until
             _apply_recording(attempt, result)
+        return asked
+
+    async def _settle_uncertain(self, step: str, kind: WriteKind, todo: list[tuple[_Attempt, Entry]]) -> bool:
+        """Look in the CRM for the writes sent before whose answer never came (the process
+        died, the connection broke); those found are done. True when the CRM was asked."""
+        uncertain = [(a, e) for a, e in todo if (row := a.item.writes.get(step)) is not None and row.state is WriteState.SENT]
+        settled_before = self._clock() - self._writer.search_lag_s
+        for attempt, _ in uncertain:
+            sent_at = attempt.item.writes[step].updated_at
+            if sent_at > settled_before:
+                # Too recent for the CRM's search to show it: look later, not now.
+                attempt.deferred, attempt.retry_at = True, sent_at + self._writer.search_lag_s
+        asked = False
+        for chunk in chunks([(a, e) for a, e in uncertain if not a.deferred], self._batch):
+            found = await self._writer.find_existing(kind, [entry for _, entry in chunk])
+            asked = True
+            await self._mark(step, [(a, WriteState.DONE, found[e.key], "") for a, e in chunk if e.key in found])
+        return asked
+
+    async def _write_new(self, step: str, kind: WriteKind, todo: list[tuple[_Attempt, Entry]]) -> bool:
+        """Create the records of ``todo``, a request per chunk, each marked sent first and
+        done or rejected by the CRM's answer. True when the CRM was asked."""
+        asked = False
+        for chunk in chunks(todo, self._batch):
+            going = await self._mark_sent(step, chunk)
+            if not going:
+                continue
+            results = await self._create(step, kind, going)
+            asked = True
+            if len(results) != len(going) or any(r.key != e.key for r, (_, e) in zip(results, going)):
+                raise CrmBadResponse(f"{kind.value}: {len(results)} result(s) for {len(going)} record(s)")
+            await self._mark(step, [_answered(kind, attempt, result) for (attempt, _), result in zip(going, results)])
         return asked
 
     async def _create(self, step: str, kind: WriteKind, chunk: list[tuple[_Attempt, Entry]]) -> list[WriteResult]:
@@ -577,6 +575,28 @@ def _task_schedule(policy: Policy, users: ExtensionDirectory, owner_id: str) -> 
     user = users.by_id(owner_id)
     own = policy.staff.hours.get(owner_id) or (policy.staff.hours.get(owner_key(user.email)) if user and user.email else None)
     return own or policy.hours
+
+
+def _writes_to_do(step: str, attempts: list[_Attempt]) -> list[tuple[_Attempt, Entry]]:
+    """The entries of ``step`` the open attempts' plans hold and the CRM does not have yet."""
+    todo: list[tuple[_Attempt, Entry]] = []
+    for attempt in attempts:
+        if not attempt.open:
+            continue
+        row = attempt.item.writes.get(step)
+        if row is not None and row.state is WriteState.DONE:
+            continue
+        todo += [(attempt, _linked(write, attempt.item)) for write in attempt.plan or () if write.step == step]
+    return todo
+
+
+def _answered(kind: WriteKind, attempt: _Attempt, result: WriteResult) -> tuple[_Attempt, WriteState, str, str]:
+    """The mark the CRM's answer to one created record gives its write (a refusal also fails the attempt)."""
+    if result.ok:
+        return attempt, WriteState.DONE, result.record_id, ""
+    error = result.error or "the CRM returned no record id"
+    attempt.error, attempt.rejected = f"{kind.value}: {error}", True
+    return attempt, WriteState.REJECTED, "", error
 
 
 def _linked(write: PlannedWrite, item: OutboxItem) -> Entry:
