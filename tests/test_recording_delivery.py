@@ -401,3 +401,23 @@ def test_calls_that_take_no_attachments_end_dead_with_zohos_words(org, tmp_path)
     assert [r.failed for r in results[:4]] == [1, 1, 1, 1] and results[4].dead == 1
     assert states(cfg) == {"dead": 1} and len(sim.records("Calls")) == 1
     assert "recording: POST /crm/v8/Calls/" in listing(toml_of(cfg, tmp_path, sim)) and "INVALID_MODULE" in listing(toml_of(cfg, tmp_path, sim))
+
+
+def test_a_file_just_under_zohos_20_mb_is_attached_and_one_just_over_it_linked(org, tmp_path):
+    sim = org["sim"]
+    clock = Clock()
+    cfg, folder = settings(sim, tmp_path, recordings={"url_template": URL})
+    limit = 20 * 1024 * 1024
+    under = wav_bytes(0.5) + os.urandom(limit - 16_044 - 1024)
+    written(folder / "1700000000.1.wav", under, clock.now - 30)
+    written(folder / "1700000000.2.wav", b"RIFF" + bytes(limit - 3), clock.now - 30)
+    record(cfg, org, clock, call_id="1700000000.1", name="1700000000.1.wav")
+    record(cfg, org, clock, call_id="1700000000.2", name="1700000000.2.wav")
+    rounds(cfg, clock, [3, 1])
+    assert states(cfg) == {"done": 2}
+    by_key = {call["Subject"].rsplit("[", 1)[1].rstrip("]"): call for call in sim.records("Calls")}
+    [attachment] = sim.attachments("Calls", by_key["1700000000.1"]["id"])
+    assert attachment["content"] == under
+    assert sim.attachments("Calls", by_key["1700000000.2"]["id"]) == []
+    assert by_key["1700000000.2"]["Description"].endswith("Recording: https://pbx.example.com/rec/1700000000.2.wav")
+    assert len(attachment_posts(sim)) == 1, "the file over the limit is never sent"
