@@ -27,6 +27,7 @@ import mirror_bench  # noqa: E402
 import retailcrm_bench  # noqa: E402
 import slowloris_bench  # noqa: E402
 import stdio_bench  # noqa: E402
+import store_bench  # noqa: E402
 
 SUITES = {
     "fastagi": fastagi_bench,
@@ -36,6 +37,7 @@ SUITES = {
     "mirror": mirror_bench,
     "retailcrm": retailcrm_bench,
     "slowloris": slowloris_bench,
+    "store": store_bench,
 }
 
 
@@ -58,11 +60,13 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-numbers", type=int, help="memory: distinct numbers looked up (default 100000; quick 5000)")
     mirror_bench.add_options(parser)
     retailcrm_bench.add_options(parser)
+    store_bench.add_options(parser)
     parser.add_argument("--slowloris", type=int, default=1000, help="slowloris: connections the slowloris peer holds")
     parser.add_argument("--output", help="JSON file (default benchmarks/results/<time>.json)")
     options = parser.parse_args(argv)
     mirror_bench.defaults(options)
     retailcrm_bench.defaults(options)
+    store_bench.defaults(options)
     defaults = {
         "sessions": (20_000, 2_000),
         "warmup": (2_000, 300),

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     # routes a call never needs them (each costs milliseconds of import per call).
     from crmlookup.mirror.backend import MirroredBackend
     from crmlookup.writer import CrmWriter
-    from dialplan.outbox import Outbox, OutboxCallHistory, OutboxKeeper, Recording, SyncWorker
+    from dialplan.outbox import OutboxCallHistory, OutboxKeeper, OutboxStore, Recording, SyncWorker
     from dialplan.outcome import CallOutcome
 
 logger = logging.getLogger("crmroute.server")
@@ -92,7 +92,7 @@ class App:
         if history is None and last_agent_keys(config.routing):
             from dialplan.outbox import OutboxCallHistory, OutboxError, OutboxKeeper
 
-            keeper = OutboxKeeper(config.outbox.resolved_path)
+            keeper = OutboxKeeper(config.outbox.resolved_path, store=config.store)
             try:
                 keeper.open_now()
             except OutboxError as exc:
@@ -118,12 +118,12 @@ class App:
         if self._keeper is None:
             from dialplan.outbox import OutboxKeeper
 
-            self._keeper = OutboxKeeper(self.config.outbox.resolved_path)
+            self._keeper = OutboxKeeper(self.config.outbox.resolved_path, store=self.config.store)
         return self._keeper
 
     @property
-    def outbox(self) -> Outbox:
-        """The outbox file, opened now if need be (the CLI, the sync worker); raises OutboxError."""
+    def outbox(self) -> OutboxStore:
+        """The outbox (its file, or the shared store), opened now if need be (the CLI, the sync worker); raises OutboxError."""
         return self.outbox_keeper.open_now()
 
     @property
@@ -211,7 +211,7 @@ class App:
             self._worker_stop = asyncio.Event()
             self._keeper_task = asyncio.get_running_loop().create_task(self.outbox_keeper.run(self._worker_stop, self._outbox_opened))
 
-    def _outbox_opened(self, outbox: Outbox) -> None:
+    def _outbox_opened(self, outbox: OutboxStore) -> None:
         assert self._worker_stop is not None
         self._worker_task = asyncio.get_running_loop().create_task(self.sync_worker.run(self._worker_stop))
         logger.info("outbox %s: sync worker started (writer=%s)", outbox.path, self.writer.name)

@@ -19,7 +19,7 @@ from crmlookup.mirror.settings import MirrorSettings
 from crmlookup.plugins import CrmPlugin, PluginError, PluginRegistry, default_plugins
 from crmlookup.settings import CacheSettings, CrmSettings, DirectorySettings, bounded, check_bounds
 from crmlookup.zoho.settings import ZohoSettings
-from dialplan.outbox.settings import OutboxSettings, OutcomeSettings
+from dialplan.outbox.settings import OutboxSettings, OutcomeSettings, StoreSettings
 from dialplan.policy import unknown_rule
 from dialplan.recordings import RecordingSettings
 from dialplan.settings import RoutingSettings
@@ -150,6 +150,7 @@ class Config:
     mirror: MirrorSettings = field(default_factory=MirrorSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     outcomes: OutcomeSettings = field(default_factory=OutcomeSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     recordings: RecordingSettings = field(default_factory=RecordingSettings)
     # Where it was read from; empty for the built-in defaults. Not a TOML key.
     source: str = field(default="", metadata={"toml": False})

@@ -20,6 +20,7 @@ from pathlib import Path
 from crmlookup.errors import CrmAuthError, CrmError
 from crmlookup.factory import live_backend
 from crmlookup.records import Owner
+from dialplan.outbox.settings import STORE_URL_ENV
 
 from .app import App
 from .config import Config
@@ -39,6 +40,21 @@ class UnreadHistory:
 
     async def last_answered_extension(self, caller_e164: str, max_age_s: float) -> str | None:
         return None
+
+
+def store_location(config: Config) -> tuple[str, str]:
+    """``(description, problem)`` of the outbox: the shared store ``[store]`` names
+    (connected to, its schema made if need be), else the file ``outbox.path``."""
+    if not (config.store.url or config.store.url_file or os.environ.get(STORE_URL_ENV)):
+        return outbox_location(config.outbox.resolved_path)
+    from dialplan.outbox import OutboxError, open_store
+
+    try:
+        store = open_store(config.outbox.resolved_path, config.store)
+    except OutboxError as exc:
+        return "", str(exc)
+    store.close()
+    return store.path, ""
 
 
 def outbox_location(path: Path) -> tuple[str, str]:
@@ -113,7 +129,7 @@ def unknown_owner_keys(config: Config, users: list[Owner]) -> list[str]:
 async def inspect(config: Config, *, online: bool = False) -> CheckReport:
     """Open what ``config`` names, as the server would, and report on it (``online``: and ask the CRM)."""
     report = CheckReport()
-    report.outbox, problem = outbox_location(config.outbox.resolved_path)
+    report.outbox, problem = store_location(config)
     if problem:
         report.problems.append(problem)
     report.warnings += recordings_warnings(config)

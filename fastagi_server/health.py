@@ -25,7 +25,7 @@ from crmlookup.factory import live_backend
 from crmlookup.stats import LatencyCounts, RequestStats
 
 if TYPE_CHECKING:
-    from dialplan.outbox import FlushSummary, Outbox, OutboxKeeper
+    from dialplan.outbox import FlushSummary, OutboxKeeper, OutboxStore
 
     from .app import App
     from .server import FastAgiServer
@@ -229,7 +229,7 @@ async def _outbox_view(keeper: OutboxKeeper) -> OutboxView:
     return view
 
 
-def _depth(outbox: Outbox) -> tuple[dict[str, int], float | None]:
+def _depth(outbox: OutboxStore) -> tuple[dict[str, int], float | None]:
     from dialplan.outbox.store import OutboxState
 
     waiting = (OutboxState.PENDING, OutboxState.FAILED, OutboxState.IN_FLIGHT)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from crmlookup.durations import age_text as age
-from dialplan.outbox import Outbox, OutboxError, OutboxState
+from dialplan.outbox import OutboxError, OutboxState, OutboxStore, open_store
 from dialplan.outbox.store import WriteRow, WriteState
 from dialplan.outbox.worker import PAUSE_KEY
 
@@ -38,11 +38,13 @@ def parse_since(text: str, now: float) -> float:
         raise click.BadParameter(f"{text!r} is not a date (2024-05-01, 2024-05-01T10:00) or an age (7d, 12h, 30m)") from None
 
 
-def _open(config: Config) -> Outbox:
+def _open(config: Config) -> OutboxStore:
     """The outbox the configuration names; never a new empty one (that would show a wrong picture)."""
     try:
-        return Outbox.open(config.outbox.resolved_path, create=False)
+        return open_store(config.outbox.resolved_path, config.store, create=False)
     except OutboxError as exc:
+        if config.store.url or config.store.url_file:
+            raise click.ClickException(f"{exc} (store.url of {config.source or 'the configuration'})") from None
         where = f"outbox.path of {config.source}" if config.source else "the default, as no configuration file was found"
         raise click.ClickException(
             f"{exc} ({where}): nothing was recorded there; the server's outbox is the outbox.path of its configuration (pass --config FILE)"

@@ -12,7 +12,12 @@ their own context where ``${EXTEN}`` is ``s``.
 ``AGI()`` is real: ``agi://`` connects to a server over TCP and plays
 Asterisk's side with :class:`~asterisk_peer.AsteriskPeer`; a script path runs
 a process AGI (see ``scripts``). A connection refused gives
-``AGISTATUS=FAILURE``, as on Asterisk. ``Dial()`` and ``Queue()`` are the
+``AGISTATUS=FAILURE``, as on Asterisk. ``hagi://name/script`` does what
+``res_agi.c``'s ``launch_ha_netscript`` does: it looks up the SRV records of
+``_agi._tcp.name`` (the test's ``srv`` table), tries each target in priority
+order and moves on to the next only when connecting fails; a server that
+accepts and then closes is not failed over (``AGISTATUS=SUCCESS``, whatever it
+set). A port in a ``hagi://`` URI turns SRV off, as on Asterisk. ``Dial()`` and ``Queue()`` are the
 test's to answer; ``Queue()`` of a queue ``queues.conf`` does not define
 declines the call at once, as Asterisk does.
 """
@@ -170,9 +175,13 @@ class Channel:
     ran: list[tuple[str, str]] = field(default_factory=list)
     queues_joined: list[str] = field(default_factory=list)
     declined: str = ""
+    # Each FastAGI session that connected: (script, port of the server it reached).
+    sessions: list[tuple[str, int]] = field(default_factory=list)
 
 
 Dialler = Callable[[str, Channel], dict[str, str]]
+# SRV records: "_agi._tcp.name" -> [(priority, weight, host, port)].
+SrvTable = dict[str, list[tuple[int, int, str, int]]]
 
 
 class Pbx:
@@ -180,7 +189,9 @@ class Pbx:
 
     ``dial`` answers ``Dial(target,...)`` with the variables it leaves (``DIALSTATUS``...);
     ``queues`` are the queues queues.conf defines; ``scripts`` maps a process
-    AGI's path to the command that runs it; ``globals`` override ``[globals]``.
+    AGI's path to the command that runs it; ``globals`` override ``[globals]``;
+    ``srv`` holds the SRV records ``hagi://`` looks up; ``peer_factory`` makes
+    the :class:`AsteriskPeer` of each FastAGI session from the channel's variables.
     """
 
     def __init__(
@@ -192,8 +203,12 @@ class Pbx:
         scripts: dict[str, list[str]] | None = None,
         script_env: dict[str, str] | None = None,
         globals: dict[str, str] | None = None,
+        srv: SrvTable | None = None,
+        peer_factory: Callable[[dict[str, str]], AsteriskPeer] | None = None,
     ):
         self.plan = plan
+        self.srv = srv or {}
+        self.peer_factory = peer_factory or (lambda variables: AsteriskPeer(channel_variables=variables))
         self.dial = dial or (lambda target, channel: {"DIALSTATUS": "NOANSWER"})
         self.queues = queues or set()
         self.scripts = scripts or {}
@@ -350,10 +365,31 @@ class Pbx:
 
     async def _fastagi(self, url: str, headers: list[tuple[str, str]], channel: Channel) -> dict[str, str]:
         parts = urlsplit(url)
+        if parts.scheme != "hagi" or parts.port:
+            return await self._netscript(url, headers, channel)
+        # launch_ha_netscript: every SRV target in order, the next only when connecting failed.
+        records = sorted(self.srv.get(f"_agi._tcp.{parts.hostname}", ()), key=lambda r: (r[0], -r[1]))
+        for _, _, host, port in records:
+            try:
+                return await self._netscript(f"agi://{host}:{port}{parts.path}", headers, channel)
+            except (ConnectionError, OSError):
+                continue  # refused (or no route): the next target, as Asterisk does
+        raise ConnectionRefusedError(f"could not connect to any host of {parts.hostname}")
+
+    async def _netscript(self, url: str, headers: list[tuple[str, str]], channel: Channel) -> dict[str, str]:
+        parts = urlsplit(url)
         headers = [(k, url if k == "agi_request" else v) for k, v in headers]
-        peer = AsteriskPeer(channel_variables=channel.variables)
+        peer = self.peer_factory(channel.variables)
         peer.dead = channel.hung_up
-        result = await peer.call(parts.port or 4573, headers, host=parts.hostname or "127.0.0.1")
+        port = parts.port or 4573
+        reader, writer = await asyncio.open_connection(parts.hostname or "127.0.0.1", port)
+        channel.sessions.append((parts.path.lstrip("/"), port))
+        try:
+            result = await peer.call(port, headers, connection=(reader, writer))
+        except (ConnectionError, OSError):
+            # Connected, then the server was gone (killed mid-session): Asterisk
+            # says AGISTATUS=SUCCESS, with only what was set before.
+            return {}
         return result.variables
 
     async def _process(self, path: str, args: list[str], headers: list[tuple[str, str]], channel: Channel) -> dict[str, str]:

@@ -275,8 +275,16 @@ class AsteriskPeer:
         self.channel_variables = dict(channel_variables or {})
         self.dead = False
 
-    async def call(self, port: int, headers: list[tuple[str, str]], host: str = "127.0.0.1", timeout: float = 10.0) -> CallResult:
-        reader, writer = await asyncio.open_connection(host, port)
+    async def call(
+        self,
+        port: int,
+        headers: list[tuple[str, str]],
+        host: str = "127.0.0.1",
+        timeout: float = 10.0,
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None,
+    ) -> CallResult:
+        """One session with the server at ``host:port`` (or over ``connection``, already open)."""
+        reader, writer = connection or await asyncio.open_connection(host, port)
         result = CallResult(variables=dict(self.channel_variables))
         try:
             writer.write(header_block(headers))

@@ -89,3 +89,23 @@ def test_retailcrm_smoke_run(tmp_path):
     assert report["misrouted"] == 0 and report["events"] == 3
     assert report["requests_per_lookup"] == 4.0
     assert "retailCRM: 50 ms per request" in done.stdout
+
+
+def test_store_smoke_run_measures_both_stores_in_one_run(tmp_path):
+    """The shared store's suite: recording and flush rates on PostgreSQL and SQLite, as same-run ratios."""
+    from postgres_server import base_url
+
+    base_url()
+    output = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only", "store", "--store-outcomes", "100", "--store-flush", "40",
+         "--output", str(output)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(output.read_text())["store"]
+    for kind in ("sqlite", "postgresql"):
+        assert report[f"{kind}_recording"]["outcomes"] == 100
+        assert report[f"{kind}_flush"]["delivered"] == 40
+    assert report["recording_postgresql_vs_sqlite"] > 0 and report["flush_postgresql_vs_sqlite"] > 0
+    assert "PostgreSQL vs SQLite, same run" in done.stdout

@@ -19,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_config
-from dialplan.outbox import Outbox, SyncWorker
+from dialplan.outbox import SyncWorker
+from dialplan.outbox.interface import open_store
 from dialplan.outcome import outcome_from_channel
 from fastagi_server.app import App
 from fastagi_server.cli import cli
@@ -54,7 +55,7 @@ def org(zoho):
     return {"sim": zoho, "ana": ana, "lead": lead}
 
 
-def settings(zoho, tmp_path, *, recordings: dict[str, Any] | None = None, zoho_extra: dict[str, Any] | None = None, backend: str = "zoho"):
+def settings(zoho, tmp_path, *, recordings: dict[str, Any] | None = None, zoho_extra: dict[str, Any] | None = None, backend: str = "zoho", store_url: str = ""):
     folder = tmp_path / "monitor"
     folder.mkdir(exist_ok=True)
     data: dict[str, Any] = {
@@ -64,6 +65,8 @@ def settings(zoho, tmp_path, *, recordings: dict[str, Any] | None = None, zoho_e
         "outcomes": {"timezone": "Europe/Madrid", "answered_by_other_task": False},
         "recordings": {"directory": str(folder), "settle_s": 2, "wait_max_s": 600, **(recordings or {})},
     }
+    if store_url:
+        data["store"] = {"url": store_url}
     if backend == "zoho":
         data["zoho"] = zoho.zoho_config(user_extension_field="Extension", search_lag_s=0, breaker_open_s=1, **(zoho_extra or {}))
     return make_config(data), folder
@@ -76,7 +79,7 @@ def record(cfg, org, clock: Clock, call_id: str = "1700000000.7", name: str = "1
     outcome = outcome_from_channel(
         call_id=call_id, caller=KNOWN, readings=readings, ended_at=clock.now - 5, region="ES", recordings_dir=cfg.recordings.directory
     )
-    box = Outbox.open(cfg.outbox.resolved_path)
+    box = open_store(cfg.outbox.resolved_path, cfg.store)
     box.record_many([(outcome, clock.now)])
     box.close()
 
@@ -124,7 +127,7 @@ def toml_of(cfg, tmp_path: Path, zoho) -> Path:
 
 
 def states(cfg) -> dict[str, int]:
-    box = Outbox.open(cfg.outbox.resolved_path, create=False)
+    box = open_store(cfg.outbox.resolved_path, cfg.store, create=False)
     try:
         return {state: count for state, count in box.counts().items() if count}
     finally:
@@ -135,10 +138,22 @@ def attachment_posts(sim) -> list[Any]:
     return [r for r in sim.api_requests() if r.method == "POST" and r.path.endswith("/Attachments")]
 
 
-def test_a_complete_recording_reaches_the_call_as_an_attachment_once(org, tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request):
+    """The outbox in SQLite (""), or in a fresh PostgreSQL database when one is at hand."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    from postgres_server import fresh_database
+
+    with fresh_database() as url:
+        yield url
+
+
+def test_a_complete_recording_reaches_the_call_as_an_attachment_once(org, tmp_path, store_url):
     sim = org["sim"]
     clock = Clock()
-    cfg, folder = settings(sim, tmp_path)
+    cfg, folder = settings(sim, tmp_path, store_url=store_url)
     content = wav_bytes()
     written(folder / "1700000000.7.wav", content, clock.now - 30)
     record(cfg, org, clock)
@@ -150,8 +165,9 @@ def test_a_complete_recording_reaches_the_call_as_an_attachment_once(org, tmp_pa
     assert content.startswith(b"RIFF") and content[8:12] == b"WAVE"
     assert second.claimed == 0 and len(attachment_posts(sim)) == 1
     assert states(cfg) == {"done": 1}
-    out = listing(toml_of(cfg, tmp_path, sim))
-    assert "[recording uploaded (16044 bytes)]" in out, out
+    if not store_url:
+        out = listing(toml_of(cfg, tmp_path, sim))
+        assert "[recording uploaded (16044 bytes)]" in out, out
 
 
 def test_the_call_is_in_the_crm_while_the_recording_is_still_written(org, tmp_path):
@@ -326,16 +342,16 @@ def test_the_local_directory_keeps_the_path_on_the_call_row(tmp_path):
     assert asyncio.run(calls()) == [{"key": "1700000000.7", "recording": str(folder / "1700000000.7.wav")}]
 
 
-def test_a_lead_whose_outcome_died_for_its_recording_is_still_the_callers_one_lead(org, tmp_path):
+def test_a_lead_whose_outcome_died_for_its_recording_is_still_the_callers_one_lead(org, tmp_path, store_url):
     sim = org["sim"]
     clock = Clock()
-    cfg, _folder = settings(sim, tmp_path, recordings={"wait_max_s": 60})
+    cfg, _folder = settings(sim, tmp_path, recordings={"wait_max_s": 60}, store_url=store_url)
     unknown = "+34928777001"
 
     def call(call_id: str) -> None:
         readings = {"dial_status": "ANSWER", "peer_number": "101", "answered_s": "20", "route_status": "NOMATCH", "recording": f"{call_id}.wav"}
         outcome = outcome_from_channel(call_id=call_id, caller=unknown, readings=readings, ended_at=clock.now - 5, region="ES", recordings_dir=cfg.recordings.directory)
-        box = Outbox.open(cfg.outbox.resolved_path)
+        box = open_store(cfg.outbox.resolved_path, cfg.store)
         box.record_many([(outcome, clock.now)])
         box.close()
 

@@ -176,3 +176,10 @@ def test_the_readme_recording_lines_are_the_samples():
     block = section[start : section.index("```", start)]
     lines = [line.strip() for line in block.splitlines() if line.strip()]
     assert lines and all(line in {part.strip() for part in SAMPLE.splitlines()} for line in lines), lines
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("Run the tests:"):]
+    command = section[section.index("```sh\n") + 6 : section.index("\n```", section.index("```sh\n"))]
+    assert command.strip() in (ROOT / ".ci" / "run").read_text()

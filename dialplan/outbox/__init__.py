@@ -10,16 +10,19 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .settings import OutboxSettings, OutcomeSettings, default_outbox_path
+from .settings import OutboxSettings, OutcomeSettings, StoreSettings, default_outbox_path
 
 if TYPE_CHECKING:
     from .history import OutboxCallHistory
+    from .interface import OutboxStore, open_store
     from .keeper import OutboxKeeper, Recording
     from .store import Outbox, OutboxError, OutboxState
     from .worker import FlushSummary, SyncWorker
 
 _LAZY = {
     "OutboxCallHistory": ".history",
+    "OutboxStore": ".interface",
+    "open_store": ".interface",
     "OutboxKeeper": ".keeper",
     "Recording": ".keeper",
     "Outbox": ".store",
@@ -37,10 +40,13 @@ __all__ = [
     "OutboxKeeper",
     "OutboxSettings",
     "OutboxState",
+    "OutboxStore",
     "OutcomeSettings",
     "Recording",
+    "StoreSettings",
     "SyncWorker",
     "default_outbox_path",
+    "open_store",
 ]
 
 

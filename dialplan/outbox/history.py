@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from .interface import OutboxStore
 from .keeper import OutboxKeeper
-from .store import Outbox
 
 
 class OutboxCallHistory:
@@ -18,8 +18,8 @@ class OutboxCallHistory:
     :class:`OutboxKeeper` has open (OutboxError while it has none: the router
     then routes without the LastAgent rule)."""
 
-    def __init__(self, outbox: Outbox | OutboxKeeper, clock: Callable[[], float] = time.time):
-        self._current: Callable[[], Outbox] = outbox.current if isinstance(outbox, OutboxKeeper) else lambda: outbox
+    def __init__(self, outbox: OutboxStore | OutboxKeeper, clock: Callable[[], float] = time.time):
+        self._current: Callable[[], OutboxStore] = outbox.current if isinstance(outbox, OutboxKeeper) else lambda: outbox
         self._clock = clock
 
     async def last_answered_extension(self, caller_e164: str, max_age_s: float) -> str | None:

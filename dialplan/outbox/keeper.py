@@ -25,7 +25,9 @@ from typing import Callable
 from crmlookup.condition import Condition
 
 from ..outcome import CallOutcome
-from .store import Outbox, OutboxError
+from .interface import OutboxStore, open_store, store_location
+from .settings import StoreSettings
+from .store import OutboxError
 
 logger = logging.getLogger("crmroute.outbox")
 
@@ -51,45 +53,58 @@ class Recording(str, enum.Enum):
 
 
 class OutboxKeeper:
-    """The outbox at ``path``, opened on first need and again after a failure."""
+    """The outbox at ``path`` (or in the database ``store`` names), opened on first need and again after a failure."""
 
-    def __init__(self, path: Path, *, spool_limit: int = SPOOL_LIMIT, retry_s: float = RETRY_S, clock: Callable[[], float] = time.monotonic):
-        self.path = path
+    def __init__(
+        self,
+        path: Path,
+        *,
+        store: StoreSettings | None = None,
+        spool_limit: int = SPOOL_LIMIT,
+        retry_s: float = RETRY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._file = path
+        self._store = store
+        try:
+            self.path = store_location(path, store)
+        except OutboxError as exc:  # the URL's file cannot be read: said when it is opened
+            self.path = str(exc)
         self._spool_limit = spool_limit
         self._retry_s = retry_s
         self._clock = clock
-        self._outbox: Outbox | None = None
+        self._outbox: OutboxStore | None = None
         self._tried_at: float | None = None
         # The open under way, if any: an outcome that comes meanwhile waits for it rather than
         # being spooled (and the dialplan told "spooled") while the file is simply being opened.
-        self._opening: asyncio.Task[Outbox | None] | None = None
+        self._opening: asyncio.Task[OutboxStore | None] | None = None
         self.problem = ""  # why the outbox cannot be used, while it cannot
         self._spool: deque[tuple[CallOutcome, float]] = deque()
         self._spooled = asyncio.Event()
         # Logged once when the outbox stops taking commits, once when it takes them again.
-        self._usable = Condition(logger, "outbox not usable", f"outbox {path}: commits work again", level=logging.ERROR, clock=clock)
+        self._usable = Condition(logger, "outbox not usable", f"outbox {self.path}: commits work again", level=logging.ERROR, clock=clock)
 
     # -- the outbox ---------------------------------------------------------
 
-    def current(self) -> Outbox:
+    def current(self) -> OutboxStore:
         """The open outbox; :class:`OutboxError` saying why when there is none."""
         if self._outbox is None:
             raise OutboxError(f"outbox {self.path} is not open: {self.problem or 'not opened yet'}")
         return self._outbox
 
     @property
-    def opened(self) -> Outbox | None:
+    def opened(self) -> OutboxStore | None:
         """The outbox if it is open; never opens it."""
         return self._outbox
 
-    def open_now(self) -> Outbox:
+    def open_now(self) -> OutboxStore:
         """The outbox, opened now if need be (blocking: the CLI, start-up); raises :class:`OutboxError`."""
         if self._outbox is None:
             self._tried_at = self._clock()
-            self._opened(Outbox.open(self.path))
+            self._opened(open_store(self._file, self._store))
         return self.current()
 
-    async def open(self) -> Outbox | None:
+    async def open(self) -> OutboxStore | None:
         """The outbox, opened off the event loop if need be; None (the reason logged) when it cannot be.
 
         Callers that come while an open is under way share it.
@@ -106,15 +121,15 @@ class OutboxKeeper:
             if opening.done() and self._opening is opening:
                 self._opening = None
 
-    async def _open_off_loop(self) -> Outbox | None:
+    async def _open_off_loop(self) -> OutboxStore | None:
         try:
-            self._opened(await asyncio.to_thread(Outbox.open, self.path))
+            self._opened(await asyncio.to_thread(open_store, self._file, self._store))
         except OutboxError as exc:
             self.trouble(str(exc))
             return None
         return self._outbox
 
-    def _opened(self, outbox: Outbox) -> None:
+    def _opened(self, outbox: OutboxStore) -> None:
         self._outbox = outbox
         self._works_again()
 
@@ -156,6 +171,10 @@ class OutboxKeeper:
         due = self._tried_at is None or self._clock() - self._tried_at >= self._retry_s
         if outbox is None and (self._opening is not None or due):
             outbox = await self.open()
+        if outbox is not None and outbox.remote and self.problem and self._spool:
+            # A database that is failing: this outcome joins the spool now rather
+            # than wait a connection timeout; the spool goes in when it is back.
+            return self._keep(outcome, now)
         if outbox is not None:
             try:
                 return Recording.RECORDED if await outbox.record(outcome, now) else Recording.DUPLICATE
@@ -195,7 +214,7 @@ class OutboxKeeper:
         self._works_again()
         return not self._spool
 
-    async def run(self, stop: asyncio.Event, opened: Callable[[Outbox], None]) -> None:
+    async def run(self, stop: asyncio.Event, opened: Callable[[OutboxStore], None]) -> None:
         """Until ``stop``: open the outbox (``opened`` is called once it is), and commit the spool when it holds anything."""
         started = False
         while not stop.is_set():

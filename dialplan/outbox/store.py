@@ -171,6 +171,8 @@ class Finish:
 class Outbox:
     """The outbox file. Open with :meth:`open`; close with :meth:`close` / :meth:`aclose`."""
 
+    remote = False  # a local file: a failing commit fails at once
+
     def __init__(self, conn: sqlite3.Connection, path: str):
         self._conn = conn
         self.path = path

@@ -46,7 +46,8 @@ from .keeper import first_of
 from .plan import PlannedWrite, Step, lead_name, plan_writes, zone
 from .recording_step import RecordingStep, StepResult
 from .settings import OutboxSettings, OutcomeSettings
-from .store import Finish, Outbox, OutboxItem, OutboxState, WriteRow, WriteState, chunks
+from .interface import OutboxStore
+from .store import Finish, OutboxError, OutboxItem, OutboxState, WriteRow, WriteState, chunks
 
 logger = logging.getLogger("crmroute.outbox")
 
@@ -123,7 +124,7 @@ class SyncWorker:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: OutboxStore,
         writer: CrmWriter,
         backend: CrmBackend,
         *,
@@ -160,6 +161,7 @@ class SyncWorker:
         self.totals = FlushSummary()
         # Stuck while rounds deliver nothing and fail; delivering again at the first delivery.
         self.delivering = Condition(logger, "outbox stuck", "outbox delivering again", clock=clock)
+        self._store_usable = Condition(logger, "outbox store not usable, deliveries wait", "outbox store usable again", clock=clock)
         self._users_readable = Condition(logger, "cannot read the CRM's users (who answered stays unknown)", "the CRM's users are read again", clock=clock)
 
     # -- running ----------------------------------------------------------------
@@ -192,6 +194,10 @@ class SyncWorker:
         try:
             result = await self.round()
             await self._purge(now)
+            self._store_usable.recovered()
+        except OutboxError as exc:  # the shared store is down: said once, tried again each interval
+            self._store_usable.failing(str(exc))
+            return self._settings.flush_interval_s
         except Exception:  # a bug or a broken disk: log it, keep the worker alive
             logger.exception("outbox round failed")
             return self._settings.flush_interval_s
