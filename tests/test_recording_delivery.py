@@ -437,3 +437,34 @@ def test_a_file_just_under_zohos_20_mb_is_attached_and_one_just_over_it_linked(o
     assert sim.attachments("Calls", by_key["1700000000.2"]["id"]) == []
     assert by_key["1700000000.2"]["Description"].endswith("Recording: https://pbx.example.com/rec/1700000000.2.wav")
     assert len(attachment_posts(sim)) == 1, "the file over the limit is never sent"
+
+
+def test_from_the_hangup_handler_over_tcp_to_the_calls_attachment(org, tmp_path):
+    from asterisk_peer import AsteriskPeer, asterisk_headers
+    from conftest import agi_server
+
+    sim = org["sim"]
+    cfg, folder = settings(sim, tmp_path)
+    content = wav_bytes()
+    written(folder / "1700000000.9.wav", content, time.time() - 30)
+    variables = {
+        "DIALSTATUS": "ANSWER", "DIALEDPEERNUMBER": "101", "ANSWEREDTIME_MS": "42500", "CDR(start,u)": f"{time.time() - 90:.6f}",
+        "CRM_ROUTE_STATUS": "OWNER", "CRM_OWNER_ID": org["ana"]["id"], "CRM_MODULE": "Leads", "CRM_RECORD_ID": org["lead"]["id"],
+        "CRM_RECORDING": "1700000000.9.wav",
+    }
+
+    async def scenario() -> Any:
+        async with agi_server(cfg) as server:
+            headers = asterisk_headers(script="outcome", uniqueid="1700000000.9", caller=KNOWN, extension="s", arguments=("900",))
+            await AsteriskPeer(channel_variables=variables).call(server.port, headers)
+        app = App.from_config(cfg)
+        try:
+            return await app.sync_worker.flush(max_seconds=30)
+        finally:
+            await app.aclose()
+
+    summary = asyncio.run(scenario())
+    assert summary.delivered == 1
+    [call] = sim.records("Calls")
+    [attachment] = sim.attachments("Calls", call["id"])
+    assert (attachment["File_Name"], attachment["content"]) == ("1700000000.9.wav", content)
