@@ -78,8 +78,6 @@ class RecordingStep:
         """
         try:
             return await self._run(item, call, call_id, mark)
-        except AttachmentTooLarge:
-            raise  # handled where it is raised; never here
         except CrmBadResponse as exc:
             error = f"recording: {exc}"
             await mark(WriteState.REJECTED, "", error)
