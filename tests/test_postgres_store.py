@@ -224,3 +224,31 @@ def test_the_keeper_spools_while_the_database_is_down_and_commits_when_it_is_bac
     assert first == [Recording.RECORDED]
     assert down == [Recording.SPOOLED] * 4 and spooled == 4
     assert count == 5, "every outcome kept in memory reached the database once it was back"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_lead_in_the_crm_stays_the_callers_lead_when_its_outcome_dies(kind, tmp_path, request):
+    """An outcome whose lead was written dies later (its recording never came): the lead is
+    still in the CRM, so the caller's next outcome is logged on it, not given a second one."""
+    if kind == "sqlite":
+        store = open_store(tmp_path / "outbox.sqlite", StoreSettings())
+    else:
+        store = store_for(request.getfixturevalue("database"))
+    try:
+        now = time.time()
+        caller = "+34928770001"
+        store.record_many([(outcome(1, caller=caller), now), (outcome(2, caller=caller), now), (outcome(3, caller=caller), now)])
+        rows = {row.call_id: row.id for row in store.list_rows(limit=10)}
+        first, second, third = rows["1700000000.1"], rows["1700000000.2"], rows["1700000000.3"]
+        assert store.claim_leads([(first, caller)], now) == set()
+        store.mark_writes([(first, "lead", WriteState.DONE, "L-1", "")], now)
+        [item] = [i for i in store.claim(now, 10, 60) if i.id == first]
+        store.finish([Finish(item.id, item.lease_token, OutboxState.DEAD, "recording missing")], now)
+        assert store.lead_for_caller(caller, second)[:2] == (WriteState.DONE, "L-1")
+        assert store.claim_leads([(second, caller)], now) == {second}, "no second lead for that caller"
+        # A lead only under way when its outcome died does not hold the caller back.
+        store.mark_writes([(first, "lead", WriteState.SENT, "", "")], now)
+        assert store.lead_for_caller(caller, third) is None
+        assert store.claim_leads([(third, caller)], now) == set()
+    finally:
+        store.close()

@@ -102,11 +102,11 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
-# Whether an outcome's lead write still counts (done or under way, the outcome not dead).
-_LEAD_COUNTS = (
-    "SELECT 1 FROM writes w JOIN outcomes o ON o.id = w.outcome_id "
-    "WHERE o.id = %s AND o.state != 'dead' AND w.step = 'lead' AND w.state IN ('done', 'sent')"
-)
+# Whether an outcome's lead write still counts: done (the lead is in the CRM, even when a
+# later step of its outcome died: a recording that never came), or under way for an outcome
+# that is not dead. The SQLite outbox asks the same.
+_LEAD_STILL_COUNTS = "w.step = 'lead' AND (w.state = 'done' OR (w.state = 'sent' AND o.state != 'dead'))"
+_LEAD_COUNTS = f"SELECT 1 FROM writes w JOIN outcomes o ON o.id = w.outcome_id WHERE o.id = %s AND {_LEAD_STILL_COUNTS}"
 
 
 class PostgresOutbox:
@@ -284,7 +284,7 @@ class PostgresOutbox:
         with self._transaction() as conn:
             row = conn.execute(
                 "SELECT w.state, w.crm_id, o.context FROM writes w JOIN outcomes o ON o.id = w.outcome_id "
-                "WHERE o.caller_e164 = %s AND o.id != %s AND o.state != 'dead' AND w.step = 'lead' AND w.state IN ('done', 'sent') "
+                f"WHERE o.caller_e164 = %s AND o.id != %s AND {_LEAD_STILL_COUNTS} "
                 "ORDER BY w.state = 'done' DESC, o.id LIMIT 1",
                 (caller_e164, exclude_id),
             ).fetchone()
