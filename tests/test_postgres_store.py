@@ -224,3 +224,21 @@ def test_the_keeper_spools_while_the_database_is_down_and_commits_when_it_is_bac
     assert first == [Recording.RECORDED]
     assert down == [Recording.SPOOLED] * 4 and spooled == 4
     assert count == 5, "every outcome kept in memory reached the database once it was back"
+
+
+def test_with_the_database_down_the_call_history_fails_once_then_is_not_asked_for_a_while(database):
+    from postgres_server import start_server
+
+    store = store_for(database, connect_timeout_s=1, read_wait_ms=200)
+    try:
+        assert store.last_answered_extension("+34928000000", 0) is None
+        stop_server()
+        try:
+            with pytest.raises(OutboxError, match="couldn't get a connection|connection"):
+                store.last_answered_extension("+34928000000", 0)
+            with pytest.raises(OutboxError, match="not asked, it failed less than"):
+                store.last_answered_extension("+34928000000", 0)
+        finally:
+            start_server()
+    finally:
+        store.close()
