@@ -144,7 +144,10 @@ class PostgresOutbox:
         pool = ConnectionPool(
             url, kwargs=kwargs, min_size=settings.pool_min, max_size=settings.pool_max, open=False,
             timeout=settings.connect_timeout_s, check=ConnectionPool.check_connection, name="crmroute-outbox",
-            reconnect_timeout=0,  # never give up reconnecting: the database comes back
+            # A failed connection attempt is not retried in the background: the next
+            # request for a connection makes a new one, so a database that is back
+            # is used at once (the keeper and the worker ask every few seconds).
+            reconnect_timeout=0,
         )
         try:
             pool.open(wait=True, timeout=settings.connect_timeout_s)
