@@ -20,6 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import desk_bench  # noqa: E402
 import directory_bench  # noqa: E402
 import fastagi_bench  # noqa: E402
 import memory_bench  # noqa: E402
@@ -36,6 +37,7 @@ SUITES = {
     "memory": memory_bench,
     "mirror": mirror_bench,
     "retailcrm": retailcrm_bench,
+    "desk": desk_bench,
     "slowloris": slowloris_bench,
     "store": store_bench,
 }
@@ -60,12 +62,14 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-numbers", type=int, help="memory: distinct numbers looked up (default 100000; quick 5000)")
     mirror_bench.add_options(parser)
     retailcrm_bench.add_options(parser)
+    desk_bench.add_options(parser)
     store_bench.add_options(parser)
     parser.add_argument("--slowloris", type=int, default=1000, help="slowloris: connections the slowloris peer holds")
     parser.add_argument("--output", help="JSON file (default benchmarks/results/<time>.json)")
     options = parser.parse_args(argv)
     mirror_bench.defaults(options)
     retailcrm_bench.defaults(options)
+    desk_bench.defaults(options)
     store_bench.defaults(options)
     defaults = {
         "sessions": (20_000, 2_000),

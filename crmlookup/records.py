@@ -40,6 +40,9 @@ class Match:
     via_module: str = ""
     via_id: str = ""
     via_name: str = ""
+    # Who takes the record when it has no owner: a Zoho Desk ticket's department
+    # (its id and its name), matched against ``[routing.teams.<name>] departments``.
+    departments: tuple[str, ...] = ()
 
     @property
     def caller_name(self) -> str:

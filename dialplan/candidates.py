@@ -62,6 +62,10 @@ def owner_candidate(policy: Policy, match: Match) -> Candidate:
     record = f"{match.module} {match.record_id}"
     owner = match.owner
     if owner is None:
+        team = policy.staff.team_for(match.departments)
+        if team is not None:
+            # An unassigned ticket: its department's team takes it (rings as a team: SHARED).
+            return Candidate(TEAM, f"{record} unassigned, {team.label}", team.extensions, hours=team.hours, match=match)
         return Candidate(match.module, record, (), match=match, problem="has no owner")
     staff = policy.staff
     key = staff.key_for(owner)

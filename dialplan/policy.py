@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from crmlookup.phone import MAX_NUMBER_LENGTH, InvalidNumber, normalise
@@ -21,7 +21,7 @@ from .availability import DEVICE_STATES, StateTemplate
 from .candidates import Candidate, senior_manager_candidate, team_candidate
 from .hours import BusinessHours
 from .rewrite import NumberRewrite
-from .policy_settings import FALLBACK_STEPS, LAST_AGENT, POLICY_KEYS, owner_key
+from .policy_settings import FALLBACK_STEPS, LAST_AGENT, POLICY_KEYS, TICKETS, owner_key
 from .targets import DialTargets
 
 if TYPE_CHECKING:
@@ -42,6 +42,16 @@ class Staff:
     extensions: Mapping[str, tuple[str, ...]]  # owner key -> extensions
     users_by_extension: Mapping[str, frozenset[str]]  # extension -> owner keys mapped to it
     hours: Mapping[str, BusinessHours]  # owner key -> schedule
+    # Zoho Desk department (id, or name folded to lower case) -> the team its unassigned tickets ring.
+    department_teams: Mapping[str, Candidate] = field(default_factory=dict)
+
+    def team_for(self, departments: tuple[str, ...]) -> Candidate | None:
+        """The team configured for the first of ``departments`` (a ticket's department id, then its name) that has one."""
+        for department in departments:
+            team = self.department_teams.get(department) or self.department_teams.get(department.casefold())
+            if team is not None:
+                return team
+        return None
 
     def key_for(self, owner: Owner) -> str:
         """The key ``owner`` is configured under (id first, then email), else its id."""
@@ -83,6 +93,10 @@ class Policy:
     @property
     def uses_last_agent(self) -> bool:
         return LAST_AGENT in self.rules
+
+    @property
+    def uses_tickets(self) -> bool:
+        return TICKETS in self.rules
 
 
 class PolicyBook:
@@ -128,6 +142,7 @@ class PolicyBook:
             hours[name] = _keyed(f"hours.{name}", functools.partial(schedule.compile, name))
         staff = _staff(settings, valid, hours)
         teams = {}
+        department_teams: dict[str, Candidate] = {}
         for name, team in settings.teams.items():
             _check_name(name, f"teams.{name}")
             where = f"teams.{name}."
@@ -135,6 +150,8 @@ class PolicyBook:
                 raise ValueError(f"{where}extensions: a team needs at least one extension")
             _check_extensions(valid, team.extensions, f"{where}extensions")
             teams[name] = team_candidate(name, team.extensions, _schedule(hours, team.hours, f"{where}hours"))
+            _add_departments(department_teams, team.departments, teams[name], f"{where}departments")
+        staff = replace(staff, department_teams=department_teams)
         default = _compile(DEFAULT_POLICY, {key: getattr(settings, key) for key in POLICY_KEYS}, "", settings, staff, teams, hours)
         by_did: dict[str, Policy] = {}
         by_e164: dict[str, Policy] = {}
@@ -175,7 +192,7 @@ def _compile(
     return Policy(
         name=name,
         rules=rules,
-        modules=tuple(rule for rule in rules if rule != LAST_AGENT),
+        modules=tuple(rule for rule in rules if rule not in (LAST_AGENT, TICKETS)),
         targets=targets,
         states=states,
         skip_states=frozenset(state.upper() for state in values["skip_states"]),
@@ -195,11 +212,23 @@ def _rules(lookup_order: tuple[str, ...], where: str) -> tuple[str, ...]:
     if not rules:
         raise ValueError(f"{where}lookup_order must name at least one rule")
     for rule in rules:
-        if rule != LAST_AGENT and not RECORD_KIND.fullmatch(rule):
+        if rule not in (LAST_AGENT, TICKETS) and not RECORD_KIND.fullmatch(rule):
             raise ValueError(f"{where}lookup_order: {rule!r} is neither {LAST_AGENT} nor a CRM record kind such as {', '.join(MODULES)}")
     if len(set(rules)) != len(rules):
         raise ValueError(f"{where}lookup_order: a rule is listed twice")
     return rules
+
+
+def _add_departments(department_teams: dict[str, Candidate], departments: tuple[str, ...], team: Candidate, where: str) -> None:
+    """Key ``team`` by each Desk department it takes (names folded, so "Support" is "support")."""
+    for index, department in enumerate(departments):
+        key = department.strip().casefold()
+        if not key:
+            raise ValueError(f"{where}[{index}]: a department cannot be empty")
+        other = department_teams.get(key)
+        if other is not None and other is not team:
+            raise ValueError(f"{where}[{index}]: department {department!r} is already taken by {other.label}")
+        department_teams[key] = team
 
 
 def _check_steps(steps: tuple[str, ...], where: str) -> None:
@@ -290,7 +319,7 @@ def _keyed(where: str, build: Callable[[], _Built]) -> _Built:
 def unknown_rule(settings: RoutingSettings, modules: tuple[str, ...]) -> str:
     """The first ``lookup_order`` rule (of ``[routing]`` or a policy) that is neither
     LastAgent nor one of the CRM's record kinds ``modules``: the problem, or ""."""
-    allowed = (*modules, LAST_AGENT)
+    allowed = (*modules, LAST_AGENT, TICKETS)
     orders = [("", settings.lookup_order)]
     orders += [(f"policies.{name}.", policy.lookup_order or ()) for name, policy in settings.policies.items()]
     for where, rules in orders:

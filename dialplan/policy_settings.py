@@ -13,6 +13,9 @@ from .hours import BusinessHours
 
 # The rule in ``lookup_order`` that rings whoever last answered this caller.
 LAST_AGENT = "LastAgent"
+# The rule in ``lookup_order`` that rings the agent of the caller's open Zoho Desk
+# ticket (the [zoho_desk] section), asked beside the CRM, not of it.
+TICKETS = "Tickets"
 # What ``on_unavailable`` and ``on_unmapped`` may list.
 FALLBACK_STEPS = ("next_owner", "team", "senior_manager")
 
@@ -42,6 +45,8 @@ class TeamSettings:
     extensions: tuple[str, ...] = ()
     # A schedule from [routing.hours]; empty: always open.
     hours: str = ""
+    # Zoho Desk departments (id or name) whose unassigned open tickets ring this team (the Tickets rule).
+    departments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from .decision import RouteDecision, RouteStatus, Trace
 from .history import CallHistory
 from .hours import utc_now
 from .policy import Policy
-from .policy_settings import LAST_AGENT
+from .policy_settings import LAST_AGENT, TICKETS
 from .settings import RoutingSettings
 
 _NO_PROBE = NoDeviceStates("no device-state probe given")
@@ -47,9 +47,10 @@ class Found:
 class Router:
     """Decides where an inbound call goes. Never raises for CRM trouble.
 
-    ``history`` serves the LastAgent rule; a configuration that uses the rule
-    without one is refused here, naming the key. ``clock`` gives the current
-    time for business hours (aware datetimes).
+    ``history`` serves the LastAgent rule and ``tickets`` (Zoho Desk, behind
+    its cache) the Tickets rule; a configuration that uses a rule without its
+    source is refused here, naming the key. ``clock`` gives the current time
+    for business hours (aware datetimes).
     """
 
     def __init__(
@@ -58,15 +59,18 @@ class Router:
         backend: CrmBackend,
         *,
         history: CallHistory | None = None,
+        tickets: CrmBackend | None = None,
         clock: Callable[[], datetime] = utc_now,
     ):
         self.settings = settings
         self.backend = backend
         self.history = history
+        self.tickets = tickets
         self.book = settings.book
         self._clock = clock
         self._deadline_s = settings.deadline_ms / 1000
         require_history(settings, history)
+        require_tickets(settings, tickets)
 
     async def decide(self, call: InboundCall, probe: DeviceStateProbe | None = None) -> RouteDecision:
         """The decision for ``call``, always within ``deadline_ms``.
@@ -117,14 +121,18 @@ class Router:
         return decision
 
     async def _find(self, policy: Policy, number: PhoneNumber, deadline_at: float, trace: Trace) -> Found:
-        """Ask the CRM and, if the policy uses it, the call history: at the same time, within the deadline."""
-        if not policy.uses_last_agent:
+        """Ask the CRM and, if the policy uses them, the call history and Zoho Desk: at the same time, within the one deadline."""
+        if not policy.uses_last_agent and not policy.uses_tickets:
             found = await self._lookup(policy, number, deadline_at)
         else:
-            found, last_extension = await asyncio.gather(
-                self._lookup(policy, number, deadline_at), self._last_agent(policy, number, deadline_at, trace)
+            found, last_extension, tickets = await asyncio.gather(
+                self._lookup(policy, number, deadline_at),
+                self._last_agent(policy, number, deadline_at, trace) if policy.uses_last_agent else _nothing(),
+                self._tickets(number, deadline_at) if policy.uses_tickets else _nothing(),
             )
             found.last_extension = last_extension
+            if tickets is not None:
+                _merge_tickets(found, tickets, bool(policy.modules))
         for step in found.result.steps:
             trace.step(step)
         if found.result.note:
@@ -154,6 +162,22 @@ class Router:
             return Found(LookupResult(), RouteStatus.TIMEOUT, f"CRM did not answer within {self.settings.deadline_ms} ms")
         except CrmError as exc:
             return Found(LookupResult(), RouteStatus.ERROR, f"CRM lookup failed: {exc}")
+
+    async def _tickets(self, number: PhoneNumber, deadline_at: float) -> Found:
+        """The caller's open tickets, within the same deadline; a Desk that fails or is slow is a reason, not an error."""
+        assert self.tickets is not None  # checked at construction
+        source = self.tickets
+        if isinstance(source, CachedBackend):
+            answer = source.fresh(number, (TICKETS,))
+            if answer is not None:
+                return Found(answer)
+        try:
+            async with asyncio.timeout_at(deadline_at):
+                return Found(await source.lookup(number, (TICKETS,)))
+        except TimeoutError:
+            return Found(LookupResult(), RouteStatus.TIMEOUT, f"{TICKETS}: Zoho Desk did not answer within {self.settings.deadline_ms} ms")
+        except CrmError as exc:
+            return Found(LookupResult(), RouteStatus.ERROR, f"{TICKETS}: Zoho Desk lookup failed: {exc}")
 
     async def _last_agent(self, policy: Policy, number: PhoneNumber, deadline_at: float, trace: Trace) -> str | None:
         assert self.history is not None  # checked at construction
@@ -214,6 +238,45 @@ def last_agent_keys(settings: RoutingSettings) -> list[str]:
     uses = [("lookup_order", settings.lookup_order)]
     uses += [(f"policies.{name}.lookup_order", p.lookup_order or ()) for name, p in settings.policies.items()]
     return [f"routing.{key}" for key, rules in uses if LAST_AGENT in rules]
+
+
+def ticket_keys(settings: RoutingSettings) -> list[str]:
+    """The ``lookup_order`` keys that use the Tickets rule (which asks Zoho Desk)."""
+    uses = [("lookup_order", settings.lookup_order)]
+    uses += [(f"policies.{name}.lookup_order", p.lookup_order or ()) for name, p in settings.policies.items()]
+    return [f"routing.{key}" for key, rules in uses if TICKETS in rules]
+
+
+def require_tickets(settings: RoutingSettings, tickets: CrmBackend | None) -> None:
+    """Refuse a policy that uses the Tickets rule when Zoho Desk is not configured."""
+    keys = ticket_keys(settings)
+    if tickets is None and keys:
+        raise ValueError(f"{keys[0]}: {TICKETS} needs Zoho Desk ([zoho_desk] org_id and credentials), which is not configured")
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _merge_tickets(found: Found, tickets: Found, crm_asked: bool) -> None:
+    """The tickets' matches beside the CRM's (the lookup order puts each rule's in its place).
+
+    A Desk that could not answer leaves its reason in the steps; it decides the
+    status only when no CRM record was asked for (Tickets is the only source).
+    """
+    result, extra = found.result, tickets.result
+    result.matches = [*result.matches, *extra.matches]
+    result.steps = [*result.steps, *extra.steps]
+    result.passed_over = [*result.passed_over, *extra.passed_over]
+    if not crm_asked:
+        # Desk was the only source asked: where the answer came from is its to say (the call's log line).
+        result.source, result.from_cache, result.age_s = extra.source, extra.from_cache, extra.age_s
+    if tickets.failure is None:
+        return
+    if crm_asked or found.failure is not None:
+        result.steps.append(tickets.failure_reason)
+    else:
+        found.failure, found.failure_reason = tickets.failure, tickets.failure_reason
 
 
 def require_history(settings: RoutingSettings, history: CallHistory | None) -> None:

@@ -32,7 +32,7 @@ class RoutingSettings:
     deadline_ms: int = bounded(1500, 10, 60_000)
     # Region (ISO 3166 code) for caller IDs without a country code.
     default_region: str = "US"
-    # Rules in order, first hit rings: CRM modules, and LastAgent.
+    # Rules in order, first hit rings: CRM modules, LastAgent, and Tickets (Zoho Desk).
     lookup_order: tuple[str, ...] = ("Leads", "Deals", "Contacts", "Accounts")
     # How an extension becomes a dial string; ``{ext}`` is replaced.
     dial_template: str = "PJSIP/{ext}"

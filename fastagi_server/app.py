@@ -21,7 +21,7 @@ from crmlookup.plugins import OpenContext
 from dialplan.call import InboundCall
 from dialplan.decision import RouteDecision
 from dialplan.history import CallHistory
-from dialplan.router import Router, last_agent_keys, require_history
+from dialplan.router import Router, last_agent_keys, require_history, ticket_keys
 
 from .config import Config
 
@@ -59,6 +59,8 @@ class App:
     events: CallEvents | None = None
     _event_tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
     _events_sent: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict, repr=False)
+    # Zoho Desk behind its own lookup cache, when a policy uses the Tickets rule.
+    tickets: CrmBackend | None = None
 
     @classmethod
     def from_config(
@@ -109,8 +111,9 @@ class App:
             offers_events = getattr(plugin, "call_events", None)  # optional: most CRMs want no call events
             if events is None and offers_events is not None:
                 events = offers_events(live_backend(backend), settings)
-        router = Router(config.routing, backend, history=history)
-        return cls(config=config, backend=backend, router=router, serving=serving, _keeper=keeper, _writer=writer, events=events)
+        tickets = open_tickets(config) if ticket_keys(config.routing) else None
+        router = Router(config.routing, backend, history=history, tickets=tickets)
+        return cls(config=config, backend=backend, router=router, serving=serving, _keeper=keeper, _writer=writer, events=events, tickets=tickets)
 
     @property
     def outbox_keeper(self) -> OutboxKeeper:
@@ -132,6 +135,13 @@ class App:
         if self._writer is None:
             plugin = self.config.plugin
             self._writer = plugin.open_writer(live_backend(self.backend), self.config.settings_of(plugin))
+            if self.tickets is not None and self.config.zoho_desk.log_calls:
+                from crmlookup.zoho_desk.backend import ZohoDeskBackend
+                from crmlookup.zoho_desk.writer import DeskCallWriter, with_ticket_calls
+
+                desk = live_backend(self.tickets)
+                assert isinstance(desk, ZohoDeskBackend)
+                self._writer = with_ticket_calls(self._writer, DeskCallWriter(desk.api, self.config.zoho_desk.search_lag_s))
         return self._writer
 
     @property
@@ -198,6 +208,8 @@ class App:
         old_cache, new_cache = _cache_of(previous.backend), _cache_of(self.backend)
         if same_crm and old_cache is not None and new_cache is not None:
             new_cache.adopt(old_cache)
+        if isinstance(self.tickets, CachedBackend) and isinstance(previous.tickets, CachedBackend) and previous.config.zoho_desk == self.config.zoho_desk:
+            self.tickets.adopt(previous.tickets)
 
     def start_sync_worker(self) -> None:
         """Deliver the outbox to the CRM in the background until :meth:`aclose`.
@@ -280,6 +292,8 @@ class App:
         if self._keeper is not None:
             await self._keeper.aclose()
         await self.backend.aclose()
+        if self.tickets is not None:
+            await self.tickets.aclose()
 
 
 
@@ -290,6 +304,19 @@ async def _logged_event(kind: str, call_id: str, send: Coroutine[object, object,
         logger.warning("call event %s for %s not sent: %s", kind, call_id, exc)
     except Exception:  # a plugin's bug must not reach the event loop's handler unexplained
         logger.exception("call event %s for %s failed", kind, call_id)
+
+
+def open_tickets(config: Config) -> CrmBackend:
+    """Zoho Desk for the Tickets rule, behind a lookup cache of its own (the [cache] settings).
+
+    Raises CrmError naming the key when ``[zoho_desk]`` lacks its org id or a credential.
+    """
+    from crmlookup.factory import STALE_WAIT_SHARE_OF_DEADLINE
+    from crmlookup.zoho_desk.backend import ZohoDeskBackend
+
+    cache = config.cache
+    stale_wait_ms = min(cache.stale_wait_ms, config.routing.deadline_ms * STALE_WAIT_SHARE_OF_DEADLINE)
+    return CachedBackend(ZohoDeskBackend.open(config.zoho_desk), cache, stale_wait_s=stale_wait_ms / 1000)
 
 
 def _crm_settings(config: Config) -> tuple[object, ...]:

@@ -19,9 +19,12 @@ from crmlookup.mirror.settings import MirrorSettings
 from crmlookup.plugins import CrmPlugin, PluginError, PluginRegistry, default_plugins
 from crmlookup.settings import CacheSettings, CrmSettings, DirectorySettings, bounded, check_bounds
 from crmlookup.zoho.settings import ZohoSettings
+from crmlookup.zoho_desk.settings import ZohoDeskSettings
 from dialplan.outbox.settings import OutboxSettings, OutcomeSettings, StoreSettings
 from dialplan.policy import unknown_rule
+from dialplan.policy_settings import LAST_AGENT, TICKETS
 from dialplan.recordings import RecordingSettings
+from dialplan.router import ticket_keys
 from dialplan.settings import RoutingSettings
 
 from .limits import SessionLimits
@@ -146,6 +149,8 @@ class Config:
     crm: CrmSettings = field(default_factory=CrmSettings)
     directory: DirectorySettings = field(default_factory=DirectorySettings)
     zoho: ZohoSettings = field(default_factory=ZohoSettings)
+    # Zoho Desk, for the Tickets rule; beside whichever CRM crm.backend names.
+    zoho_desk: ZohoDeskSettings = field(default_factory=ZohoDeskSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     mirror: MirrorSettings = field(default_factory=MirrorSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
@@ -323,6 +328,12 @@ def _check_plugin_fits(config: Config, plugin: CrmPlugin, problems: list[str] | 
     problem = unknown_rule(config.routing, tuple(plugin.modules))
     if problem:
         _problem(problems, ConfigError(f"routing: {problem}"))
+    reserved = [kind for kind in plugin.modules if kind in (LAST_AGENT, TICKETS)]
+    if reserved:
+        _problem(problems, ConfigError(f"crm.backend: plugin {plugin.name!r} names a record kind {reserved[0]!r}, which is a built-in rule"))
+    uses = ticket_keys(config.routing)
+    if uses and not config.zoho_desk.org_id:
+        _problem(problems, ConfigError(f"{uses[0]}: Tickets asks Zoho Desk, but zoho_desk.org_id is not set"))
 
 
 _Settings = typing.TypeVar("_Settings", bound="DataclassInstance")

@@ -88,6 +88,31 @@ async def _check_online(app: App, report: CheckReport) -> None:
         report.problems.append(f"could not reach the CRM ({plugin.name}): {exc}")
 
 
+async def _check_desk(app: App, report: CheckReport) -> None:
+    """Zoho Desk, when a policy uses the Tickets rule: the credentials and org id work (one
+    request), and every department a team names is one of the portal's."""
+    if app.tickets is None:
+        return
+    from crmlookup.zoho_desk.backend import ZohoDeskBackend
+
+    desk = live_backend(app.tickets)
+    if not isinstance(desk, ZohoDeskBackend):
+        return
+    try:
+        departments = await desk.departments()
+    except CrmAuthError as exc:
+        report.problems.append(f"Zoho Desk refused our credentials (or zoho_desk.org_id): {exc}")
+        return
+    except CrmError as exc:
+        report.problems.append(f"could not reach Zoho Desk: {exc}")
+        return
+    known = {name.casefold() for name in departments.values()} | set(departments)
+    for team, settings in app.config.routing.teams.items():
+        for department in settings.departments:
+            if department.strip().casefold() not in known and department.strip() not in known:
+                report.warnings.append(f"routing.teams.{team}.departments: {department!r} is no department of the Zoho Desk portal")
+
+
 async def _users(app: App, report: CheckReport, online: bool) -> list[Owner] | None:
     """The CRM's users, to check the configured owners against; None when they could not be read."""
     try:
@@ -121,6 +146,7 @@ async def inspect(config: Config, *, online: bool = False) -> CheckReport:
         before = len(report.problems)
         if online:
             await _check_online(app, report)
+            await _check_desk(app, report)
         # A CRM that just failed its own check is not asked again.
         users = await _users(app, report, online) if len(report.problems) == before else None
     finally:

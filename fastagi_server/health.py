@@ -144,8 +144,15 @@ async def gather_state(server: FastAgiServer, *, probe: bool = False, carried: C
         state.calls, state.failed, state.sources = dict(counts.calls), dict(counts.failed), dict(counts.sources)
         state.decision = counts.decision.copy()
     worker = app.running_sync_worker
+    desk = live_backend(app.tickets) if app.tickets is not None else None
+    desk_stats = getattr(desk, "request_stats", None)
+    for condition in getattr(desk, "conditions", {}).values():
+        if condition.failing_for is not None:
+            notes.append(f"{condition.reason} (for {age_text(condition.failing_for or 0)})")
     if carried is not None:
         carried.add(stats, worker.totals if worker is not None else None)
+        if isinstance(desk_stats, RequestStats):
+            carried.add(desk_stats, None)
         state.request_stats = [seen.copy() for seen in carried.stats]
         state.worker_totals = [replace(seen) for seen in carried.workers]
     state.checks["listening"] = _listening(server)

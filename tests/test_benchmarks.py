@@ -91,6 +91,22 @@ def test_retailcrm_smoke_run(tmp_path):
     assert "retailCRM: 50 ms per request" in done.stdout
 
 
+def test_desk_smoke_run(tmp_path):
+    """A few callers with an open ticket: one search each after the first lookup, everyone routes to the ticket's agent."""
+    output = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--only", "desk", "--desk-callers", "3",
+         "--desk-latency-ms", "50", "--output", str(output)],
+        capture_output=True, text=True, timeout=110,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(output.read_text())["desk"]
+    assert report["misrouted"] == 0
+    assert report["later_lookup_requests_p50"] == 2  # the ticket search and the contact search, at once
+    assert report["requests_per_day_live"] < report["requests_per_day_mirror"]
+    assert "Zoho Desk: 50 ms per request" in done.stdout
+
+
 def test_store_smoke_run_measures_both_stores_in_one_run(tmp_path):
     """The shared store's suite: recording and flush rates on PostgreSQL and SQLite, as same-run ratios."""
     from postgres_server import base_url

@@ -82,3 +82,30 @@ def test_zoho_refused_refresh_token_fails_online(zoho, tmp_path):
 def test_the_local_directory_passes_online(tmp_path):
     result = invoke("check-config", "--online")
     assert result.exit_code == 0, result.output
+
+
+def desk_file(path, sim, departments=("Support",), **keys):
+    settings = {**sim.desk_config(), **keys}
+    lines = "\n".join(f'{key} = "{value}"' for key, value in settings.items())
+    listed = ", ".join(f'"{d}"' for d in departments)
+    path.write_text(
+        f'[routing]\ndefault_region = "ES"\nlookup_order = ["Tickets", "Contacts"]\n'
+        f'[routing.teams.support]\nextensions = ["300"]\ndepartments = [{listed}]\n'
+        f'[zoho_desk]\n{lines}\n[outbox]\npath = "{path.parent / "o.sqlite"}"\n'
+    )
+    return str(path)
+
+
+def test_zoho_desk_online_check_proves_the_credentials_and_the_teams_departments(tmp_path):
+    from zoho_desk_simulator import ZohoDeskSimulator
+
+    with ZohoDeskSimulator() as desk:
+        desk.add_department("Support")
+        good = invoke("check-config", "--online", desk_file(tmp_path / "good.toml", desk))
+        assert good.exit_code == 0, good.output
+        typo = invoke("check-config", "--online", desk_file(tmp_path / "typo.toml", desk, departments=("Suport",)))
+        assert "routing.teams.support.departments: 'Suport' is no department of the Zoho Desk portal" in typo.output
+        wrong_org = invoke("check-config", "--online", desk_file(tmp_path / "org.toml", desk, org_id="1"))
+        assert wrong_org.exit_code == 1 and "Zoho Desk refused our credentials (or zoho_desk.org_id)" in wrong_org.output
+        refused = invoke("check-config", "--online", desk_file(tmp_path / "token.toml", desk, refresh_token="1000.revoked"))
+        assert refused.exit_code == 1 and "1000.revoked" not in refused.output

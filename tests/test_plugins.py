@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class StaticBackend:
     name = "static"
 
-    def __init__(self, owner_extension="301", module="Tickets"):
+    def __init__(self, owner_extension="301", module="Cases"):
         self.owner = Owner("u9", "Una", "una@example.com", (owner_extension,))
         self.module = module
 
@@ -40,7 +40,7 @@ class TicketsPlugin:
     name = "tickets"
     section = "tickets"
     settings_type = DirectorySettings
-    modules = ("Tickets",)
+    modules = ("Cases",)
 
     def __init__(self):
         self.writer = CrmDouble(writes=frozenset({WriteKind.CALL}))
@@ -107,10 +107,10 @@ def test_a_plugin_section_is_read_like_a_built_in_one():
     plugins = PluginRegistry([TicketsPlugin()])
     config = config_from_dict({"crm": {"backend": "tickets"}, "tickets": {"path": "/srv/t.db"}}, plugins)
     assert config.settings_of(config.plugin) == DirectorySettings(path="/srv/t.db")
-    assert config.routing.lookup_order == ("Tickets",)  # the plugin's record kinds by default
+    assert config.routing.lookup_order == ("Cases",)  # the plugin's record kinds by default
     with pytest.raises(ConfigError, match=r"tickets.colour: unknown key \(known: path\)"):
         config_from_dict({"crm": {"backend": "tickets"}, "tickets": {"colour": "red"}}, plugins)
-    with pytest.raises(ConfigError, match="routing: lookup_order: 'Leads' is not one of Tickets, LastAgent"):
+    with pytest.raises(ConfigError, match="routing: lookup_order: 'Leads' is not one of Cases, LastAgent, Tickets"):
         config_from_dict({"crm": {"backend": "tickets"}, "routing": {"lookup_order": ["Leads"]}}, plugins)
 
 

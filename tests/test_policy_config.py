@@ -18,7 +18,7 @@ TEAMS = {"floor": {"extensions": ["201"]}}
 @pytest.mark.parametrize(
     "routing, key_and_message",
     [
-        ({"lookup_order": ["Leads", "Tickets"]}, "routing: lookup_order: 'Tickets' is not one of Leads, Deals, Contacts, Accounts, LastAgent"),
+        ({"lookup_order": ["Leads", "Cases"]}, "routing: lookup_order: 'Cases' is not one of Leads, Deals, Contacts, Accounts, LastAgent, Tickets"),
         ({"lookup_order": []}, "routing: lookup_order must name at least one rule"),
         ({"lookup_order": ["Leads", "Leads"]}, "routing: lookup_order: a rule is listed twice"),
         ({"dial_template": "PJSIP/{ext},tT"}, "routing: dial_template 'PJSIP/{ext},tT' must be like"),
@@ -47,7 +47,7 @@ TEAMS = {"floor": {"extensions": ["201"]}}
         ({"hours": {"office": {"open": ["mon 09:00-25:00"]}}}, "routing.hours.office: open[0]: 'mon 09:00-25:00': 25:00 is not a time of day"),
         ({"hours": {"office": {"closed_dates": ["2025-13-01"]}}}, "routing.hours.office: closed_dates[0]: '2025-13-01' is not a date"),
         ({"policies": {"sales": {"lookup_order": ["Leads"]}}}, "routing: policies.sales.dids: a policy needs at least one DID"),
-        ({"policies": {"sales": {"dids": ["100"], "lookup_order": ["Tickets"]}}}, "routing: policies.sales.lookup_order: 'Tickets'"),
+        ({"policies": {"sales": {"dids": ["100"], "lookup_order": ["Cases"]}}}, "routing: policies.sales.lookup_order: 'Cases'"),
         ({"policies": {"sales": {"dids": ["100"], "team": "x"}}, "teams": TEAMS}, "routing: policies.sales.team: no team 'x' in [routing.teams] (known: floor)"),
         ({"policies": {"sales": {"dids": ["100"], "dial_template": "Local/{ext}@a b"}}}, "routing: policies.sales: dial_template 'Local/{ext}@a b'"),
         ({"policies": {"sales": {"dids": ["100"], "skip_states": ["NOPE"]}}}, "routing: policies.sales.skip_states: 'NOPE'"),
@@ -193,7 +193,7 @@ def test_readme_policy_example_loads_and_matches_the_sample_dialplan():
         assert book.for_did(did).name == queue
     assert book.for_did("34928555300").name == "default"
     support = book.for_did("34928555200")
-    assert support.rules[0] == "LastAgent" and support.on_unavailable == ("team",)
+    assert support.rules[:2] == ("Tickets", "LastAgent") and support.on_unavailable == ("team",)
 
 
 def test_dids_in_another_form_are_resolved_once_and_the_memo_is_bounded():

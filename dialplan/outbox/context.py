@@ -17,6 +17,7 @@ from crmlookup.records import Match, Owner
 from crmlookup.writer import RecordRef
 
 from ..outcome import CallOutcome
+from ..policy_settings import LAST_AGENT, TICKETS
 from ..settings import RoutingSettings
 
 DEALS = "Deals"
@@ -47,6 +48,10 @@ class CrmContext:
     via_module: str = ""
     via_id: str = ""
     via_name: str = ""
+    # The Zoho Desk ticket that routed the call (the Tickets rule), and its agent:
+    # the call is logged on it too. The fields above are then the CRM's record of the caller.
+    ticket_id: str = ""
+    ticket_agent_id: str = ""
 
     @property
     def record(self) -> RecordRef | None:
@@ -138,7 +143,18 @@ def _without_inactive_owner(context: CrmContext, users: ExtensionDirectory, fall
     )
 
 
+def crm_modules(routing: RoutingSettings) -> tuple[str, ...]:
+    """The record kinds of the lookup order the CRM itself answers (not LastAgent, not Desk's Tickets)."""
+    return tuple(rule for rule in routing.lookup_order if rule not in (LAST_AGENT, TICKETS))
+
+
 async def _resolve(outcome: CallOutcome, backend: CrmBackend, routing: RoutingSettings, users: ExtensionDirectory, now: float) -> CrmContext:
+    route = outcome.route
+    if route.module == TICKETS and route.record_id:
+        # Routed by a Desk ticket: the call goes on the ticket, and on the caller's CRM record as ever.
+        unrouted = replace(outcome, route=replace(route, status="", module="", record_id=""))
+        context = await _resolve(unrouted, backend, routing, users, now)
+        return replace(context, ticket_id=route.record_id, ticket_agent_id=route.owner_id)
     answerer = users.by_extension(outcome.answered_extension)
     answer: dict[str, Any] = {"answerer_id": answerer.id, "answerer_name": answerer.name} if answerer else {}
     route = outcome.route
@@ -162,7 +178,10 @@ async def _resolve(outcome: CallOutcome, backend: CrmBackend, routing: RoutingSe
         return CrmContext(planned_at=now, **answer)
     # route never answered, timed out, or found nobody: ask the CRM now (the
     # caller may also have become known since, e.g. a lead from an earlier call).
-    result = await backend.lookup(normalise(outcome.caller_e164, routing.default_region), routing.lookup_order)
+    modules = crm_modules(routing)
+    if not modules:
+        return CrmContext(planned_at=now, **answer)
+    result = await backend.lookup(normalise(outcome.caller_e164, routing.default_region), modules)
     best = result.best
     if best is None:
         return CrmContext(planned_at=now, **answer)

@@ -22,7 +22,7 @@ from typing import Callable
 from zoneinfo import ZoneInfo
 
 from crmlookup.phone import is_withheld
-from crmlookup.writer import ALL_KINDS, CallEntry, Entry, LeadEntry, TaskEntry, WriteKind
+from crmlookup.writer import ALL_KINDS, CallEntry, Entry, LeadEntry, RecordRef, TaskEntry, WriteKind
 
 from ..hours import BusinessHours
 from ..outcome import CallOutcome
@@ -42,6 +42,12 @@ class Step:
     CALL = "call"
     TASK = "task"
     RECORDING = "recording"  # the call's recording, onto the Call once it exists
+    # The call activity on the Zoho Desk ticket that routed the call (written by the Desk writer).
+    TICKET = "ticket"
+
+
+# The record module of a call entry meant for a Zoho Desk ticket.
+TICKETS = "Tickets"
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,7 @@ def plan_writes(
     task_hours: Callable[[str], BusinessHours | None] = no_schedule,
     kinds: frozenset[WriteKind] = ALL_KINDS,
     recordings: RecordingSettings | None = None,
+    ticket_calls: bool = False,
 ) -> list[PlannedWrite]:
     """The records ``outcome`` should leave in the CRM, in writing order.
 
@@ -83,7 +90,9 @@ def plan_writes(
     the others are left out of the plan (and nothing links to a lead that is
     not written). ``recordings``: where a recording's file is and is served
     (its path and address go on the Call: the local directory keeps the one,
-    retailCRM's call history the other).
+    retailCRM's call history the other). ``ticket_calls``: the writer also
+    logs calls on Zoho Desk tickets; a call a ticket routed gets one there
+    (step ``ticket``).
     """
     settings = _only(settings, kinds)
     writes: list[PlannedWrite] = []
@@ -101,6 +110,8 @@ def plan_writes(
     if settings.log_calls:
         owner = (context.answerer_id if answered else "") or context.owner_id or (lead_owner if has_lead else "")
         writes.append(PlannedWrite(Step.CALL, WriteKind.CALL, _call(outcome, context, owner, tz, recordings), links_lead=has_lead))
+    if ticket_calls and context.ticket_id:
+        writes.append(PlannedWrite(Step.TICKET, WriteKind.CALL, _ticket_call(outcome, context, tz, recordings)))
     due = datetime.fromtimestamp((context.planned_at or outcome.ended_at) + settings.task_due_hours * 3600, tz)
     if known and not answered and settings.missed_known_task:
         writes.append(_task(outcome, context, context.owner_id, due, "Call back", tz, task_hours(context.owner_id)))
@@ -219,6 +230,28 @@ def _call(outcome: CallOutcome, context: CrmContext, owner_id: str, tz: tzinfo, 
         extension=outcome.answered_extension or outcome.route.extension,
         recording_url=outcome.recording_url or (recordings.link(recorded) if recordings is not None else ""),
         recording_path=str(recordings.path_of(recorded)) if recordings is not None and recorded else "",
+    )
+
+
+def _ticket_call(outcome: CallOutcome, context: CrmContext, tz: tzinfo, recordings: RecordingSettings | None) -> CallEntry:
+    """The call on the Desk ticket: its agent owns it; the call id ends the subject, so a
+    write whose answer was lost is found in the ticket's calls by it."""
+    recorded = outcome.recording if outcome.answered and recordings is not None else ""
+    kind = "Inbound call" if outcome.answered else "Missed call"
+    subject = f"{_subject(f'{kind} from {_who(outcome, context)}')} [{_line(outcome.call_id)}]"
+    return CallEntry(
+        key=outcome.call_id,
+        answered=outcome.answered,
+        start=_local(outcome.started_at, tz),
+        duration_seconds=outcome.talk_seconds,
+        subject=subject,
+        description=_description(outcome, context, tz),
+        caller_number=_number(outcome),
+        owner_id=context.ticket_agent_id,
+        record=RecordRef(TICKETS, context.ticket_id),
+        dial_status=outcome.dial_status,
+        extension=outcome.answered_extension or outcome.route.extension,
+        recording_url=outcome.recording_url or (recordings.link(recorded) if recordings is not None else ""),
     )
 
 

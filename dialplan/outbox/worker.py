@@ -55,7 +55,7 @@ PAUSE_KEY = "paused"
 # The CRM's users (who has which extension) are asked for again after this long.
 USERS_TTL_S = 300.0
 PURGE_EVERY_S = 3600.0
-_ORDER = ((Step.LEAD, WriteKind.LEAD), (Step.CALL, WriteKind.CALL), (Step.TASK, WriteKind.TASK))
+_ORDER = ((Step.LEAD, WriteKind.LEAD), (Step.CALL, WriteKind.CALL), (Step.TASK, WriteKind.TASK), (Step.TICKET, WriteKind.CALL))
 
 
 @dataclass
@@ -303,6 +303,7 @@ class SyncWorker:
             attempt.plan = plan_writes(
                 item.outcome, context, self._outcomes, self._tz, functools.partial(_task_schedule, policy, users),
                 kinds=self._writer.writes, recordings=self._recordings,
+                ticket_calls=bool(getattr(self._writer, "logs_ticket_calls", False)),
             )
             attempt.plan += self._recording_write(item, attempt.plan)
             creates_lead = any(w.step == Step.LEAD for w in attempt.plan)
