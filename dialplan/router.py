@@ -50,11 +50,10 @@ class Router:
     ``history`` serves the LastAgent rule and ``tickets`` (Zoho Desk, behind
     its cache) the Tickets rule; a configuration that uses a rule without its
     source is refused here, naming the key. ``clock`` gives the current time
-    for business hours (aware datetimes).
-    ``deadlines`` keeps the routing deadline: the running event loop's by default
-    (see :mod:`.deadlines`). ``explain=False``: decisions carry no ``steps`` (the
-    --explain detail), which are then not even formatted; the reason and the chain
-    are the same.
+    for business hours (aware datetimes). ``deadlines`` keeps the routing
+    deadline: the running event loop's by default (see :mod:`.deadlines`).
+    ``explain=False``: decisions carry no ``steps`` (the --explain detail), which
+    are then not even formatted; the reason and the chain are the same.
     """
 
     def __init__(
@@ -78,6 +77,7 @@ class Router:
         self._explain = explain
         self._deadline_s = settings.deadline_ms / 1000
         self._fresh = _fresh_answers(backend)
+        self._fresh_tickets = _fresh_answers(tickets) if tickets is not None else None
         require_history(settings, history)
         require_tickets(settings, tickets)
 
@@ -137,7 +137,7 @@ class Router:
         if not policy.uses_last_agent and not policy.uses_tickets:
             found = await self._lookup(policy, number, deadline_at)
         else:
-            import asyncio  # the call history (the outbox's) and Zoho Desk: only the server, on its event loop, has them
+            import asyncio  # the call history and Desk are the server's: only it (on its event loop) has them
 
             found, last_extension, tickets = await asyncio.gather(
                 self._lookup(policy, number, deadline_at),
@@ -182,7 +182,7 @@ class Router:
         """The caller's open tickets, within the same deadline; a Desk that fails or is slow is a reason, not an error."""
         assert self.tickets is not None  # checked at construction
         source = self.tickets
-        fresh = _fresh_answers(source)
+        fresh = self._fresh_tickets
         if fresh is not None:
             answer = fresh(number, (TICKETS,))
             if answer is not None:

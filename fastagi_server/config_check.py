@@ -78,6 +78,22 @@ def outbox_location(path: Path) -> tuple[str, str]:
     return f"{path} (not there yet: created with the first call outcome)", ""
 
 
+def recordings_warnings(config: Config) -> list[str]:
+    """What keeps call recordings from reaching the CRM, as far as this user can tell (a
+    dialplan that records nothing needs none of it, so these are warnings)."""
+    settings = config.recordings
+    folder = Path(settings.directory)
+    if not folder.is_dir() and settings == type(settings)():
+        return []  # no [recordings] set up and no Asterisk here: nothing is recorded on this host
+    if not folder.is_dir():
+        return [f"recordings.directory: {folder} is not a directory here; recordings named by CRM_RECORDING cannot be read"]
+    if not os.access(folder, os.R_OK | os.X_OK):
+        return [f"recordings.directory: {folder} is not readable by this user; recordings cannot be sent to the CRM"]
+    if settings.delete_after_upload and not os.access(folder, os.W_OK):
+        return [f"recordings.delete_after_upload: {folder} is not writable by this user; uploaded recordings stay"]
+    return []
+
+
 async def _check_online(app: App, report: CheckReport) -> None:
     """The plugin's own online check: one cheap request, and the names it must know."""
     plugin = app.config.plugin
@@ -146,6 +162,7 @@ async def inspect(config: Config, *, online: bool = False) -> CheckReport:
     report.outbox, problem = store_location(config)
     if problem:
         report.problems.append(problem)
+    report.warnings += recordings_warnings(config)
     app = App.from_config(config, history=UnreadHistory())
     try:
         before = len(report.problems)
