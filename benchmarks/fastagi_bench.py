@@ -25,8 +25,14 @@ from pathlib import Path
 import procstat
 
 HERE = Path(__file__).resolve().parent
-# The demo directory's numbers (see README), and one nobody owns.
-DEMO_CALLERS = ["+34928000000", "928000001", "0034928000002", "+34 928 00 00 04", "928000005", "928999999"]
+# Demo directory callers that route to an owner (see README), in the forms Asterisk may
+# send them: a lead's owner, a contact's owner, a deal's owner, an owner with two phones.
+# Every call then pays for the whole contract: the lookup, the device-state check, the MSet.
+DEMO_CALLERS = ["+34928000000", "928000001", "0034928000002", "928000005"]
+# What the load generator answers to ${DEVICE_STATE(...)}: every owner's phone is free.
+DEVICE_STATES = {f"PJSIP/{extension}": "NOT_INUSE" for extension in range(101, 106)}
+# The event loops measured: asyncio's own, and uvloop where it is installed.
+LOOPS = ("asyncio", "uvloop") if importlib.util.find_spec("uvloop") is not None else ("asyncio",)
 # Values that differ from call to call are not compared.
 # Timing, and the reason's wording: a session the load generator hangs up
 # early skips its device-state checks, which the reason says; where it goes does not change.
@@ -44,13 +50,14 @@ class Case:
     baseline: bool = False  # the floor the others are compared with
     peer: bool = False  # a library ours must beat
     scrape: str = ""  # a /metrics URL read every SCRAPE_EVERY_S during the timed run, as Prometheus would
+    loop: str = "asyncio"  # the event loop the server runs on
 
 
 # Scrapes of the metrics case: far more often than Prometheus's usual 15 s, so their cost shows.
 SCRAPE_EVERY_S = 1.0
 # The case whose CPU per session the metrics case is compared with (the same server, metrics off).
-METRICS_OFF = "crmroute route, demo directory ("
-METRICS_ON = "crmroute route, demo directory, metrics on"
+METRICS_OFF = "crmroute route, demo directory [asyncio] ("
+METRICS_ON = "crmroute route, demo directory [asyncio], metrics on"
 
 
 def free_port() -> int:
@@ -85,6 +92,7 @@ def expected_routes(config_text: str, callers: list[str]) -> list[dict]:
     """What each caller must get, decided in this process by the same code the server runs."""
     import tomllib
 
+    from crmlookup.factory import live_backend
     from dialplan import FixedDeviceStates, InboundCall
     from fastagi_server.app import App
     from fastagi_server.config import config_from_dict
@@ -93,14 +101,19 @@ def expected_routes(config_text: str, callers: list[str]) -> list[dict]:
 
     async def decide_all() -> list[dict]:
         app = App.from_config(config)
+        # What the server reads ahead once it listens (Zoho: its users, with their full names),
+        # which its warm-up has surely done by the timed run: read it here too.
+        warm = getattr(live_backend(app.backend), "warm", None)
+        if warm is not None:
+            await warm()
         try:
             out = []
             for caller in callers:
-                # The load generator answers every device-state question UNKNOWN, as
-                # Asterisk does for a device it knows nothing of: decide with the same.
-                decision = await app.router.decide(InboundCall(caller=caller), FixedDeviceStates({}))
+                # The load generator answers every device-state question as DEVICE_STATES says: decide with the same.
+                decision = await app.router.decide(InboundCall(caller=caller), FixedDeviceStates(DEVICE_STATES))
                 variables = decision.channel_variables()
-                out.append({"caller": caller, "expected": {k: v for k, v in variables.items() if k not in _UNCOMPARED}})
+                expected = {k: v for k, v in variables.items() if k not in _UNCOMPARED}
+                out.append({"caller": caller, "expected": expected, "device_states": DEVICE_STATES})
             return out
         finally:
             await app.aclose()
@@ -109,33 +122,36 @@ def expected_routes(config_text: str, callers: list[str]) -> list[dict]:
 
 
 def cases(workdir: Path) -> list[Case]:
-    """Every server this machine can run, the baseline first."""
+    """Every server this machine can run, on each event loop it has; each loop's baseline first."""
     python = sys.executable
     minimal_callers = [{"caller": c} for c in ("+34928000000", "+34928000002", "+34928999999")]
-    found = [
-        Case("bare asyncio.Protocol (minimal)", [python, str(HERE / "peers.py"), "protocol", "--port", "{port}"], "any", minimal_callers, baseline=True),
-        Case("bare asyncio streams (minimal)", [python, str(HERE / "peers.py"), "streams", "--port", "{port}"], "any", minimal_callers),
-    ]
-    if importlib.util.find_spec("panoramisk") is not None:
-        found.append(Case("panoramisk fast_agi (minimal)", [python, str(HERE / "peers.py"), "panoramisk", "--port", "{port}"], "any", minimal_callers, peer=True))
-    config = crmroute_config_file(workdir, "crmroute.toml", BENCH_CONFIG)
-    quiet = crmroute_config_file(workdir, "crmroute-quiet.toml", BENCH_CONFIG + 'log_level = "WARNING"\n')
-    cache = "warm cache" if has_cache() else "no cache in this build"
+    found = []
     expected = expected_routes(BENCH_CONFIG, DEMO_CALLERS)
+    cache = "warm cache" if has_cache() else "no cache in this build"
     serve = [python, "-m", "fastagi_server", "serve", "--port", "{port}", "--config"]
-    found.append(Case(f"crmroute route, demo directory ({cache})", serve + [str(config)], "contract", expected))
+    for loop in LOOPS:
+        peer = [python, str(HERE / "peers.py"), "--loop", loop, "--port", "{port}"]
+        found.append(Case(f"bare asyncio.Protocol (minimal) [{loop}]", peer + ["protocol"], "any", minimal_callers, baseline=True, loop=loop))
+        found.append(Case(f"bare asyncio streams (minimal) [{loop}]", peer + ["streams"], "any", minimal_callers, loop=loop))
+        if importlib.util.find_spec("panoramisk") is not None:
+            found.append(Case(f"panoramisk fast_agi (minimal) [{loop}]", peer + ["panoramisk"], "any", minimal_callers, peer=True, loop=loop))
+        config = crmroute_config_file(workdir, f"crmroute-{loop}.toml", BENCH_CONFIG + f'event_loop = "{loop}"\n')
+        found.append(Case(f"crmroute route, demo directory [{loop}] ({cache})", serve + [str(config)], "contract", expected, loop=loop))
+    # The variants below run on asyncio's loop: what each part of the work costs.
+    on_asyncio = BENCH_CONFIG + 'event_loop = "asyncio"\n'
     # What the one log line per call costs: the same without it.
-    found.append(Case("crmroute route, demo directory, log_level WARNING", serve + [str(quiet)], "contract", expected))
+    quiet = crmroute_config_file(workdir, "crmroute-quiet.toml", on_asyncio + 'log_level = "WARNING"\n')
+    found.append(Case("crmroute route, demo directory [asyncio], log_level WARNING", serve + [str(quiet)], "contract", expected))
     # What the metrics cost: the same with [metrics] listen on, scraped every second meanwhile.
     metrics_port = free_port()
-    metered = crmroute_config_file(workdir, "crmroute-metrics.toml", BENCH_CONFIG + f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+    metered = crmroute_config_file(workdir, "crmroute-metrics.toml", on_asyncio + f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
     found.append(Case(f"{METRICS_ON} (scraped every {SCRAPE_EVERY_S:.0f} s)", serve + [str(metered)], "contract", expected,
                       scrape=f"http://127.0.0.1:{metrics_port}/metrics"))
     # What the device-state round trip costs: the same without it (where the call goes
     # does not change, since the load generator reports every phone free).
-    unchecked_config = BENCH_CONFIG.replace("[routing]\n", "[routing]\ncheck_availability = false\n")
+    unchecked_config = on_asyncio.replace("[routing]\n", "[routing]\ncheck_availability = false\n")
     unchecked = crmroute_config_file(workdir, "crmroute-unchecked.toml", unchecked_config)
-    found.append(Case("crmroute route, demo directory, no device-state check", serve + [str(unchecked)], "contract",
+    found.append(Case("crmroute route, demo directory [asyncio], no device-state check", serve + [str(unchecked)], "contract",
                       expected_routes(unchecked_config, DEMO_CALLERS)))
     return found
 
@@ -157,11 +173,11 @@ def zoho_case(workdir: Path):
     simulator.add_record("Deals", other, Deal_Name="Renewal", Stage="Qualification", Contact_Name={"id": contact["id"]})
     simulator.add_record("Accounts", other, Account_Name="Acme", Phone="+34928000004")
     zoho = simulator.zoho_config(user_extension_field="Extension")
-    text = BENCH_CONFIG + '\n[crm]\nbackend = "zoho"\n\n[zoho]\n' + "".join(f"{key} = {json.dumps(value)}\n" for key, value in zoho.items())
+    text = BENCH_CONFIG + 'event_loop = "asyncio"\n\n[crm]\nbackend = "zoho"\n\n[zoho]\n' + "".join(f"{key} = {json.dumps(value)}\n" for key, value in zoho.items())
     path = crmroute_config_file(workdir, "crmroute-zoho.toml", text)
     callers = ["+34928000000", "928000002", "+34928000004", "928999999"]
     case = Case(
-        "crmroute route, Zoho simulator (warm cache)",
+        "crmroute route, Zoho simulator [asyncio] (warm cache)",
         [sys.executable, "-m", "fastagi_server", "serve", "--config", str(path), "--port", "{port}"],
         "contract",
         expected_routes(text, callers),
@@ -197,6 +213,7 @@ def run_loadgen(case: Case, port: int, sessions: int, options) -> dict:
         "--max-seconds", str(options.max_seconds),
         "--callers", json.dumps(case.callers),
         "--expect", case.expect,
+        "--device-states", json.dumps(DEVICE_STATES),
     ]
     if options.loadgen_cpu is not None:
         command += ["--cpu", str(options.loadgen_cpu)]
@@ -238,6 +255,7 @@ def measure(case: Case, options) -> dict:
         "name": case.name,
         "baseline": case.baseline,
         "peer": case.peer,
+        "loop": case.loop,
         "pinned": pinned,
         "server_cpu_us_per_session": cpu / completed * 1e6,
         "server_cpu_share": cpu / load["elapsed_s"] if load["elapsed_s"] else 0.0,
@@ -292,21 +310,27 @@ def metrics_overhead(results: list[dict]) -> dict:
 
 
 def ratios(results: list[dict]) -> dict:
-    """Ours against the baseline and the peers, from this one run."""
-    baseline = next((r for r in results if r["baseline"]), None)
-    peers = [r for r in results if r["peer"]]
-    ours = [r for r in results if r["name"].startswith("crmroute")]
+    """Ours against the baseline and the peers on the same event loop, from this one run;
+    and each crmroute row on uvloop against the same row on asyncio."""
     out = {}
-    for mine in ours:
+    for mine in (r for r in results if r["name"].startswith("crmroute")):
         entry = {}
+        baseline = next((r for r in results if r["baseline"] and r["loop"] == mine["loop"]), None)
         if baseline:
+            entry["cpu_per_session_vs_baseline"] = _ratio(mine["server_cpu_us_per_session"], baseline["server_cpu_us_per_session"])
             entry["sessions_per_s_vs_baseline"] = _ratio(mine["sessions_per_s"], baseline["sessions_per_s"])
             entry["cpu_capacity_vs_baseline"] = _ratio(baseline["server_cpu_us_per_session"], mine["server_cpu_us_per_session"])
             entry["p99_decision_vs_baseline"] = _ratio(mine["decision_ms"]["p99"], baseline["decision_ms"]["p99"])
             entry["p99_session_vs_baseline"] = _ratio(mine["latency_ms"]["p99"], baseline["latency_ms"]["p99"])
-        for peer in peers:
+        for peer in (r for r in results if r["peer"] and r["loop"] == mine["loop"]):
+            entry[f"cpu_per_session_vs {peer['name']}"] = _ratio(mine["server_cpu_us_per_session"], peer["server_cpu_us_per_session"])
             entry[f"sessions_per_s_vs {peer['name']}"] = _ratio(mine["sessions_per_s"], peer["sessions_per_s"])
             entry[f"cpu_capacity_vs {peer['name']}"] = _ratio(peer["server_cpu_us_per_session"], mine["server_cpu_us_per_session"])
+        if mine["loop"] != "asyncio":
+            same = mine["name"].replace(f"[{mine['loop']}]", "[asyncio]")
+            on_asyncio = next((r for r in results if r["name"] == same), None)
+            if on_asyncio:
+                entry["cpu_per_session_vs the same on asyncio"] = _ratio(mine["server_cpu_us_per_session"], on_asyncio["server_cpu_us_per_session"])
         out[mine["name"]] = entry
     return out
 
@@ -320,7 +344,7 @@ def run(options) -> dict:
     least-disturbed run (the lowest server CPU per session) for the table."""
     with tempfile.TemporaryDirectory(prefix="crmroute-bench-") as tmp:
         available = cases(Path(tmp))
-        zoho = zoho_case(Path(tmp)) if not options.cases or any(w in "crmroute route, Zoho simulator" for w in options.cases) else None
+        zoho = zoho_case(Path(tmp)) if not options.cases or any(w in "crmroute route, Zoho simulator [asyncio]" for w in options.cases) else None
         if zoho is not None:
             available.append(zoho[0])
         chosen = [c for c in available if not options.cases or any(word in c.name for word in options.cases)]
@@ -366,7 +390,7 @@ def table(report: dict) -> str:
             f"{r['loadgen_cpu_share']:.0%}",
         ])
     text = format_table(
-        "FastAGI: sessions through real TCP (* = baseline; latency in ms, CPU in µs per session)",
+        "FastAGI: sessions through real TCP (* = the baseline of its event loop; latency in ms, CPU in µs per session)",
         ["server", "sessions", "sess/s", "p50", "p95", "p99", "max", "decide p99", "CPU µs", "RSS MiB", "cmds", "verified", "loadgen CPU"],
         rows,
     )

@@ -105,8 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=("protocol", "streams", "panoramisk"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4573)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop to serve on")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.kind, args.host, args.port))
+    factory = asyncio.SelectorEventLoop
+    if args.loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(args.kind, args.host, args.port))
     return 0
 
 

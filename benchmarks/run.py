@@ -48,7 +48,7 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     parser.add_argument("--only", default="", help=f"comma-separated suites: {', '.join(SUITES)}")
     parser.add_argument("--cases", default="", help="fastagi: only servers whose name contains one of these comma-separated words")
-    parser.add_argument("--sessions", type=int, help="fastagi: timed sessions per server (default 20000; quick 2000)")
+    parser.add_argument("--sessions", type=int, help="fastagi: timed sessions per server (default 8000; quick 2000)")
     parser.add_argument("--warmup", type=int, help="fastagi: untimed sessions first (default 2000; quick 300)")
     parser.add_argument("--concurrency", type=int, default=50, help="fastagi: sessions at once")
     parser.add_argument("--repeat", type=int, default=1, help="fastagi: runs per server, interleaved; the least disturbed is kept (use 3 on a shared machine)")
@@ -72,7 +72,7 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     desk_bench.defaults(options)
     store_bench.defaults(options)
     defaults = {
-        "sessions": (20_000, 2_000),
+        "sessions": (8_000, 2_000),
         "warmup": (2_000, 300),
         "stdio_calls": (100, 20),
         "directory_records": (200_000, 20_000),

@@ -8,7 +8,6 @@ only thread touching the connection while the loop runs. Synchronous code
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, ParamSpec, TypeVar
@@ -33,6 +32,8 @@ class ConnectionThread:
 
     async def call(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``function(*args, **kwargs)`` on the thread, awaited."""
+        import asyncio  # here, not at the top: the classic AGI reads the directory without an event loop
+
         return await asyncio.wrap_future(self.submit(function, *args, **kwargs))
 
     def close(self) -> None:
@@ -45,6 +46,8 @@ class ConnectionThread:
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop."""
         if self._executor is not None:
+            import asyncio
+
             await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
             self._executor = None
         self.connection.close()

@@ -10,13 +10,13 @@ unknown then rings, and the reason says so.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterator
 
 from .availability import DeviceStateProbe, DeviceStateUnavailable, StateTemplate, read_state
 from .candidates import SENIOR_MANAGER, TEAM, Candidate
+from .deadlines import LOOP_DEADLINES, Deadlines
 from .decision import Trace
 from .policy import Policy
 
@@ -35,10 +35,11 @@ class Ring:
 class StateChecker:
     """Asks Asterisk for each extension's state at most once per call, within the deadline."""
 
-    def __init__(self, probe: DeviceStateProbe, template: StateTemplate, deadline_at: float):
+    def __init__(self, probe: DeviceStateProbe, template: StateTemplate, deadline_at: float, deadlines: Deadlines = LOOP_DEADLINES):
         self._probe = probe
         self._template = template
         self._deadline_at = deadline_at
+        self._deadlines = deadlines
         self.states: dict[str, str] = {}
         self.stopped = ""  # why no more questions are asked
 
@@ -48,13 +49,12 @@ class StateChecker:
             return self.states[extension]
         if self.stopped:
             return None
-        loop = asyncio.get_running_loop()
-        if loop.time() >= self._deadline_at:
+        if self._deadlines.now() >= self._deadline_at:
             self.stopped = "deadline"
             return None
         query = self._template.query(extension)
         try:
-            async with asyncio.timeout_at(self._deadline_at):
+            async with self._deadlines.within(self._deadline_at):
                 reply = await self._probe.state_of(query)
         except TimeoutError:
             self.stopped = "deadline"

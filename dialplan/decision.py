@@ -97,18 +97,25 @@ class Trace:
 
     ``step`` is detail for --explain; ``link`` is a candidate's fate, kept for
     the log line too; ``note`` adds a few words to CRM_ROUTE_REASON.
+
+    ``explain=False`` keeps no steps: where nothing reads them (the server, the
+    classic AGI: the log line and the channel read the chain and the reason
+    only) they are not kept, and callers skip formatting them (``if trace.explain``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, explain: bool = True) -> None:
+        self.explain = explain
         self.steps: list[str] = []
         self.chain: list[str] = []
         self.notes: list[str] = []
 
     def step(self, text: str) -> None:
-        self.steps.append(text)
+        if self.explain:
+            self.steps.append(text)
 
     def link(self, text: str, note: str = "") -> None:
-        self.steps.append(text)
+        if self.explain:
+            self.steps.append(text)
         self.chain.append(text)
         if note:
             self.note(note)

@@ -8,14 +8,13 @@ states, then the fallbacks. The deadline covers all of it.
 
 from __future__ import annotations
 
-import asyncio
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Sequence
 
 from crmlookup.backend import CrmBackend
-from crmlookup.cache import CachedBackend
 from crmlookup.errors import CrmError
 from crmlookup.phone import InvalidNumber, PhoneNumber, normalise
 from crmlookup.records import LookupResult, Match
@@ -24,6 +23,7 @@ from .availability import DeviceStateProbe, NoDeviceStates
 from .call import InboundCall
 from .candidates import SENIOR_MANAGER, TEAM, rule_candidates
 from .chooser import Chooser, Ring, StateChecker
+from .deadlines import LOOP_DEADLINES, Deadlines
 from .decision import RouteDecision, RouteStatus, Trace
 from .history import CallHistory
 from .hours import utc_now
@@ -50,7 +50,10 @@ class Router:
     ``history`` serves the LastAgent rule and ``tickets`` (Zoho Desk, behind
     its cache) the Tickets rule; a configuration that uses a rule without its
     source is refused here, naming the key. ``clock`` gives the current time
-    for business hours (aware datetimes).
+    for business hours (aware datetimes). ``deadlines`` keeps the routing
+    deadline: the running event loop's by default (see :mod:`.deadlines`).
+    ``explain=False``: decisions carry no ``steps`` (the --explain detail), which
+    are then not even formatted; the reason and the chain are the same.
     """
 
     def __init__(
@@ -61,6 +64,8 @@ class Router:
         history: CallHistory | None = None,
         tickets: CrmBackend | None = None,
         clock: Callable[[], datetime] = utc_now,
+        deadlines: Deadlines = LOOP_DEADLINES,
+        explain: bool = True,
     ):
         self.settings = settings
         self.backend = backend
@@ -68,7 +73,11 @@ class Router:
         self.tickets = tickets
         self.book = settings.book
         self._clock = clock
+        self._deadlines = deadlines
+        self._explain = explain
         self._deadline_s = settings.deadline_ms / 1000
+        self._fresh = _fresh_answers(backend)
+        self._fresh_tickets = _fresh_answers(tickets) if tickets is not None else None
         require_history(settings, history)
         require_tickets(settings, tickets)
 
@@ -81,17 +90,19 @@ class Router:
         caller ID ``NOMATCH``; the caller is never kept waiting past the deadline.
         """
         started = time.perf_counter()
-        deadline_at = asyncio.get_running_loop().time() + self._deadline_s
+        deadline_at = self._deadlines.now() + self._deadline_s
         decision = await self._decide(call, probe or _NO_PROBE, deadline_at)
         decision.lookup_ms = int((time.perf_counter() - started) * 1000)
         return decision
 
     async def _decide(self, call: InboundCall, probe: DeviceStateProbe, deadline_at: float) -> RouteDecision:
         policy = self.book.for_did(call.did)
-        trace = Trace()
-        trace.step(f"DID {call.did!r}: policy {policy.name}")
+        trace = Trace(self._explain)
+        explain = trace.explain  # the steps' text is only made where someone reads it (see Trace)
+        if explain:
+            trace.step(f"DID {call.did!r}: policy {policy.name}")
         caller = policy.rewrite.apply(call.caller)
-        if caller != call.caller:
+        if caller != call.caller and explain:
             trace.step(f"caller {call.caller!r} rewritten to {caller!r} ({policy.rewrite.describe()})")
         try:
             number = normalise(caller, self.settings.default_region)
@@ -99,12 +110,13 @@ class Router:
             trace.step(f"caller {caller!r}: {exc} (numbers without a country code are read in region {self.settings.default_region})")
             trace.note(str(exc))
             return self._decision(RouteStatus.NOMATCH, policy, trace)
-        trace.step(f"caller {caller!r} normalised to {number.e164} (region {self.settings.default_region})")
+        if explain:
+            trace.step(f"caller {caller!r} normalised to {number.e164} (region {self.settings.default_region})")
         found = await self._find(policy, number, deadline_at, trace)
         candidates = rule_candidates(policy, found.result.matches, found.last_extension)
         checker = None
         if policy.states is not None:
-            checker = StateChecker(probe, policy.states, deadline_at)
+            checker = StateChecker(probe, policy.states, deadline_at, self._deadlines)
         else:
             trace.step("availability: not checked (check_availability = false)")
         ring = await Chooser(policy, checker, self._clock(), trace).choose(candidates)
@@ -125,6 +137,8 @@ class Router:
         if not policy.uses_last_agent and not policy.uses_tickets:
             found = await self._lookup(policy, number, deadline_at)
         else:
+            import asyncio  # the call history and Desk are the server's: only it (on its event loop) has them
+
             found, last_extension, tickets = await asyncio.gather(
                 self._lookup(policy, number, deadline_at),
                 self._last_agent(policy, number, deadline_at, trace) if policy.uses_last_agent else _nothing(),
@@ -141,22 +155,23 @@ class Router:
             trace.step(found.failure_reason)
         elif policy.modules and not found.result.matches:
             trace.step("no open record matches")
-        for match in found.result.matches:
-            trace.step(f"matched {match.module} {match.record_id} ({match.name!r}), owner {_owner_text(match)}")
+        if trace.explain:
+            for match in found.result.matches:
+                trace.step(f"matched {match.module} {match.record_id} ({match.name!r}), owner {_owner_text(match)}")
         return found
 
     async def _lookup(self, policy: Policy, number: PhoneNumber, deadline_at: float) -> Found:
         if not policy.modules:
             return Found(LookupResult())
-        if isinstance(self.backend, CachedBackend):
+        if self._fresh is not None:
             # Most calls are answered from memory, without waiting: no deadline
             # timer for those (arming and cancelling one cost more than the
             # whole cache lookup: about 39,000 instructions of 1,140,000 per call).
-            answer = self.backend.fresh(number, policy.modules)
+            answer = self._fresh(number, policy.modules)
             if answer is not None:
                 return Found(answer)
         try:
-            async with asyncio.timeout_at(deadline_at):
+            async with self._deadlines.within(deadline_at):
                 return Found(await self.backend.lookup(number, policy.modules))
         except TimeoutError:
             return Found(LookupResult(), RouteStatus.TIMEOUT, f"CRM did not answer within {self.settings.deadline_ms} ms")
@@ -167,12 +182,13 @@ class Router:
         """The caller's open tickets, within the same deadline; a Desk that fails or is slow is a reason, not an error."""
         assert self.tickets is not None  # checked at construction
         source = self.tickets
-        if isinstance(source, CachedBackend):
-            answer = source.fresh(number, (TICKETS,))
+        fresh = self._fresh_tickets
+        if fresh is not None:
+            answer = fresh(number, (TICKETS,))
             if answer is not None:
                 return Found(answer)
         try:
-            async with asyncio.timeout_at(deadline_at):
+            async with self._deadlines.within(deadline_at):
                 return Found(await source.lookup(number, (TICKETS,)))
         except TimeoutError:
             return Found(LookupResult(), RouteStatus.TIMEOUT, f"{TICKETS}: Zoho Desk did not answer within {self.settings.deadline_ms} ms")
@@ -183,7 +199,7 @@ class Router:
         assert self.history is not None  # checked at construction
         age = policy.last_agent_max_age_s
         try:
-            async with asyncio.timeout_at(deadline_at):
+            async with self._deadlines.within(deadline_at):
                 extension = await self.history.last_answered_extension(number.e164, age)
         except TimeoutError:
             trace.link(f"{LAST_AGENT}: the call history did not answer in time")
@@ -225,12 +241,28 @@ class Router:
         decision.rule = candidate.rule
         decision.extensions = ring.extensions
         decision.target = policy.targets.dial_string(ring.extensions)
-        trace.step(f"{status.value}: target {decision.target}")
+        if trace.explain:
+            trace.step(f"{status.value}: target {decision.target}")
         return decision
 
     @staticmethod
     def _decision(status: RouteStatus, policy: Policy, trace: Trace, match: Match | None = None) -> RouteDecision:
         return RouteDecision(status, reason=trace.reason(), match=match, steps=trace.steps, policy=policy.name, chain=trace.chain)
+
+
+def _fresh_answers(backend: CrmBackend) -> Callable[[PhoneNumber, Sequence[str]], LookupResult | None] | None:
+    """The cache's answer-from-memory, when ``backend`` is the lookup cache.
+
+    The cache's module is not imported to find out: a backend can only be a
+    :class:`~crmlookup.cache.CachedBackend` once that module is loaded, and the
+    classic AGI's route path, which has no cache, thus never loads it (nor the
+    asyncio it needs).
+    """
+    cache = sys.modules.get("crmlookup.cache")
+    if cache is not None and isinstance(backend, cache.CachedBackend):
+        fresh: Callable[[PhoneNumber, Sequence[str]], LookupResult | None] = backend.fresh
+        return fresh
+    return None
 
 
 def last_agent_keys(settings: RoutingSettings) -> list[str]:

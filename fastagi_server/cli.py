@@ -88,7 +88,9 @@ def serve(ctx: click.Context, config_path: str | None, host: str | None, port: i
         logging.getLogger("crmroute.server").warning("%s", notice)
     else:
         logging.getLogger("crmroute.server").info("configuration %s", config.source or "built-in defaults")
-    asyncio.run(run_server(config, host=host, port=port, hangup_seen=early_hangup.seen, exiting=True))
+    from .event_loop import run as run_on_loop
+
+    run_on_loop(run_server(config, host=host, port=port, hangup_seen=early_hangup.seen, exiting=True), config.server.event_loop)
 
 
 @cli.command()

@@ -65,6 +65,9 @@ class ServerSettings:
     log_level: str = "INFO"
     # "text" (one line per record, key=value for calls) or "json" (one object per line, for log shippers).
     log_format: str = "text"
+    # "auto" (uvloop when installed, else asyncio's own loop), "asyncio" or "uvloop"
+    # (an error at start when it is not installed); see .event_loop.
+    event_loop: str = "auto"
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -72,6 +75,8 @@ class ServerSettings:
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be {' or '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ValueError(f"event_loop must be {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}")
         check_peers(self.allowed_peers)
 
     @property
@@ -104,6 +109,8 @@ class MetricsSettings:
 
 
 LOG_FORMATS = ("text", "json")
+# server.event_loop's values (fastagi_server.event_loop picks the loop).
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 def host_and_port(listen: str) -> tuple[str, int]:

@@ -23,7 +23,8 @@ from crmlookup.records import Owner
 from dialplan.outbox.settings import STORE_URL_ENV
 
 from .app import App
-from .config import Config
+from .config import Config, ConfigError
+from .event_loop import loop_factory
 
 
 @dataclass
@@ -75,6 +76,22 @@ def outbox_location(path: Path) -> tuple[str, str]:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         return "", f"outbox.path: cannot create {path}: {ancestor} is not writable by this user"
     return f"{path} (not there yet: created with the first call outcome)", ""
+
+
+def recordings_warnings(config: Config) -> list[str]:
+    """What keeps call recordings from reaching the CRM, as far as this user can tell (a
+    dialplan that records nothing needs none of it, so these are warnings)."""
+    settings = config.recordings
+    folder = Path(settings.directory)
+    if not folder.is_dir() and settings == type(settings)():
+        return []  # no [recordings] set up and no Asterisk here: nothing is recorded on this host
+    if not folder.is_dir():
+        return [f"recordings.directory: {folder} is not a directory here; recordings named by CRM_RECORDING cannot be read"]
+    if not os.access(folder, os.R_OK | os.X_OK):
+        return [f"recordings.directory: {folder} is not readable by this user; recordings cannot be sent to the CRM"]
+    if settings.delete_after_upload and not os.access(folder, os.W_OK):
+        return [f"recordings.delete_after_upload: {folder} is not writable by this user; uploaded recordings stay"]
+    return []
 
 
 async def _check_online(app: App, report: CheckReport) -> None:
@@ -138,9 +155,14 @@ def unknown_owner_keys(config: Config, users: list[Owner]) -> list[str]:
 async def inspect(config: Config, *, online: bool = False) -> CheckReport:
     """Open what ``config`` names, as the server would, and report on it (``online``: and ask the CRM)."""
     report = CheckReport()
+    try:
+        loop_factory(config.server.event_loop)
+    except ConfigError as exc:
+        report.problems.append(str(exc))
     report.outbox, problem = store_location(config)
     if problem:
         report.problems.append(problem)
+    report.warnings += recordings_warnings(config)
     app = App.from_config(config, history=UnreadHistory())
     try:
         before = len(report.problems)

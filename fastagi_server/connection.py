@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .calllog import log_session_error
 from .environment import AgiEnvironment, parse_header_block
@@ -44,6 +44,28 @@ _END_OF_HEADERS = re.compile(rb"\n\r?\n")
 _NO_HEADERS = re.compile(rb"\r?\n")
 
 
+class StreamTransport(Protocol):
+    """What a session uses of its transport. asyncio's own transports have it, and so
+    have uvloop's, which are no subclass of :class:`asyncio.Transport`: the check is
+    on these methods, not on the class."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
+def stream_transport(transport: asyncio.BaseTransport) -> StreamTransport:
+    """``transport`` as a :class:`StreamTransport`; TypeError for one that cannot write or abort
+    (a datagram or read-only transport: a bug in whoever made the connection)."""
+    if not (callable(getattr(transport, "write", None)) and callable(getattr(transport, "abort", None))):
+        raise TypeError(f"FastAGI needs a stream transport, got {type(transport).__name__}")
+    return cast(StreamTransport, transport)
+
+
 def format_peer(peername: object) -> str:
     """``127.0.0.1:40112`` or ``[::1]:40112``."""
     if isinstance(peername, tuple) and len(peername) >= 2:
@@ -62,7 +84,7 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         self._limits = self.app.config.limits
         self._loop = server.loop or asyncio.get_running_loop()
         self._read_buffer: memoryview | None = None
-        self._transport: asyncio.Transport | None = None
+        self._transport: StreamTransport | None = None
         self._buffer = b""
         self._scanned = 0  # how much of the buffered header block has been checked
         self._header_lines = 0
@@ -87,15 +109,14 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
     # -- asyncio.BufferedProtocol -----------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = stream = stream_transport(transport)
         peername = transport.get_extra_info("peername")
         self.peer = format_peer(peername)
         if not self._server.admits(peername):
             host = str(peername[0]) if isinstance(peername, tuple) else self.peer
             self._server.refused_peers.warning(host, "refused peer=%s reason=%s", self.peer, "not in server.allowed_peers")
             self.closed = True
-            transport.abort()
+            stream.abort()
             return
         self.ended_log = self._server.ended_sessions
         self._server.connection_opened(self)

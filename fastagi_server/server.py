@@ -12,6 +12,7 @@ from .app import App
 from .config import Config, address_allowed, load_config
 from .calllog import call_logger
 from .connection import FastAgiConnection, format_peer
+from .event_loop import loop_name
 from .listener import Listener, bind, connection_budget, raise_open_file_limit
 from .notify import SystemdNotifier
 from .logs import RepeatedWarning
@@ -187,8 +188,8 @@ class FastAgiServer:
             self.app.start_sync_worker()
         self.app.start_mirror()
         logger.info(
-            "listening on %s (backend=%s, peers allowed: %s; at most %d connections open)",
-            ", ".join(self.addresses), self.app.backend.name, ", ".join(settings.allowed_peers), self._budget,
+            "listening on %s (backend=%s, event loop=%s, peers allowed: %s; at most %d connections open)",
+            ", ".join(self.addresses), self.app.backend.name, loop_name(loop), ", ".join(settings.allowed_peers), self._budget,
         )
         if self._budget < settings.max_sessions + settings.max_connecting:
             logger.warning(
@@ -298,6 +299,8 @@ class FastAgiServer:
         self._admitted = {}
         if (config.server.host, config.server.port) != (old_app.config.server.host, old_app.config.server.port):
             logger.warning("server.host/server.port changes take effect on restart only")
+        if config.server.event_loop != old_app.config.server.event_loop:
+            logger.warning("server.event_loop changes take effect on restart only")
         if config.metrics != old_app.config.metrics:
             logger.warning("[metrics] changes take effect on restart only")
         logger.info("configuration reloaded from %s", config.source or "built-in defaults")

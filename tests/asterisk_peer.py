@@ -224,6 +224,11 @@ class CallResult:
     commands: list[list[str]] = field(default_factory=list)  # each command, as parsed arguments
     raw: bytes = b""  # every byte the server wrote
     closed_by_server: bool = False
+    # The server dropped the connection with a reset (abort() with our bytes unread): how a
+    # refused peer is let go. Whether the peer sees a reset or an end of file then depends on
+    # the event loop (uvloop reports the reset, asyncio often an end of file): both are the
+    # same to Asterisk, which ends the AGI either way.
+    reset_by_server: bool = False
     # (loop time, "command" or "reply", the line): when each command arrived and each reply left.
     timeline: list[tuple[float, str, str]] = field(default_factory=list)
 
@@ -293,6 +298,8 @@ class AsteriskPeer:
                 self.dead = True
             await writer.drain()
             await asyncio.wait_for(self._serve(reader, writer, result), timeout)
+        except ConnectionResetError:
+            result.reset_by_server = result.closed_by_server = True
         finally:
             writer.close()
             try:

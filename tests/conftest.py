@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -16,6 +17,26 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fastagi_server.app import App
 from fastagi_server.config import Config, config_from_dict
 from fastagi_server.server import FastAgiServer
+
+
+# The event loop the in-process tests run on: "asyncio" (the default) or "uvloop"
+# (CRMROUTE_TEST_EVENT_LOOP=uvloop, with `pip install -e '.[test,fast]'`; .ci/run runs the
+# suite once each way). Servers started as processes (`crmroute serve`) pick theirs
+# from server.event_loop, "auto" by default: uvloop whenever it is installed.
+TEST_EVENT_LOOP = os.environ.get("CRMROUTE_TEST_EVENT_LOOP", "asyncio")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if TEST_EVENT_LOOP == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    elif TEST_EVENT_LOOP != "asyncio":
+        raise pytest.UsageError(f"CRMROUTE_TEST_EVENT_LOOP must be asyncio or uvloop, got {TEST_EVENT_LOOP!r}")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"event loop: {TEST_EVENT_LOOP} (CRMROUTE_TEST_EVENT_LOOP)"
 
 
 def make_config(data: dict[str, Any] | None = None) -> Config:

@@ -29,7 +29,8 @@ the formats retailCRM's official API clients (``retailcrm/api-client-php``,
   JSON list; each ``date`` ``Y-m-d H:i:s``, ``type`` ``in``/``out``,
   ``phone`` and ``result`` one of ``answered``, ``busy``, ``failed``, ``no
   answer``, ``not allowed``, ``unknown`` required; ``duration`` a
-  non-negative integer): ``{"success": true, "processedCallsCount",
+  non-negative integer; ``recordUrl``, when given, an http(s) address, the
+  recording retailCRM's call history plays): ``{"success": true, "processedCallsCount",
   "duplicateCalls"}``.
 * Errors in retailCRM's shape: ``{"success": false, "errorMsg": ..., "errors": {...}}``.
 
@@ -402,7 +403,17 @@ def _call_errors(call: dict[str, Any]) -> dict[str, str]:
     duration = call.get("duration", 0)
     if not isinstance(duration, int) or isinstance(duration, bool) or duration < 0:
         errors["duration"] = "This value should be greater than or equal to 0."
+    if "recordUrl" in call and not _is_url(call["recordUrl"]):
+        errors["recordUrl"] = "This value is not a valid URL."
     return errors
+
+
+def _is_url(value: Any) -> bool:
+    """An absolute http(s) address, as a URL check accepts it."""
+    if not isinstance(value, str) or any(char.isspace() for char in value):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _one(values: dict[str, list[str]], name: str) -> str:

@@ -224,3 +224,93 @@ def test_the_keeper_spools_while_the_database_is_down_and_commits_when_it_is_bac
     assert first == [Recording.RECORDED]
     assert down == [Recording.SPOOLED] * 4 and spooled == 4
     assert count == 5, "every outcome kept in memory reached the database once it was back"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_lead_in_the_crm_stays_the_callers_lead_when_its_outcome_dies(kind, tmp_path, request):
+    """An outcome whose lead was written dies later (its recording never came): the lead is
+    still in the CRM, so the caller's next outcome is logged on it, not given a second one."""
+    if kind == "sqlite":
+        store = open_store(tmp_path / "outbox.sqlite", StoreSettings())
+    else:
+        store = store_for(request.getfixturevalue("database"))
+    try:
+        now = time.time()
+        caller = "+34928770001"
+        store.record_many([(outcome(1, caller=caller), now), (outcome(2, caller=caller), now), (outcome(3, caller=caller), now)])
+        rows = {row.call_id: row.id for row in store.list_rows(limit=10)}
+        first, second, third = rows["1700000000.1"], rows["1700000000.2"], rows["1700000000.3"]
+        assert store.claim_leads([(first, caller)], now) == set()
+        store.mark_writes([(first, "lead", WriteState.DONE, "L-1", "")], now)
+        [item] = [i for i in store.claim(now, 10, 60) if i.id == first]
+        store.finish([Finish(item.id, item.lease_token, OutboxState.DEAD, "recording missing")], now)
+        assert store.lead_for_caller(caller, second)[:2] == (WriteState.DONE, "L-1")
+        assert store.claim_leads([(second, caller)], now) == {second}, "no second lead for that caller"
+        # A lead only under way when its outcome died does not hold the caller back.
+        store.mark_writes([(first, "lead", WriteState.SENT, "", "")], now)
+        assert store.lead_for_caller(caller, third) is None
+        assert store.claim_leads([(third, caller)], now) == set()
+    finally:
+        store.close()
+
+
+def test_with_the_database_down_the_call_history_fails_once_then_is_not_asked_for_a_while(database):
+    from postgres_server import start_server
+
+    store = store_for(database, connect_timeout_s=1, read_wait_ms=200)
+    try:
+        assert store.last_answered_extension("+34928000000", 0) is None
+        stop_server()
+        try:
+            with pytest.raises(OutboxError, match="couldn't get a connection|connection"):
+                store.last_answered_extension("+34928000000", 0)
+            with pytest.raises(OutboxError, match="not asked, it failed less than"):
+                store.last_answered_extension("+34928000000", 0)
+        finally:
+            start_server()
+    finally:
+        store.close()
+
+
+def test_a_database_server_that_accepts_and_never_speaks_fails_the_open_within_the_timeout():
+    """A peer that takes the TCP connection and says nothing (a hung server, a
+    wrong port): the open gives up after connect_timeout_s, naming the store."""
+    import socket
+
+    base_url()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    try:
+        with pytest.raises(OutboxError, match=f"127.0.0.1:{port}"):
+            store_for(f"postgresql://crmroute@127.0.0.1:{port}/crmroute", connect_timeout_s=1)
+    finally:
+        listener.close()
+
+
+def test_the_admin_commands_use_the_shared_store(database, tmp_path):
+    from click.testing import CliRunner
+
+    from fastagi_server.cli import cli
+
+    store = store_for(database)
+    try:
+        store.record_many([(outcome(1), time.time()), (outcome(2), time.time())])
+    finally:
+        store.close()
+    config = tmp_path / "crmroute.toml"
+    url_file = tmp_path / "store-url"
+    url_file.write_text(database)
+    config.write_text(f'[routing]\ndefault_region = "ES"\n[store]\nurl_file = "{url_file}"\n')
+    status = CliRunner().invoke(cli, ["outbox", "status", "--config", str(config)])
+    assert status.exit_code == 0, status.output
+    assert database.rsplit("/", 1)[1] in status.output and "pending" in status.output
+    listed = CliRunner().invoke(cli, ["outbox", "list", "--config", str(config)])
+    assert "1700000000.1" in listed.output and "1700000000.2" in listed.output
+    checked = CliRunner().invoke(cli, ["check-config", str(config)])
+    assert checked.exit_code == 0, checked.output
+    assert database.rsplit("/", 1)[1] in checked.output
+    config.write_text('[routing]\ndefault_region = "ES"\n[store]\nurl = "postgresql://crmroute:hunter2@127.0.0.1:9/x"\nconnect_timeout_s = 1\n')
+    refused = CliRunner().invoke(cli, ["outbox", "status", "--config", str(config)])
+    assert refused.exit_code != 0 and "127.0.0.1:9" in refused.output and "hunter2" not in refused.output

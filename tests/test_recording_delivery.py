@@ -19,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_config
-from dialplan.outbox import Outbox, SyncWorker
+from dialplan.outbox import SyncWorker
+from dialplan.outbox.interface import open_store
 from dialplan.outcome import outcome_from_channel
 from fastagi_server.app import App
 from fastagi_server.cli import cli
@@ -54,7 +55,7 @@ def org(zoho):
     return {"sim": zoho, "ana": ana, "lead": lead}
 
 
-def settings(zoho, tmp_path, *, recordings: dict[str, Any] | None = None, zoho_extra: dict[str, Any] | None = None, backend: str = "zoho"):
+def settings(zoho, tmp_path, *, recordings: dict[str, Any] | None = None, zoho_extra: dict[str, Any] | None = None, backend: str = "zoho", store_url: str = ""):
     folder = tmp_path / "monitor"
     folder.mkdir(exist_ok=True)
     data: dict[str, Any] = {
@@ -64,6 +65,8 @@ def settings(zoho, tmp_path, *, recordings: dict[str, Any] | None = None, zoho_e
         "outcomes": {"timezone": "Europe/Madrid", "answered_by_other_task": False},
         "recordings": {"directory": str(folder), "settle_s": 2, "wait_max_s": 600, **(recordings or {})},
     }
+    if store_url:
+        data["store"] = {"url": store_url}
     if backend == "zoho":
         data["zoho"] = zoho.zoho_config(user_extension_field="Extension", search_lag_s=0, breaker_open_s=1, **(zoho_extra or {}))
     return make_config(data), folder
@@ -76,7 +79,7 @@ def record(cfg, org, clock: Clock, call_id: str = "1700000000.7", name: str = "1
     outcome = outcome_from_channel(
         call_id=call_id, caller=KNOWN, readings=readings, ended_at=clock.now - 5, region="ES", recordings_dir=cfg.recordings.directory
     )
-    box = Outbox.open(cfg.outbox.resolved_path)
+    box = open_store(cfg.outbox.resolved_path, cfg.store)
     box.record_many([(outcome, clock.now)])
     box.close()
 
@@ -124,7 +127,7 @@ def toml_of(cfg, tmp_path: Path, zoho) -> Path:
 
 
 def states(cfg) -> dict[str, int]:
-    box = Outbox.open(cfg.outbox.resolved_path, create=False)
+    box = open_store(cfg.outbox.resolved_path, cfg.store, create=False)
     try:
         return {state: count for state, count in box.counts().items() if count}
     finally:
@@ -135,10 +138,22 @@ def attachment_posts(sim) -> list[Any]:
     return [r for r in sim.api_requests() if r.method == "POST" and r.path.endswith("/Attachments")]
 
 
-def test_a_complete_recording_reaches_the_call_as_an_attachment_once(org, tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request):
+    """The outbox in SQLite (""), or in a fresh PostgreSQL database when one is at hand."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    from postgres_server import fresh_database
+
+    with fresh_database() as url:
+        yield url
+
+
+def test_a_complete_recording_reaches_the_call_as_an_attachment_once(org, tmp_path, store_url):
     sim = org["sim"]
     clock = Clock()
-    cfg, folder = settings(sim, tmp_path)
+    cfg, folder = settings(sim, tmp_path, store_url=store_url)
     content = wav_bytes()
     written(folder / "1700000000.7.wav", content, clock.now - 30)
     record(cfg, org, clock)
@@ -150,8 +165,9 @@ def test_a_complete_recording_reaches_the_call_as_an_attachment_once(org, tmp_pa
     assert content.startswith(b"RIFF") and content[8:12] == b"WAVE"
     assert second.claimed == 0 and len(attachment_posts(sim)) == 1
     assert states(cfg) == {"done": 1}
-    out = listing(toml_of(cfg, tmp_path, sim))
-    assert "[recording uploaded (16044 bytes)]" in out, out
+    if not store_url:
+        out = listing(toml_of(cfg, tmp_path, sim))
+        assert "[recording uploaded (16044 bytes)]" in out, out
 
 
 def test_the_call_is_in_the_crm_while_the_recording_is_still_written(org, tmp_path):
@@ -324,3 +340,131 @@ def test_the_local_directory_keeps_the_path_on_the_call_row(tmp_path):
             await app.aclose()
 
     assert asyncio.run(calls()) == [{"key": "1700000000.7", "recording": str(folder / "1700000000.7.wav")}]
+
+
+def test_a_lead_whose_outcome_died_for_its_recording_is_still_the_callers_one_lead(org, tmp_path, store_url):
+    sim = org["sim"]
+    clock = Clock()
+    cfg, _folder = settings(sim, tmp_path, recordings={"wait_max_s": 60}, store_url=store_url)
+    unknown = "+34928777001"
+
+    def call(call_id: str) -> None:
+        readings = {"dial_status": "ANSWER", "peer_number": "101", "answered_s": "20", "route_status": "NOMATCH", "recording": f"{call_id}.wav"}
+        outcome = outcome_from_channel(call_id=call_id, caller=unknown, readings=readings, ended_at=clock.now - 5, region="ES", recordings_dir=cfg.recordings.directory)
+        box = open_store(cfg.outbox.resolved_path, cfg.store)
+        box.record_many([(outcome, clock.now)])
+        box.close()
+
+    call("1700000000.1")
+    results = rounds(cfg, clock, [61, 1, 1, 1], before={2: lambda: call("1700000000.2")})
+    assert results[1].dead == 1, "its recording never came"
+    leads = [r for r in sim.records("Leads") if r.get("Phone") == unknown]
+    assert len(leads) == 1, "the second call is logged on the first call's lead"
+    assert {c["What_Id"]["id"] for c in sim.records("Calls")} == {leads[0]["id"]}
+
+
+class RealClock:
+    """The time now; moving it is a no-op (the waits here are the simulator's)."""
+
+    @property
+    def now(self) -> float:
+        return time.time()
+
+    @now.setter
+    def now(self, value: float) -> None:
+        pass
+
+    def __call__(self) -> float:
+        return time.time()
+
+
+def test_a_round_stops_starting_uploads_well_within_its_lease(org, tmp_path):
+    sim = org["sim"]
+    sim.latency_for(r"/Attachments$", 0.6, method="POST")  # each upload takes at least this long
+    clock = RealClock()
+    cfg, folder = settings(sim, tmp_path)
+    cfg = make_config({**_toml(cfg, sim), "outbox": {"path": str(cfg.outbox.resolved_path), "lease_s": 1}})
+    for i in range(3):
+        written(folder / f"1700000000.{i}.wav", wav_bytes(0.1), time.time() - 30)
+        record(cfg, org, clock, call_id=f"1700000000.{i}", name=f"1700000000.{i}.wav")
+    [first] = rounds(cfg, clock, [0])
+    assert first.delivered == 1 and first.deferred == 2, "past half the 1 s lease, no upload is started"
+    assert len([r for r in sim.requests("/crm/v8/Calls", method="POST") if r.path == "/crm/v8/Calls"]) == 1, "the Calls all went at once"
+    rounds(cfg, clock, [0, 0, 0])
+    assert states(cfg) == {"done": 3}
+    assert sum(len(sim.attachments("Calls", c["id"])) for c in sim.records("Calls")) == 3
+
+
+def _toml(cfg, sim) -> dict[str, Any]:
+    return {
+        "crm": {"backend": "zoho"},
+        "routing": {"default_region": "ES"},
+        "zoho": sim.zoho_config(user_extension_field="Extension", search_lag_s=0, breaker_open_s=1),
+        "outcomes": {"timezone": "Europe/Madrid", "answered_by_other_task": False},
+        "recordings": {"directory": cfg.recordings.directory, "settle_s": 2},
+    }
+
+
+def test_calls_that_take_no_attachments_end_dead_with_zohos_words(org, tmp_path):
+    sim = org["sim"]
+    clock = Clock()
+    cfg, folder = settings(sim, tmp_path)
+    written(folder / "1700000000.7.wav", wav_bytes(0.1), clock.now - 30)
+    record(cfg, org, clock)
+    refusal = {"code": "INVALID_MODULE", "details": {"resource_path_index": 0}, "message": "the module name given seems to be invalid", "status": "error"}
+    sim.add_fault(r"/Attachments$", status=400, body=refusal, method="POST")
+    results = rounds(cfg, clock, [1] * 6)
+    assert [r.failed for r in results[:4]] == [1, 1, 1, 1] and results[4].dead == 1
+    assert states(cfg) == {"dead": 1} and len(sim.records("Calls")) == 1
+    assert "recording: POST /crm/v8/Calls/" in listing(toml_of(cfg, tmp_path, sim)) and "INVALID_MODULE" in listing(toml_of(cfg, tmp_path, sim))
+
+
+def test_a_file_just_under_zohos_20_mb_is_attached_and_one_just_over_it_linked(org, tmp_path):
+    sim = org["sim"]
+    clock = Clock()
+    cfg, folder = settings(sim, tmp_path, recordings={"url_template": URL})
+    limit = 20 * 1024 * 1024
+    under = wav_bytes(0.5) + os.urandom(limit - 16_044 - 1024)
+    written(folder / "1700000000.1.wav", under, clock.now - 30)
+    written(folder / "1700000000.2.wav", b"RIFF" + bytes(limit - 3), clock.now - 30)
+    record(cfg, org, clock, call_id="1700000000.1", name="1700000000.1.wav")
+    record(cfg, org, clock, call_id="1700000000.2", name="1700000000.2.wav")
+    rounds(cfg, clock, [3, 1])
+    assert states(cfg) == {"done": 2}
+    by_key = {call["Subject"].rsplit("[", 1)[1].rstrip("]"): call for call in sim.records("Calls")}
+    [attachment] = sim.attachments("Calls", by_key["1700000000.1"]["id"])
+    assert attachment["content"] == under
+    assert sim.attachments("Calls", by_key["1700000000.2"]["id"]) == []
+    assert by_key["1700000000.2"]["Description"].endswith("Recording: https://pbx.example.com/rec/1700000000.2.wav")
+    assert len(attachment_posts(sim)) == 1, "the file over the limit is never sent"
+
+
+def test_from_the_hangup_handler_over_tcp_to_the_calls_attachment(org, tmp_path):
+    from asterisk_peer import AsteriskPeer, asterisk_headers
+    from conftest import agi_server
+
+    sim = org["sim"]
+    cfg, folder = settings(sim, tmp_path)
+    content = wav_bytes()
+    written(folder / "1700000000.9.wav", content, time.time() - 30)
+    variables = {
+        "DIALSTATUS": "ANSWER", "DIALEDPEERNUMBER": "101", "ANSWEREDTIME_MS": "42500", "CDR(start,u)": f"{time.time() - 90:.6f}",
+        "CRM_ROUTE_STATUS": "OWNER", "CRM_OWNER_ID": org["ana"]["id"], "CRM_MODULE": "Leads", "CRM_RECORD_ID": org["lead"]["id"],
+        "CRM_RECORDING": "1700000000.9.wav",
+    }
+
+    async def scenario() -> Any:
+        async with agi_server(cfg) as server:
+            headers = asterisk_headers(script="outcome", uniqueid="1700000000.9", caller=KNOWN, extension="s", arguments=("900",))
+            await AsteriskPeer(channel_variables=variables).call(server.port, headers)
+        app = App.from_config(cfg)
+        try:
+            return await app.sync_worker.flush(max_seconds=30)
+        finally:
+            await app.aclose()
+
+    summary = asyncio.run(scenario())
+    assert summary.delivered == 1
+    [call] = sim.records("Calls")
+    [attachment] = sim.attachments("Calls", call["id"])
+    assert (attachment["File_Name"], attachment["content"]) == ("1700000000.9.wav", content)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import pytest
 
 from dialplan.recordings import FileSettling, FileState, RecordingSettings, look
@@ -91,3 +93,13 @@ def test_a_symlink_or_a_folder_counts_as_missing(tmp_path):
     assert not look(tmp_path / "link.wav").exists
     assert not look(tmp_path / "dir.wav").exists
     assert not look(tmp_path / "none.wav").exists
+
+
+def test_check_config_warns_when_recordings_cannot_be_read(tmp_path):
+    from fastagi_server.config_check import recordings_warnings
+
+    if not Path("/var/spool/asterisk/monitor").is_dir():
+        assert recordings_warnings(config_from_dict({})) == [], "nothing set up, no Asterisk on this host: no noise"
+    missing = config_from_dict({"recordings": {"directory": str(tmp_path / "none")}})
+    assert recordings_warnings(missing) == [f"recordings.directory: {tmp_path / 'none'} is not a directory here; recordings named by CRM_RECORDING cannot be read"]
+    assert recordings_warnings(config_from_dict({"recordings": {"directory": str(tmp_path)}})) == []

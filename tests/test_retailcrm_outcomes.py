@@ -6,6 +6,7 @@ the call event goes out after the route answered, in the background.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -258,3 +259,12 @@ def test_sigkill_during_flush_uploads_every_call_exactly_once(tmp_path):
         sent = Counter(call["externalId"] for upload in sim.uploads for call in upload)
         # A call is sent again only when a kill left its upload uncertain: a few batches at most.
         assert sum(sent.values()) - CALLS <= 5 * KILLS
+
+
+def test_the_simulator_refuses_a_record_url_that_is_no_address(account):
+    import httpx
+
+    calls = [{"date": "2025-10-09 11:51:40", "type": "in", "phone": CALLER, "result": "answered", "recordUrl": "javascript:alert(1)"}]
+    answer = httpx.post(f"{account.url}/api/v5/telephony/calls/upload", headers={"X-API-KEY": KEY}, data={"calls": json.dumps(calls)})
+    assert answer.status_code == 400
+    assert answer.json()["errors"] == {"calls[0][recordUrl]": "This value is not a valid URL."}

@@ -169,6 +169,15 @@ def test_the_readme_classic_agi_lines_pass_the_did(snippet):
     assert "${EXTEN}" not in block
 
 
+def test_the_readme_recording_lines_are_the_samples():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Call recordings"):]
+    start = section.index("```\n") + 4
+    block = section[start : section.index("```", start)]
+    lines = [line.strip() for line in block.splitlines() if line.strip()]
+    assert lines and all(line in {part.strip() for part in SAMPLE.splitlines()} for line in lines), lines
+
+
 def test_ci_runs_the_readme_test_command_verbatim():
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("Run the tests:"):]

@@ -207,10 +207,19 @@ def test_route_loads_only_what_routing_needs():
     )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     loaded = {line.rpartition("|")[2].strip() for line in proc.stderr.decode().splitlines() if line.startswith("import time:")}
-    assert "dialplan.router" in loaded  # the listing is real
+    assert "dialplan.router" in loaded and "fastagi_server.stdio_route" in loaded  # the listing is real
     unused = {"dialplan.outbox.store", "dialplan.outbox.worker", "crmlookup.writer", "crmlookup.local_directory.writer",
-              "crmlookup.zoho.backend", "httpx"}
-    assert loaded & unused == set()
+              "crmlookup.zoho.backend", "httpx",
+              # No event loop on this path (fastagi_server.stdio_route): none of asyncio, nor what it drags in.
+              "asyncio", "asyncio.base_events", "ssl", "selectors", "socket",
+              # The server's app, the lookup cache (a process per call has nothing to cache), the metrics.
+              "fastagi_server.app", "crmlookup.cache", "cachetools", "prometheus_client",
+              # phonenumbers' extras: geocoding, carriers, time zones, as-you-type formatting.
+              "phonenumbers.geocoder", "phonenumbers.carrier", "phonenumbers.timezone"}
+    assert sorted(loaded & unused) == []
+    # Number metadata of two regions only: the configured one (the default, US) and the caller's own (+34: ES).
+    regions = {name.rpartition("_")[2] for name in loaded if name.startswith("phonenumbers.data.region_")}
+    assert regions == {"US", "ES"}
 
 
 @pytest.mark.parametrize("option", ["--help", "-h"])

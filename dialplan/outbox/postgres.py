@@ -29,6 +29,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -56,6 +57,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+# After the call history failed to answer, calls route without asking it for this long.
+READ_PAUSE_S = 2.0
 # Held while the schema is created, so two routers starting together do not race.
 _SCHEMA_LOCK = 0x63726D72  # "crmr"
 
@@ -102,11 +105,11 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
-# Whether an outcome's lead write still counts (done or under way, the outcome not dead).
-_LEAD_COUNTS = (
-    "SELECT 1 FROM writes w JOIN outcomes o ON o.id = w.outcome_id "
-    "WHERE o.id = %s AND o.state != 'dead' AND w.step = 'lead' AND w.state IN ('done', 'sent')"
-)
+# Whether an outcome's lead write still counts: done (the lead is in the CRM, even when a
+# later step of its outcome died: a recording that never came), or under way for an outcome
+# that is not dead. The SQLite outbox asks the same.
+_LEAD_STILL_COUNTS = "w.step = 'lead' AND (w.state = 'done' OR (w.state = 'sent' AND o.state != 'dead'))"
+_LEAD_COUNTS = f"SELECT 1 FROM writes w JOIN outcomes o ON o.id = w.outcome_id WHERE o.id = %s AND {_LEAD_STILL_COUNTS}"
 
 
 class PostgresOutbox:
@@ -123,6 +126,7 @@ class PostgresOutbox:
         self._queued: list[tuple[CallOutcome, float, asyncio.Future[bool]]] = []
         self._queue_lock = threading.Lock()
         self._committing = False
+        self._reads_fail_until = 0.0  # time.monotonic(): the call history is not asked before then
 
     @classmethod
     def open(cls, settings: StoreSettings, url: str) -> PostgresOutbox:
@@ -140,7 +144,10 @@ class PostgresOutbox:
         pool = ConnectionPool(
             url, kwargs=kwargs, min_size=settings.pool_min, max_size=settings.pool_max, open=False,
             timeout=settings.connect_timeout_s, check=ConnectionPool.check_connection, name="crmroute-outbox",
-            reconnect_timeout=0,  # never give up reconnecting: the database comes back
+            # A failed connection attempt is not retried in the background: the next
+            # request for a connection makes a new one, so a database that is back
+            # is used at once (the keeper and the worker ask every few seconds).
+            reconnect_timeout=0,
         )
         try:
             pool.open(wait=True, timeout=settings.connect_timeout_s)
@@ -284,7 +291,7 @@ class PostgresOutbox:
         with self._transaction() as conn:
             row = conn.execute(
                 "SELECT w.state, w.crm_id, o.context FROM writes w JOIN outcomes o ON o.id = w.outcome_id "
-                "WHERE o.caller_e164 = %s AND o.id != %s AND o.state != 'dead' AND w.step = 'lead' AND w.state IN ('done', 'sent') "
+                f"WHERE o.caller_e164 = %s AND o.id != %s AND {_LEAD_STILL_COUNTS} "
                 "ORDER BY w.state = 'done' DESC, o.id LIMIT 1",
                 (caller_e164, exclude_id),
             ).fetchone()
@@ -468,14 +475,23 @@ class PostgresOutbox:
         """The extension that last answered ``caller_e164`` (on any router) in a call ended after ``since``.
 
         On the call path: it waits ``read_wait_ms`` at most for a connection
-        (the router's deadline is the real bound; this keeps threads free).
+        (the router's deadline is the real bound; this keeps threads free),
+        and after a failure does not ask for ``READ_PAUSE_S``.
         """
-        with self._transaction(wait=self._settings.read_wait_ms / 1000) as conn:
-            row = conn.execute(
-                "SELECT answered_extension FROM outcomes WHERE caller_e164 = %s AND ended_at >= %s "
-                "AND answered AND answered_extension != '' ORDER BY ended_at DESC, id DESC LIMIT 1",
-                (caller_e164, since),
-            ).fetchone()
+        if time.monotonic() < self._reads_fail_until:
+            raise OutboxError(f"outbox {self.path}: not asked, it failed less than {READ_PAUSE_S:.0f} s ago")
+        try:
+            with self._transaction(wait=self._settings.read_wait_ms / 1000) as conn:
+                row = conn.execute(
+                    "SELECT answered_extension FROM outcomes WHERE caller_e164 = %s AND ended_at >= %s "
+                    "AND answered AND answered_extension != '' ORDER BY ended_at DESC, id DESC LIMIT 1",
+                    (caller_e164, since),
+                ).fetchone()
+        except OutboxError:
+            # The database is down or swamped: the calls of the next few seconds
+            # route without asking it, rather than each waiting read_wait_ms.
+            self._reads_fail_until = time.monotonic() + READ_PAUSE_S
+            raise
         return row[0] if row else None
 
 

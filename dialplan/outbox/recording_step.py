@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from crmlookup.errors import CrmBadResponse
 from crmlookup.writer import AttachmentTooLarge, CallEntry, CallRecording, RecordingWriter, RecordRef, WriteKind
 
 from ..recordings import FileSettling, FileState, RecordingSettings, look
@@ -68,7 +69,21 @@ class RecordingStep:
         self._settling = FileSettling(settings.settle_s, clock)
 
     async def run(self, item: OutboxItem, call: CallEntry, call_id: str, mark: Mark) -> StepResult:
-        """One try for ``item``, whose Call ``call`` is in the CRM as ``call_id``."""
+        """One try for ``item``, whose Call ``call`` is in the CRM as ``call_id``.
+
+        An answer the CRM gives for this request alone (a 4xx: a module that
+        takes no attachments, a field it does not know) is a refusal of this
+        recording, counted like a refused record; the CRM down, slow or
+        refusing our credentials raises, as for every write.
+        """
+        try:
+            return await self._run(item, call, call_id, mark)
+        except CrmBadResponse as exc:
+            error = f"recording: {exc}"
+            await mark(WriteState.REJECTED, "", error)
+            return StepResult(rejected=error)
+
+    async def _run(self, item: OutboxItem, call: CallEntry, call_id: str, mark: Mark) -> StepResult:
         outcome = item.outcome
         if outcome.recording_problem:
             await mark(WriteState.REJECTED, "", outcome.recording_problem)

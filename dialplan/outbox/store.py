@@ -86,10 +86,13 @@ CREATE TABLE IF NOT EXISTS meta (
 MAX_ERROR_LENGTH = 1000
 
 # The lead write of another outcome of one caller (parameters: caller, this
-# outcome's id), done or under way, that still counts: its outcome is not dead.
+# outcome's id), done or under way, that still counts: done (the lead is in the
+# CRM, even when a later step of its outcome died: a recording that never came),
+# or under way for an outcome that is not dead.
 _OTHER_LEAD_OF_CALLER = (
     "FROM writes w JOIN outcomes o ON o.id = w.outcome_id "
-    "WHERE o.caller_e164 = ? AND o.id != ? AND o.state != 'dead' AND w.step = 'lead' AND w.state IN ('done', 'sent')"
+    "WHERE o.caller_e164 = ? AND o.id != ? AND w.step = 'lead' "
+    "AND (w.state = 'done' OR (w.state = 'sent' AND o.state != 'dead'))"
 )
 
 

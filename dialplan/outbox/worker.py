@@ -370,6 +370,40 @@ class SyncWorker:
             wrote = await self._write_new(step, kind, todo) or wrote
         return wrote
 
+    def _recording_write(self, item: OutboxItem, plan: list[PlannedWrite]) -> list[PlannedWrite]:
+        """The recording step, for an answered call with a recording (or a refused one) and a Call planned."""
+        outcome = item.outcome
+        call = next((write for write in plan if write.step == Step.CALL), None)
+        if self._recording_step is None or call is None or not outcome.answered or not (outcome.recording or outcome.recording_problem):
+            return []
+        return [PlannedWrite(Step.RECORDING, WriteKind.CALL, call.entry)]
+
+    async def _deliver_recordings(self, attempts: list[_Attempt]) -> bool:
+        """The recording step of each outcome whose Call is written (one file at a time); True once the CRM was asked."""
+        step = self._recording_step
+        asked = False
+        # Uploads are large: the round stops starting them well before its lease runs out
+        # (another worker would take the outcomes up meanwhile); the rest wait for the next round.
+        stop_at = self._clock() + self._settings.lease_s / 2
+        for attempt in attempts:
+            write = next((w for w in attempt.plan or () if w.step == Step.RECORDING), None)
+            call = attempt.item.writes.get(Step.CALL)
+            if step is None or write is None or not attempt.open or attempt.complete():
+                continue
+            if call is None or call.state is not WriteState.DONE or not isinstance(write.entry, CallEntry):
+                continue  # the Call first
+            if self._clock() >= stop_at:
+                _apply_recording(attempt, StepResult(wait_until=self._clock(), waiting="recording: its upload waits for the next round (this one's took long)"))
+                continue
+
+            async def mark(state: WriteState, crm_id: str, note: str, attempt: _Attempt = attempt) -> None:
+                await self._mark(Step.RECORDING, [(attempt, state, crm_id, note)])
+
+            result = await step.run(attempt.item, write.entry, call.crm_id, mark)
+            asked = asked or not result.wait_until
+            _apply_recording(attempt, result)
+        return asked
+
     async def _settle_uncertain(self, step: str, kind: WriteKind, todo: list[tuple[_Attempt, Entry]]) -> bool:
         """Look in the CRM for the writes sent before whose answer never came (the process
         died, the connection broke); those found are done. True when the CRM was asked."""
@@ -400,34 +434,6 @@ class SyncWorker:
             if len(results) != len(going) or any(r.key != e.key for r, (_, e) in zip(results, going)):
                 raise CrmBadResponse(f"{kind.value}: {len(results)} result(s) for {len(going)} record(s)")
             await self._mark(step, [_answered(kind, attempt, result) for (attempt, _), result in zip(going, results)])
-        return asked
-
-    def _recording_write(self, item: OutboxItem, plan: list[PlannedWrite]) -> list[PlannedWrite]:
-        """The recording step, for an answered call with a recording (or a refused one) and a Call planned."""
-        outcome = item.outcome
-        call = next((write for write in plan if write.step == Step.CALL), None)
-        if self._recording_step is None or call is None or not outcome.answered or not (outcome.recording or outcome.recording_problem):
-            return []
-        return [PlannedWrite(Step.RECORDING, WriteKind.CALL, call.entry)]
-
-    async def _deliver_recordings(self, attempts: list[_Attempt]) -> bool:
-        """The recording step of each outcome whose Call is written (one file at a time); True once the CRM was asked."""
-        step = self._recording_step
-        asked = False
-        for attempt in attempts:
-            write = next((w for w in attempt.plan or () if w.step == Step.RECORDING), None)
-            call = attempt.item.writes.get(Step.CALL)
-            if step is None or write is None or not attempt.open or attempt.complete():
-                continue
-            if call is None or call.state is not WriteState.DONE or not isinstance(write.entry, CallEntry):
-                continue  # the Call first
-
-            async def mark(state: WriteState, crm_id: str, note: str, attempt: _Attempt = attempt) -> None:
-                await self._mark(Step.RECORDING, [(attempt, state, crm_id, note)])
-
-            result = await step.run(attempt.item, write.entry, call.crm_id, mark)
-            asked = asked or not result.wait_until
-            _apply_recording(attempt, result)
         return asked
 
     async def _create(self, step: str, kind: WriteKind, chunk: list[tuple[_Attempt, Entry]]) -> list[WriteResult]:

@@ -8,10 +8,10 @@ nobody registered gets ``CRM_ROUTE_STATUS=ERROR`` so the dialplan falls through.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 import re
+import sys
+import time
 from typing import TYPE_CHECKING, Awaitable, Callable, Iterable
 
 from crmlookup.errors import CrmrouteError
@@ -89,6 +89,17 @@ def builtin_routes() -> Routes:
 _BUILTIN = builtin_routes()
 
 
+class _NeverRaised(BaseException):
+    """Stands for asyncio's CancelledError where asyncio is not loaded (nothing can be cancelled then)."""
+
+
+def _cancelled_error() -> type[BaseException]:
+    """asyncio's CancelledError once asyncio is loaded. Looked up, not imported: the
+    classic AGI runs a session without an event loop and without loading asyncio."""
+    asyncio = sys.modules.get("asyncio")
+    return _NeverRaised if asyncio is None else asyncio.CancelledError
+
+
 async def answer_fallback(session: AgiSession, reason: str) -> dict[str, str]:
     """Set the whole contract with ``ERROR`` so the dialplan takes its own route."""
     await session.set_variables(fallback_variables(RouteStatus.ERROR, reason))
@@ -117,7 +128,7 @@ async def run_session(
         else:
             logger.warning("unknown AGI script %r from peer=%s (known: %s)", script, session.peer, ", ".join(routes.names()))
             result = await answer_fallback(session, f"unknown AGI script {script!r}")
-    except asyncio.CancelledError:
+    except _cancelled_error():
         reason = getattr(session, "end_reason", "") or "cancelled"
         if session.fallback_on_cancel and not always:
             await _last_fallback(session, reason)
@@ -148,6 +159,8 @@ async def run_session(
 
 async def _last_fallback(session: AgiSession, reason: str) -> None:
     """The fallback answer for a call the server stops serving, if it can be given in time."""
+    import asyncio  # a cancelled session: an event loop runs it
+
     try:
         await asyncio.wait_for(answer_fallback(session, reason), FALLBACK_TIMEOUT_S)
     except (AgiError, TimeoutError, asyncio.CancelledError):
