@@ -1,17 +1,14 @@
 """One FastAGI session over TCP, as an :class:`asyncio.BufferedProtocol`.
 
-Bytes are read into a small buffer the connection owns (a plain Protocol
-makes asyncio allocate, shrink and free a 256 KiB buffer for every read: three
-system calls). Framing is done in :meth:`FastAgiConnection.data_received` without streams:
-the header block is parsed as it arrives, then a task runs the handler,
-which awaits one reply per command. ``HANGUP`` lines Asterisk writes on its
-own are noted, never taken for a reply.
-
-A handler may stop waiting for a reply (the routing deadline cancels its
-wait); Asterisk answers that command all the same, so the connection still
-owes it a read: the next command is written only once that reply has come
-and been dropped. Every reply thus meets its own command, with no task or
-shield per command to guarantee it.
+This is the protocol half of a session: bytes are read into a small buffer
+the connection owns (a plain Protocol makes asyncio allocate, shrink and free
+a 256 KiB buffer for every read: three system calls) and framed without
+streams in :meth:`FastAgiConnection._frame`: the header block is parsed as it
+arrives, then a task runs the handler. ``HANGUP`` lines Asterisk writes on its
+own are noted; every other line is a reply, handed to the session half
+(:class:`~.pairing.ReplyPairing`), which pairs it with its command. The
+limits (line length, header count, the header, reply and session deadlines)
+are enforced here, with one timer per session.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from .calllog import log_session_error
 from .environment import AgiEnvironment, parse_header_block
 from .errors import AgiConnectionClosed, AgiLimitExceeded, AgiProtocolError
-from .replies import is_usage_end, is_usage_start
+from .pairing import ReplyPairing
 from .session import AgiSession
 
 if TYPE_CHECKING:
@@ -89,16 +86,10 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         self._scanned = 0  # how much of the buffered header block has been checked
         self._header_lines = 0
         self._in_headers = True
-        # The reply owed for the command last written; it stays owed (and this
-        # set) until its line arrives, even if its waiter gave up meanwhile.
-        self._reply: asyncio.Future[str] | None = None
-        # Set while a command waits for an abandoned reply to arrive first.
-        self._owed: asyncio.Future[None] | None = None
-        self._usage: list[str] | None = None  # lines of a 520 block being read
+        self._pairing = ReplyPairing(self._loop, self._write, self._limits.max_headers)
         # One timer per session, armed for the nearest deadline (see _check_deadlines).
         self._timer: asyncio.TimerHandle | None = None
         self._header_deadline = self._session_deadline = self._reply_deadline = 0.0
-        self._reply_command = ""
         self._task: asyncio.Task[None] | None = None
         self.closed = False
         self.end_reason = ""  # why the server ended the session early, if it did
@@ -133,10 +124,10 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self._read_buffer is not None  # get_buffer came first
-        self.data_received(bytes(self._read_buffer[:nbytes]))
+        self._frame(bytes(self._read_buffer[:nbytes]))
 
-    def data_received(self, data: bytes) -> None:
-        """Frame ``data``: the header block first, then reply lines."""
+    def _frame(self, data: bytes) -> None:
+        """Frame the bytes just read: the header block first, then reply lines."""
         if self.closed:
             return
         if self._in_headers:
@@ -180,7 +171,7 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
                 log_session_error(self, "peer closed the connection before the end of the header block")
         self.closed = True
         self._cancel_timers()
-        self._fail_reply(AgiConnectionClosed("peer closed the connection"))
+        self._pairing.fail(AgiConnectionClosed("peer closed the connection"))
         self._server.connection_closed(self)
 
     # -- AgiSession ---------------------------------------------------------
@@ -188,24 +179,15 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
     async def _exchange(self, command: str) -> str:
         if self.closed or self._transport is None:
             raise AgiConnectionClosed("connection already closed")
-        if self._reply is not None:
-            await self._owed_reply()
-        reply: asyncio.Future[str] = self._loop.create_future()
-        self._reply = reply
-        self._reply_command = command
+        return await self._pairing.exchange(command)
+
+    def _write(self, line: bytes) -> None:
+        """Write a command line (the pairing's only way out), its reply deadline armed."""
+        assert self._transport is not None  # checked by _exchange; the pairing writes nothing else
         self._reply_deadline = self._loop.time() + self._limits.reply_timeout_ms / 1000
         if self._timer is None or self._timer.when() > self._reply_deadline:
             self._arm(self._reply_deadline)
-        self._transport.write(command.encode("utf-8") + b"\n")
-        return await reply
-
-    async def _owed_reply(self) -> None:
-        """Wait for the reply to a command whose waiter gave up (Asterisk reads
-        one command at a time and answers each: writing the next one now would
-        pair its reply with the old command). Raises what ends the session meanwhile."""
-        owed: asyncio.Future[None] = self._loop.create_future()
-        self._owed = owed
-        await owed
+        self._transport.write(line)
 
     # -- internals --------------------------------------------------------
 
@@ -259,29 +241,10 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
     def _line_received(self, line: str) -> None:
         if line == "HANGUP":
             self.hung_up = True
-        elif self._usage is not None:
-            self._usage.append(line)
-            if is_usage_end(line):
-                usage, self._usage = self._usage, None
-                self._deliver("\n".join(usage))
-            elif len(self._usage) > self._limits.max_headers:
-                self._limit_hit(f"usage reply longer than {self._limits.max_headers} lines")
-        elif is_usage_start(line):
-            self._usage = [line]
-        else:
-            self._deliver(line)
-
-    def _deliver(self, line: str) -> None:
-        reply, self._reply = self._reply, None
-        if reply is not None and not reply.done():
-            reply.set_result(line)
             return
-        # The reply to a command whose waiter gave up: dropped, and the next
-        # command may go. (With no command out at all, a line nobody asked for:
-        # Asterisk never sends one, so it is ignored too.)
-        owed, self._owed = self._owed, None
-        if owed is not None and not owed.done():
-            owed.set_result(None)
+        broken = self._pairing.line_received(line)
+        if broken:
+            self._limit_hit(broken)
 
     async def _run(self) -> None:
         try:
@@ -307,16 +270,16 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         if now >= self._session_deadline:
             self._limit_hit(f"session longer than {limits.session_timeout_ms} ms")
             return
-        reply = self._reply
-        owed = reply is not None  # a reply is owed, whether or not anyone still waits for it
-        if reply is not None and now >= self._reply_deadline:
-            verb = " ".join(self._reply_command.split(" ", 2)[:2])
+        pairing = self._pairing
+        owed = pairing.owes_reply
+        if owed and now >= self._reply_deadline:
+            verb = " ".join(pairing.command.split(" ", 2)[:2])
             reason = f"no reply to {verb} within {limits.reply_timeout_ms} ms"
-            if reply.done() and self._owed is None:
+            if pairing.abandoned:
                 self._limit_hit(reason)  # abandoned and never answered: nothing more can be sent
                 return
             self._server.limit_hit(reason)
-            self._fail_reply(AgiLimitExceeded(reason))
+            pairing.fail(AgiLimitExceeded(reason))
             owed = False
         deadlines = [self._session_deadline]
         if self._in_headers:
@@ -347,15 +310,6 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         """End a session that has no running handler, with one log line."""
         log_session_error(self, reason)
         self.close()
-
-    def _fail_reply(self, exc: Exception) -> None:
-        """No reply will come: whoever waits for one (or for an owed one) gets ``exc``."""
-        reply, self._reply = self._reply, None
-        if reply is not None and not reply.done():
-            reply.set_exception(exc)
-        owed, self._owed = self._owed, None
-        if owed is not None and not owed.done():
-            owed.set_exception(exc)
 
     def _cancel_timers(self) -> None:
         if self._timer is not None:

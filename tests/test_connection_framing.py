@@ -57,7 +57,11 @@ def feed(chunks: list[bytes], limits: dict | None = None) -> tuple[FastAgiConnec
         transport = RecordingTransport()
         connection.connection_made(transport)
         for chunk in chunks:
-            connection.data_received(chunk)
+            while chunk and not connection.closed:  # the BufferedProtocol path asyncio takes
+                buffer = connection.get_buffer(len(chunk))
+                piece, chunk = chunk[: len(buffer)], chunk[len(buffer):]
+                buffer[: len(piece)] = piece
+                connection.buffer_updated(len(piece))
         for _ in range(500):  # let the handler send its first command
             if transport.written or connection.closed:
                 break

@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..outcome import CallOutcome
+from .group_commit import GroupCommit
 from .settings import StoreSettings, redacted_url
 from .store import (
     MAX_ERROR_LENGTH,
@@ -50,7 +50,6 @@ from .store import (
     WriteRow,
     WriteState,
     _holder_is_gone,
-    _settle,
 )
 
 P = ParamSpec("P")
@@ -123,9 +122,7 @@ class PostgresOutbox:
         self._settings = settings
         self._executor = ThreadPoolExecutor(max_workers=settings.pool_max + 2, thread_name_prefix="outbox-pg")
         # Outcomes waiting to be committed together (group commit): see record().
-        self._queued: list[tuple[CallOutcome, float, asyncio.Future[bool]]] = []
-        self._queue_lock = threading.Lock()
-        self._committing = False
+        self._group = GroupCommit(lambda batch: self.record_many(batch), self._executor.submit)
         self._reads_fail_until = 0.0  # time.monotonic(): the call history is not asked before then
 
     @classmethod
@@ -191,32 +188,7 @@ class PostgresOutbox:
         transaction (group commit, as the SQLite outbox does): each caller
         still returns only once its outcome is committed.
         """
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        with self._queue_lock:
-            self._queued.append((outcome, now, future))
-            start = not self._committing
-            self._committing = True
-        if start:
-            self._executor.submit(self._commit_queued)
-        return await future
-
-    def _commit_queued(self) -> None:
-        while True:
-            with self._queue_lock:
-                batch, self._queued = self._queued, []
-                if not batch:
-                    self._committing = False
-                    return
-            try:
-                results: list[bool | BaseException] = list(self.record_many([(o, now) for o, now, _ in batch]))
-            except Exception as exc:  # every waiting caller hears of it; the next batch tries again
-                error = exc if isinstance(exc, OutboxError) else OutboxError(f"cannot record outcome: {exc}")
-                results = [error] * len(batch)
-            for (_, _, future), result in zip(batch, results):
-                try:
-                    future.get_loop().call_soon_threadsafe(_settle, future, result)
-                except RuntimeError:  # that caller's event loop is gone: nobody is waiting
-                    pass
+        return await self._group.record(outcome, now)
 
     def record_many(self, outcomes: Sequence[tuple[CallOutcome, float]]) -> list[bool]:
         new = []

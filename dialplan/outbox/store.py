@@ -21,24 +21,24 @@ on the disk.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import os
 import secrets
 import socket
 import sqlite3
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Iterable, ParamSpec, Sequence, TypeVar
 
-from crmlookup.errors import CrmrouteError
 from crmlookup.files import create_private_file
 from crmlookup.sqlite_thread import ConnectionThread
 
+
 from ..outcome import CallOutcome
+from .errors import OutboxError as OutboxError  # raised by every store; importable from here as before
+from .group_commit import GroupCommit
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -94,10 +94,6 @@ _OTHER_LEAD_OF_CALLER = (
     "WHERE o.caller_e164 = ? AND o.id != ? AND w.step = 'lead' "
     "AND (w.state = 'done' OR (w.state = 'sent' AND o.state != 'dead'))"
 )
-
-
-class OutboxError(CrmrouteError):
-    """The outbox file cannot be opened or written."""
 
 
 class OutboxState(str, enum.Enum):
@@ -178,9 +174,8 @@ class Outbox:
         self.path = path
         self._thread = ConnectionThread(conn, "outbox")
         # Outcomes waiting to be committed together (group commit): see record().
-        self._queued: list[tuple[CallOutcome, float, asyncio.Future[bool]]] = []
-        self._queue_lock = threading.Lock()
-        self._committing = False
+        # record_many looked up at each commit: a store wrapped after opening is still the one used.
+        self._group = GroupCommit(lambda batch: self.record_many(batch), self._thread.submit)
 
     @classmethod
     def open(cls, path: str | Path, *, create: bool = True) -> Outbox:
@@ -236,31 +231,7 @@ class Outbox:
         Outcomes recorded at the same moment share one transaction (group
         commit): each caller still returns only once its outcome is on disk.
         """
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        with self._queue_lock:
-            self._queued.append((outcome, now, future))
-            start = not self._committing
-            self._committing = True
-        if start:
-            self._thread.submit(self._commit_queued)
-        return await future
-
-    def _commit_queued(self) -> None:
-        while True:
-            with self._queue_lock:
-                batch, self._queued = self._queued, []
-                if not batch:
-                    self._committing = False
-                    return
-            try:
-                results: list[bool | BaseException] = list(self.record_many([(o, now) for o, now, _ in batch]))
-            except Exception as exc:  # every waiting caller hears of it; the next batch tries again
-                results = [OutboxError(f"cannot record outcome: {exc}")] * len(batch)
-            for (_, _, future), result in zip(batch, results):
-                try:
-                    future.get_loop().call_soon_threadsafe(_settle, future, result)
-                except RuntimeError:  # that caller's event loop is gone: nobody is waiting
-                    pass
+        return await self._group.record(outcome, now)
 
     def record_many(self, outcomes: Sequence[tuple[CallOutcome, float]]) -> list[bool]:
         """Insert outcomes in one transaction; True for each one new (idempotent on the call id)."""
@@ -559,15 +530,6 @@ def _holder_is_gone(token: str) -> bool:
     except OSError:
         return False  # it exists, owned by someone else
     return False
-
-
-def _settle(future: asyncio.Future[bool], result: bool | BaseException) -> None:
-    if future.done():
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
 
 
 def chunks(items: list[T], size: int) -> Iterable[list[T]]:
