@@ -37,8 +37,9 @@ def routed_by_ticket(call_id: str, ids: dict[str, str], **readings: str) -> Call
     return outcome_from_channel(call_id=call_id, caller=KNOWN, readings={**route, **readings}, ended_at=1_767_300_000.0, region="ES")
 
 
-def config_for(zoho: ZohoSimulator, desk: ZohoDeskSimulator, tmp_path: Path, **desk_keys: Any) -> Any:
+def config_for(zoho: ZohoSimulator, desk: ZohoDeskSimulator, tmp_path: Path, store: str = "", **desk_keys: Any) -> Any:
     return make_config({
+        **({"store": {"url": store}} if store else {}),
         "crm": {"backend": "zoho"},
         "zoho": zoho.zoho_config(user_extension_field="Extension", search_lag_s=0),
         "mirror": {"enabled": False},
@@ -207,3 +208,16 @@ def test_the_crm_writer_keeps_its_recording_uploads_beside_desk(tmp_path: Path) 
 
         crm_records, both_record, name = run(scenario())
         assert crm_records == both_record and name == "zoho+zoho_desk"
+
+
+def test_on_the_shared_postgresql_store_the_ticket_call_is_written_once_too(tmp_path: Path) -> None:
+    """Several routers share one PostgreSQL store: the ticket step is a write like the others there."""
+    from postgres_server import fresh_database
+
+    with fresh_database() as database, ZohoSimulator() as zoho, ZohoDeskSimulator() as desk:
+        ids = setup(zoho, desk)
+        config = config_for(zoho, desk, tmp_path, store=database)
+        outcome = routed_by_ticket("1767300000.1", ids, dial_status="ANSWER", peer_number="201", answered_s="12")
+        assert flush(config, [outcome])["done"] == 1
+        assert flush(config, [outcome])["done"] == 1  # recorded again: still one outcome, nothing written twice
+        assert len(desk.calls_on(ids["ticket"])) == 1 and len(zoho.records("Calls")) == 1

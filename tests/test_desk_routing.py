@@ -197,13 +197,13 @@ def test_an_expired_token_is_renewed_once(desk: ZohoDeskSimulator) -> None:
 
 
 def test_the_ticket_search_and_the_agents_go_at_once(desk: ZohoDeskSimulator) -> None:
-    """One round trip: with every request slowed by the same latency, a cold lookup takes about one, not three."""
+    """One round trip: the ticket and contact searches, the agents, the departments and the
+    availability are all being answered at the same moment (each is held by the latency)."""
     desk.add_ticket(CALLER, assignee=desk.ann)  # type: ignore[attr-defined]
     desk.latency_s = 0.4
-    result = decision(desk_config(desk, routing={"deadline_ms": 5000}))
+    result = decision(desk_config(desk, routing={"deadline_ms": 10_000}))
     assert result.target == "PJSIP/201"
-    # token + (search | agents | departments | presence): two latencies, never four.
-    assert result.lookup_ms < 4 * 400
+    assert desk.max_in_flight == 5
 
 
 def test_tickets_without_zoho_desk_is_refused_naming_the_key() -> None:

@@ -157,6 +157,9 @@ class ZohoDeskSimulator:
         self._server: ThreadingHTTPServer | None = None
         self._port = 0
         self._connections: set[socket.socket] = set()
+        # API requests being answered at once, now and at most (requests sent together overlap).
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     # -- life cycle ---------------------------------------------------------
 
@@ -303,14 +306,23 @@ class ZohoDeskSimulator:
         logged = Request(method, parts.path, query, None, time.time())
         with self._lock:
             self.requests.append(logged)
-        delay = self.latency_s + self.path_latency_s.get(parts.path, 0.0)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return self._handle(method, parts.path, query, headers, body, logged)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _handle(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes, logged: Request) -> _Reply:
+        delay = self.latency_s + self.path_latency_s.get(path, 0.0)
         if delay:
             time.sleep(delay)
         try:
-            if parts.path == "/oauth/v2/token" and method == "POST":
+            if path == "/oauth/v2/token" and method == "POST":
                 reply = self._token(body)
             else:
-                reply = self._api(method, parts.path, query, headers, body, logged)
+                reply = self._api(method, path, query, headers, body, logged)
         except _Reply as answer:
             reply = answer
         logged.status = reply.status
