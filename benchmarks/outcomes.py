@@ -1,11 +1,11 @@
 """Call-outcome figures: outcomes recorded per second over FastAGI, and the outbox's flush rate.
 
 * **Recording**: a FastAGI server (its own process, as in production; no
-  sync worker) and Asterisk-like clients over loopback TCP, each session the
+  delivery worker) and Asterisk-like clients over loopback TCP, each session the
   hangup handler's ``outcome`` call: headers, one GET FULL VARIABLE, the
   outcome committed to the outbox (WAL, synchronous=FULL) before the session
   ends. Prints outcomes per second and the session time (median, p99).
-* **Flush**: outcomes already in the outbox, delivered by the sync worker to
+* **Flush**: outcomes already in the outbox, delivered by the delivery worker to
   the Zoho simulator over HTTP on loopback (a call each; a task for missed
   and answered-by-someone-else calls; a lead for unknown callers). Prints
   outcomes and CRM records per second, and the requests the CRM received,
@@ -148,7 +148,7 @@ def flushing(count: int, latency_ms: float, unknown: bool = True) -> dict[str, f
             app = App.from_config(config)
             try:
                 started = time.perf_counter()
-                summary = await app.sync_worker.flush()
+                summary = await app.delivery_worker.flush()
                 return summary, time.perf_counter() - started
             finally:
                 await app.aclose()

@@ -4,7 +4,7 @@ Recording: outcomes handed to the store by many calls at once, as the
 outcome handler does (``record``, each acknowledged once committed): SQLite
 commits them in groups with ``synchronous=FULL``; PostgreSQL one transaction
 each, on a pool of ``pool_max`` connections, the server's default
-``synchronous_commit=on``. Flush: the sync worker delivers the same backlog
+``synchronous_commit=on``. Flush: the delivery worker delivers the same backlog
 (a quarter from unknown callers: lead, call, task) to the Zoho simulator
 with no added latency, so the store's own cost shows.
 
@@ -72,7 +72,7 @@ def recording(store: OutboxStore, count: int, concurrency: int) -> dict[str, flo
 
 
 def flushing(sim: ZohoSimulator, config_extra: dict[str, Any], store: OutboxStore, count: int, ids: tuple[str, str, str]) -> dict[str, float]:
-    """The sync worker delivers ``count`` recorded outcomes from ``store`` to the simulator."""
+    """The delivery worker delivers ``count`` recorded outcomes from ``store`` to the simulator."""
     ana_id, lead_id, boss_id = ids
     store.record_many([(o, time.time()) for o in _outcomes(count, ana_id, lead_id, True)])
     config = config_from_dict({
@@ -88,7 +88,7 @@ def flushing(sim: ZohoSimulator, config_extra: dict[str, Any], store: OutboxStor
         app = App.from_config(config)
         try:
             started = time.perf_counter()
-            summary = await app.sync_worker.flush()
+            summary = await app.delivery_worker.flush()
             return summary.delivered, time.perf_counter() - started
         finally:
             await app.aclose()
@@ -152,7 +152,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> str:
-    lines = [f"store: {report['outcomes']} outcomes recorded by {report['concurrency']} calls at once; the sync worker's flush to the Zoho simulator"]
+    lines = [f"store: {report['outcomes']} outcomes recorded by {report['concurrency']} calls at once; the delivery worker's flush to the Zoho simulator"]
     for kind in ("sqlite", "postgresql"):
         if f"{kind}_recording" not in report:
             lines.append(f"  {kind}: not measured (no PostgreSQL: --store-url or ${URL_ENV})")

@@ -79,7 +79,7 @@ class RoutingSettings:
         object.__setattr__(self, "owner_hours", {owner_key(k): v for k, v in self.owner_hours.items()})
         object.__setattr__(self, "default_region", self.default_region.upper())
         # The one place the whole section is checked, and compiled once: the router and the
-        # sync worker route and plan with this book.
+        # delivery worker route and plan with this book.
         object.__setattr__(self, "_book", PolicyBook.build(self))
 
     @property

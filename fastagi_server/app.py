@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     # routes a call never needs them (each costs milliseconds of import per call).
     from crmlookup.mirror.backend import MirroredBackend
     from crmlookup.writer import CrmWriter
-    from dialplan.outbox import OutboxCallHistory, OutboxKeeper, OutboxStore, Recording, SyncWorker
+    from dialplan.outbox import OutboxCallHistory, OutboxKeeper, OutboxStore, Recording, DeliveryWorker
     from dialplan.outcome import CallOutcome
 
 logger = logging.getLogger("crmroute.server")
@@ -50,7 +50,7 @@ class App:
     # Made on first use: a lookup or a config check never touches the outbox file.
     _keeper: OutboxKeeper | None = field(default=None, repr=False)
     _writer: CrmWriter | None = field(default=None, repr=False)
-    _worker: SyncWorker | None = field(default=None, repr=False)
+    _worker: DeliveryWorker | None = field(default=None, repr=False)
     _worker_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _keeper_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _worker_stop: asyncio.Event | None = field(default=None, repr=False)
@@ -84,7 +84,7 @@ class App:
         CRM's mirror up to date (:meth:`start_mirror`); every other process
         only reads it. An embedding program may give its own ``backend``
         (used as it is: put a :class:`~crmlookup.cache.CachedBackend` in front
-        of a slow one), ``writer`` (for the outbox's sync worker) and
+        of a slow one), ``writer`` (for the outbox's delivery worker) and
         ``events`` (told of calls as they ring and end); without them, the
         CRM plugin ``crm.backend`` names opens them. Raises CrmError
         if the backend cannot open, PluginError if no plugin has that name,
@@ -126,12 +126,12 @@ class App:
 
     @property
     def outbox(self) -> OutboxStore:
-        """The outbox (its file, or the shared store), opened now if need be (the CLI, the sync worker); raises OutboxError."""
+        """The outbox (its file, or the shared store), opened now if need be (the CLI, the delivery worker); raises OutboxError."""
         return self.outbox_keeper.open_now()
 
     @property
     def writer(self) -> CrmWriter:
-        """What the sync worker writes outcomes with: the one given, else the CRM plugin's."""
+        """What the delivery worker writes outcomes with: the one given, else the CRM plugin's."""
         if self._writer is None:
             plugin = self.config.plugin
             self._writer = plugin.open_writer(live_backend(self.backend), self.config.settings_of(plugin))
@@ -145,11 +145,11 @@ class App:
         return self._writer
 
     @property
-    def sync_worker(self) -> SyncWorker:
+    def delivery_worker(self) -> DeliveryWorker:
         if self._worker is None:
-            from dialplan.outbox import SyncWorker
+            from dialplan.outbox import DeliveryWorker
 
-            self._worker = SyncWorker(
+            self._worker = DeliveryWorker(
                 self.outbox,
                 self.writer,
                 self.backend,
@@ -161,8 +161,8 @@ class App:
         return self._worker
 
     @property
-    def running_sync_worker(self) -> SyncWorker | None:
-        """The sync worker once it runs (None before; reading this never makes one)."""
+    def running_delivery_worker(self) -> DeliveryWorker | None:
+        """The delivery worker once it runs (None before; reading this never makes one)."""
         return self._worker if self._worker_task is not None else None
 
     def call_history(self) -> OutboxCallHistory:
@@ -211,7 +211,7 @@ class App:
         if isinstance(self.tickets, CachedBackend) and isinstance(previous.tickets, CachedBackend) and previous.config.zoho_desk == self.config.zoho_desk:
             self.tickets.adopt(previous.tickets)
 
-    def start_sync_worker(self) -> None:
+    def start_delivery_worker(self) -> None:
         """Deliver the outbox to the CRM in the background until :meth:`aclose`.
 
         The worker starts once the outbox opens: at once, or when a retry
@@ -225,8 +225,8 @@ class App:
 
     def _outbox_opened(self, outbox: OutboxStore) -> None:
         assert self._worker_stop is not None
-        self._worker_task = asyncio.get_running_loop().create_task(self.sync_worker.run(self._worker_stop))
-        logger.info("outbox %s: sync worker started (writer=%s)", outbox.path, self.writer.name)
+        self._worker_task = asyncio.get_running_loop().create_task(self.delivery_worker.run(self._worker_stop))
+        logger.info("outbox %s: delivery worker started (writer=%s)", outbox.path, self.writer.name)
 
     def call_ringing(self, call: InboundCall, decision: RouteDecision) -> None:
         """Tell the CRM who this call now rings (its screen pop), in the background, once per call.
@@ -265,7 +265,7 @@ class App:
         if self._worker_task is not None and self._worker is not None:
             self._worker.wake()
 
-    async def _stop_sync_worker(self) -> None:
+    async def _stop_delivery_worker(self) -> None:
         stop = self._worker_stop
         if stop is None:
             return
@@ -286,7 +286,7 @@ class App:
         if self._warming is not None:
             self._warming.cancel()
             await asyncio.gather(self._warming, return_exceptions=True)
-        await self._stop_sync_worker()
+        await self._stop_delivery_worker()
         if self._writer is not None:
             await self._writer.aclose()
         if self._keeper is not None:

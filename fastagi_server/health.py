@@ -79,7 +79,7 @@ class ServerState:
     decision: LatencyCounts | None = None
     limits_hit: dict[str, int] = field(default_factory=dict)
     peers_refused: dict[str, int] = field(default_factory=dict)
-    # Copies, made on the loop: of every CRM client and sync worker the server ran (see Carried).
+    # Copies, made on the loop: of every CRM client and delivery worker the server ran (see Carried).
     request_stats: list[RequestStats] = field(default_factory=list)
     worker_totals: list[FlushSummary] = field(default_factory=list)
 
@@ -105,7 +105,7 @@ class ServerState:
 
 
 class Carried:
-    """The CRM clients and sync workers of every app the server ran: a reload replaces them, and
+    """The CRM clients and delivery workers of every app the server ran: a reload replaces them, and
     the counts they made must not go back. Only touched on the server's loop."""
 
     def __init__(self) -> None:
@@ -143,7 +143,7 @@ async def gather_state(server: FastAgiServer, *, probe: bool = False, carried: C
     if counts is not None:  # copied here, on the loop that adds to them
         state.calls, state.failed, state.sources = dict(counts.calls), dict(counts.failed), dict(counts.sources)
         state.decision = counts.decision.copy()
-    worker = app.running_sync_worker
+    worker = app.running_delivery_worker
     desk = live_backend(app.tickets) if app.tickets is not None else None
     desk_stats = getattr(desk, "request_stats", None)
     for condition in getattr(desk, "conditions", {}).values():

@@ -180,7 +180,7 @@ def flush(max_seconds: float | None, config_path: str | None) -> None:
     async def deliver() -> tuple[FlushSummary, dict[str, int]]:
         app = App.from_config(config)
         try:
-            summary = await app.sync_worker.flush(max_seconds=max_seconds)
+            summary = await app.delivery_worker.flush(max_seconds=max_seconds)
             return summary, app.outbox.counts()
         finally:
             await app.aclose()

@@ -51,7 +51,7 @@ class FastAgiServer:
         self,
         app: App,
         *,
-        sync_worker: bool = False,
+        delivery_worker: bool = False,
         warning_interval_s: float = 10.0,
         routes: Routes | None = None,
         build_app: AppBuilder = App.from_config,
@@ -60,8 +60,8 @@ class FastAgiServer:
         # The AGI scripts served, by name (route and outcome, and any added).
         self.routes = routes or builtin_routes()
         self._build_app = build_app
-        # Whether each app (the first, and each one a reload builds) runs the outbox's sync worker.
-        self._sync_worker = sync_worker
+        # Whether each app (the first, and each one a reload builds) runs the outbox's delivery worker.
+        self._delivery_worker = delivery_worker
         self._sessions: set[FastAgiConnection] = set()  # header block complete
         self._connecting: dict[FastAgiConnection, None] = {}  # header block not complete yet, oldest first
         self._served = 0  # sessions counted against max_sessions
@@ -184,8 +184,8 @@ class FastAgiServer:
         self._listener = Listener(loop, sockets, self._accepted, self._accept_errors)
         if self.app.config.metrics.listen:
             self._start_monitor()  # before anything runs in the background: one that cannot bind stops the start
-        if self._sync_worker:
-            self.app.start_sync_worker()
+        if self._delivery_worker:
+            self.app.start_delivery_worker()
         self.app.start_mirror()
         logger.info(
             "listening on %s (backend=%s, event loop=%s, peers allowed: %s; at most %d connections open)",
@@ -285,9 +285,9 @@ class FastAgiServer:
         except Exception as exc:  # a bad reload must never stop the server
             logger.error("reload failed, keeping the running configuration: %s", exc)
             return False
-        if self._sync_worker:
+        if self._delivery_worker:
             try:
-                new_app.start_sync_worker()
+                new_app.start_delivery_worker()
             except Exception as exc:
                 logger.error("reload failed, keeping the running configuration: %s", exc)
                 await new_app.aclose()
@@ -345,7 +345,7 @@ async def serve(
     raise_open_file_limit()  # more connections fit under a higher limit (see .listener)
     systemd = SystemdNotifier()
     try:
-        server = FastAgiServer(build_app(config, serving=True), sync_worker=True, routes=routes, build_app=build_app)
+        server = FastAgiServer(build_app(config, serving=True), delivery_worker=True, routes=routes, build_app=build_app)
         if signals.stop.is_set():
             await server.app.aclose()
             return

@@ -56,7 +56,7 @@ def flush(config: Any, outcomes: list[CallOutcome]) -> Any:
         try:
             for outcome in outcomes:
                 await app.record_outcome(outcome, outcome.ended_at)
-            await app.sync_worker.flush(max_seconds=30)
+            await app.delivery_worker.flush(max_seconds=30)
             return app.outbox.counts()
         finally:
             await app.aclose()

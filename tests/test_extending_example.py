@@ -4,7 +4,7 @@ The plugin package is installed with pip into a new virtual environment
 (which sees this crmroute through a site directory, so nothing is fetched),
 found there through its ``crmroute.backends`` entry point, picked by
 ``[crm] backend``; the embedding program serves it, with its own AGI script,
-over real TCP; the outbox's sync worker hands the call outcomes to the
+over real TCP; the outbox's delivery worker hands the call outcomes to the
 plugin's writer.
 """
 

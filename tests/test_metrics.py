@@ -166,7 +166,7 @@ def test_health_and_readiness_answer_json_and_unknown_paths_404():
 
     (health_status, _, health_body), (ready_status, ready), (missing, _, _) = run(scenario())
     assert health_status == 200 and '"alive": true' in health_body
-    # An in-process server without the sync worker has not opened its outbox: not ready, and says why.
+    # An in-process server without the delivery worker has not opened its outbox: not ready, and says why.
     assert ready_status == 503 and ready["ready"] is False
     assert ready["problems"] == ["outbox: not opened yet"]
     assert ready["checks"]["listening"]["ok"] and ready["checks"]["backend"]["ok"]

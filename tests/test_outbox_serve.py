@@ -1,4 +1,4 @@
-"""The sync worker inside ``crmroute serve``, a real process: started with it, reloaded with SIGHUP, stopped with SIGTERM."""
+"""The delivery worker inside ``crmroute serve``, a real process: started with it, reloaded with SIGHUP, stopped with SIGTERM."""
 
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def test_in_the_demo_setup_what_the_outbox_delivered_survives_a_restart():
         try:
             missed = outcome_from_channel(call_id="1700000123.1", caller=unknown, readings={"dial_status": "NOANSWER"}, ended_at=time.time(), region="ES")
             assert await app.outbox.record(missed, time.time())
-            summary = await app.sync_worker.flush()
+            summary = await app.delivery_worker.flush()
             assert summary.delivered == 1 and app.outbox.counts()["done"] == 1
         finally:
             await app.aclose()

@@ -90,7 +90,7 @@ def test_an_outbox_fixed_later_is_opened_and_takes_what_waited(tmp_path):
         assert outcome(serve, "1700000000.1") == "failed"
         path.unlink()  # the admin moves the broken file away
         serve.wait_for("1 outcome\\(s\\) kept in memory are committed", timeout=30)
-        serve.wait_for("sync worker started")
+        serve.wait_for("delivery worker started")
         assert outcome(serve, "1700000000.2") == "recorded"
         assert serve.stop() == 0
         assert "NOT recorded" not in serve.log
@@ -107,7 +107,7 @@ def test_a_full_disk_keeps_outcomes_in_memory_until_there_is_room(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (33_000, resource.RLIM_INFINITY))
 
     with ServeProcess(write_config(tmp_path, path), preexec_fn=small_disk) as serve:
-        serve.wait_for("sync worker started")
+        serve.wait_for("delivery worker started")
         told = [outcome(serve, f"1700000000.{i}") for i in range(40)]
         assert told[0] == "recorded" and "failed" in told, told
         first_failed = told.index("failed")

@@ -77,7 +77,7 @@ def test_recording_writes_nothing_to_the_crm(tmp_path):
         async with agi_server(app=app) as server:
             await AsteriskPeer(channel_variables={"DIALSTATUS": "NOANSWER"}).call(server.port, outcome_headers())
             before = sqlite3.connect(directory).execute("SELECT count(*) FROM calls").fetchone()[0]
-            summary = await App.from_config(config).sync_worker.flush()
+            summary = await App.from_config(config).delivery_worker.flush()
             after = sqlite3.connect(directory).execute("SELECT call_type, record_id FROM calls").fetchall()
             return before, summary, after
 

@@ -119,7 +119,7 @@ def test_a_section_no_plugin_owns_is_an_unknown_key():
         make_config({"nonsense": {}})
 
 
-def test_the_sync_worker_writes_through_a_plugins_writer_and_plans_only_what_it_writes(tmp_path):
+def test_the_delivery_worker_writes_through_a_plugins_writer_and_plans_only_what_it_writes(tmp_path):
     """A backend the worker has never heard of by name, whose writer takes calls only."""
     from dialplan.outcome import outcome_from_channel
 
@@ -136,7 +136,7 @@ def test_the_sync_worker_writes_through_a_plugins_writer_and_plans_only_what_it_
             assert app.writer is plugin.writer
             missed = outcome_from_channel(call_id="1700000000.5", caller="+34928000001", readings={"dial_status": "NOANSWER"}, ended_at=1_700_000_100, region="US")
             await app.record_outcome(missed, 1_700_000_100)
-            return await app.sync_worker.flush()
+            return await app.delivery_worker.flush()
         finally:
             await app.aclose()
 

@@ -29,7 +29,7 @@ def write_config(tmp_path, extra: str = "") -> object:
 
 
 def wait_ready(base: str, want: bool, timeout: float = 30.0) -> dict:
-    """Poll /readyz until it says ``want`` (the sync worker opens the outbox soon after the start)."""
+    """Poll /readyz until it says ``want`` (the delivery worker opens the outbox soon after the start)."""
     deadline = time.monotonic() + timeout
     while True:
         status, body = readiness(base)

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_config
-from dialplan.outbox import SyncWorker
+from dialplan.outbox import DeliveryWorker
 from dialplan.outbox.interface import open_store
 from dialplan.outcome import outcome_from_channel
 from fastagi_server.app import App
@@ -98,7 +98,7 @@ def rounds(cfg, clock: Clock, steps: list[float], before: dict[int, Any] | None 
     async def scenario() -> list[Any]:
         app = App.from_config(cfg)
         try:
-            worker = SyncWorker(
+            worker = DeliveryWorker(
                 app.outbox, app.writer, app.backend, settings=cfg.outbox, outcomes=cfg.outcomes, routing=cfg.routing,
                 clock=clock, recordings=cfg.recordings,
             )
@@ -459,7 +459,7 @@ def test_from_the_hangup_handler_over_tcp_to_the_calls_attachment(org, tmp_path)
             await AsteriskPeer(channel_variables=variables).call(server.port, headers)
         app = App.from_config(cfg)
         try:
-            return await app.sync_worker.flush(max_seconds=30)
+            return await app.delivery_worker.flush(max_seconds=30)
         finally:
             await app.aclose()
 

@@ -47,7 +47,7 @@ def flush(config, outcomes):
         try:
             for outcome in outcomes:
                 await app.record_outcome(outcome, outcome.ended_at)
-            summary = await app.sync_worker.flush(max_seconds=30)
+            summary = await app.delivery_worker.flush(max_seconds=30)
             return summary, app.outbox.counts()
         finally:
             await app.aclose()

@@ -16,7 +16,7 @@ from crmlookup.errors import CrmAuthError
 from crmlookup.secrets import Secret
 from crmlookup.zoho.auth import REFUSED_PAUSE_S, TokenSource
 from fastagi_server.app import App
-from test_sync_worker import USERS, outcome, rig_factory  # noqa: F401  (the fixture)
+from test_delivery_worker import USERS, outcome, rig_factory  # noqa: F401  (the fixture)
 from test_zoho_mirror import CALLER, Router, mirror_config, team  # noqa: F401  (the fixture)
 
 

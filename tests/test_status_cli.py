@@ -33,7 +33,7 @@ def status(*args: str) -> subprocess.CompletedProcess[str]:
 def test_status_of_a_ready_server(tmp_path):
     with ServeProcess(write_config(tmp_path, tmp_path / "outbox.sqlite")) as serve:
         url = serve.wait_for(METRICS_LINE).group(1) + "/readyz"
-        serve.wait_for("sync worker started")
+        serve.wait_for("delivery worker started")
         done = status("--url", url)
         as_json = status("--url", url, "--json")
     assert done.returncode == 0, done.stdout + done.stderr

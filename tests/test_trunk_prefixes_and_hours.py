@@ -158,7 +158,7 @@ def test_next_open():
 
 def test_a_task_from_a_call_missed_out_of_hours_is_due_when_the_office_opens(tmp_path):
     """A call missed at 21:48 with task_due_hours = 4 is called back at 09:00, not at 01:48."""
-    from dialplan.outbox import SyncWorker
+    from dialplan.outbox import DeliveryWorker
     from dialplan.outcome import outcome_from_channel
 
     data = hours_config()
@@ -175,7 +175,7 @@ def test_a_task_from_a_call_missed_out_of_hours_is_due_when_the_office_opens(tmp
                 await app.outbox.record(outcome, missed_at)
             config = app.config
             # The worker works as if at the moment the calls were missed.
-            worker = SyncWorker(app.outbox, app.writer, app.backend, settings=config.outbox, outcomes=config.outcomes, routing=config.routing, clock=lambda: missed_at)
+            worker = DeliveryWorker(app.outbox, app.writer, app.backend, settings=config.outbox, outcomes=config.outcomes, routing=config.routing, clock=lambda: missed_at)
             await worker.flush()
             return dict(app.backend.inner.connection.execute("SELECT key, due_at FROM tasks").fetchall())
         finally:

@@ -68,7 +68,7 @@ def flush(cfg, **kwargs):
     async def scenario():
         app = App.from_config(cfg)
         try:
-            return await app.sync_worker.flush(**kwargs)
+            return await app.delivery_worker.flush(**kwargs)
         finally:
             await app.aclose()
 
@@ -367,7 +367,7 @@ def test_a_call_routed_by_a_deal_is_linked_to_the_deal_and_its_contact_and_named
             variables = {k: v for k, v in routed.variables.items() if k.startswith("CRM_")}
             hangup = asterisk_headers(script="outcome", uniqueid="1700000000.55", caller="+34928000055", extension="s", arguments=("900",))
             await AsteriskPeer(channel_variables={**variables, "DIALSTATUS": "NOANSWER"}).call(server.port, hangup)
-            summary = await server.app.sync_worker.flush()
+            summary = await server.app.delivery_worker.flush()
             return routed.variables, summary
 
     variables, summary = run(scenario())
@@ -397,7 +397,7 @@ def test_retry_after_header_holds_the_worker_and_the_breaker(org, tmp_path):
         app = App.from_config(cfg)
         try:
             started = time.time()
-            result = await app.sync_worker.round()
+            result = await app.delivery_worker.round()
             row = app.outbox.list_rows()[0]
             return started, result, row
         finally:

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS links (
 CREATE INDEX IF NOT EXISTS links_by_parent ON links (parent_module, parent_id);
 """
 
-# Call history: what the sync worker writes back, as a CRM keeps activities on
+# Call history: what the delivery worker writes back, as a CRM keeps activities on
 # a record. ``key`` is the call's unique id, so a retried write finds its row.
 HISTORY_SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (

@@ -1,4 +1,4 @@
-"""Call outcomes on their way to the CRM: the durable outbox and its sync worker.
+"""Call outcomes on their way to the CRM: the durable outbox and its delivery worker.
 
 Only the settings load with the package (the configuration needs them on every
 start); the store and the worker load on first use, so a process that only
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .interface import OutboxStore, open_store
     from .keeper import OutboxKeeper, Recording
     from .store import Outbox, OutboxError, OutboxState
-    from .worker import FlushSummary, SyncWorker
+    from .worker import FlushSummary, DeliveryWorker
 
 _LAZY = {
     "OutboxCallHistory": ".history",
@@ -29,7 +29,7 @@ _LAZY = {
     "OutboxError": ".store",
     "OutboxState": ".store",
     "FlushSummary": ".worker",
-    "SyncWorker": ".worker",
+    "DeliveryWorker": ".worker",
 }
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
     "OutcomeSettings",
     "Recording",
     "StoreSettings",
-    "SyncWorker",
+    "DeliveryWorker",
     "default_outbox_path",
     "open_store",
 ]

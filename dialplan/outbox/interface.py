@@ -1,4 +1,4 @@
-"""What the sync worker, the keeper, the call history and the admin's commands
+"""What the delivery worker, the keeper, the call history and the admin's commands
 ask of an outbox: one interface, two stores.
 
 :class:`~.store.Outbox` is the embedded default, one SQLite file for one

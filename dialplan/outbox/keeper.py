@@ -4,7 +4,7 @@ kept in memory while it cannot take them.
 Routing never needs the outbox (unless a policy uses ``LastAgent``), so a
 server whose outbox is on a full disk, damaged, or in a folder it may not
 write still starts and routes. The keeper logs at ERROR what is wrong and
-tries again every ``retry_s``; the sync worker starts once the file opens.
+tries again every ``retry_s``; the delivery worker starts once the file opens.
 An outcome that cannot be committed, then or later (the disk filled up), is
 kept in a bounded spool in memory and committed as soon as the outbox takes
 it; the session says which happened (``recorded`` or ``spooled``), so the

@@ -1,4 +1,4 @@
-"""The sync worker: delivers recorded outcomes to the CRM, nothing lost, nothing twice.
+"""The delivery worker: delivers recorded outcomes to the CRM, nothing lost, nothing twice.
 
 One round takes a batch of due outcomes, works out what each should leave in
 the CRM (:mod:`.plan`), and writes leads, then calls, then tasks, each kind in
@@ -75,7 +75,7 @@ class RoundResult:
 
 @dataclass
 class FlushSummary:
-    """What :meth:`SyncWorker.flush` did, for the CLI."""
+    """What :meth:`DeliveryWorker.flush` did, for the CLI."""
 
     rounds: int = 0
     delivered: int = 0
@@ -119,7 +119,7 @@ class _Attempt:
         return row is not None and row.state is WriteState.DONE
 
 
-class SyncWorker:
+class DeliveryWorker:
     """Delivers the outbox to a :class:`~crmlookup.writer.CrmWriter`."""
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The sync worker: the call matrix, batching, and every way the CRM can fail."""
+"""The delivery worker: the call matrix, batching, and every way the CRM can fail."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from crmlookup.local_directory.writer import LocalDirectoryWriter
 from crmlookup.phone import normalise
 from crmlookup.records import Owner
 from crmlookup.writer import CallEntry, LeadEntry, WriteKind
-from dialplan.outbox import Outbox, OutboxSettings, OutcomeSettings, SyncWorker
+from dialplan.outbox import Outbox, OutboxSettings, OutcomeSettings, DeliveryWorker
 from dialplan.outbox.worker import PAUSE_KEY
 from dialplan.outcome import outcome_from_channel
 from dialplan.settings import RoutingSettings
@@ -57,7 +57,7 @@ def outcome(n=1, caller=KNOWN, answered_by="", route=None, ended_at=NOW):
 @dataclass
 class Rig:
     outbox: Outbox
-    worker: SyncWorker
+    worker: DeliveryWorker
     crm: object
     clock: Clock
     directory: LocalDirectory
@@ -88,7 +88,7 @@ def rig_factory(tmp_path):
         backend = directory or LocalDirectory.open(None)
         writer = LocalDirectoryWriter(backend) if local_writer else (crm or CrmDouble(users_list=USERS))
         settings = OutboxSettings(**{"backoff_initial_s": 10, "backoff_max_s": 80, "auth_retry_s": 60, **(outbox or {})})
-        worker = SyncWorker(
+        worker = DeliveryWorker(
             box, writer, backend,
             settings=settings,
             outcomes=OutcomeSettings(**{"senior_manager_id": "u9", "timezone": "Europe/Madrid", **(outcomes or {})}),
