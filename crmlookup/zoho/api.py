@@ -11,10 +11,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -24,11 +21,11 @@ import httpx
 
 from ..circuit import CircuitBreaker
 from ..condition import Condition
-from ..errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited, CrmTimeout, CrmUnavailable
-from ..stats import RequestStats, result_of_error, result_of_status
+from ..errors import CrmBadResponse
+from ..stats import RequestStats
+from ..zoho_common.api import Files, OAuthApi
 from .auth import AccessToken, TokenSource
-from ..http import retry_after
-from .http import Reply, describe_error, encode_query, error_code, exchange, json_object
+from .http import Reply, describe_error, error_code, json_object
 
 logger = logging.getLogger("crmroute.zoho")
 
@@ -45,8 +42,8 @@ class Answer:
     server_time: datetime | None
 
 
-class ZohoApi:
-    """The CRM API of one org, as JSON in and out."""
+class ZohoApi(OAuthApi):
+    """The CRM API of one org, as JSON in and out (the request path is :class:`~crmlookup.zoho_common.api.OAuthApi`)."""
 
     def __init__(
         self,
@@ -58,17 +55,18 @@ class ZohoApi:
         api_domain_override: str = "",
         stats: RequestStats | None = None,
     ):
-        self._client = client
-        self._tokens = tokens
-        self._breaker = breaker
-        self._slots = asyncio.Semaphore(max_concurrency)
+        super().__init__(
+            client,
+            tokens,
+            breaker,
+            max_concurrency=max_concurrency,
+            stats=stats if stats is not None else RequestStats("zoho"),
+            service="Zoho",
+            logger=logger,
+            reachable=Condition(logger, "Zoho CRM down", "Zoho CRM answers again"),
+            meanwhile="calls are answered from the cache and the mirror meanwhile",
+        )
         self._api_domain_override = api_domain_override
-        # Requests sent, by purpose ("lookup", "mirror", "write"...): each costs the org API credits.
-        self.sent: Counter[str] = Counter()
-        # The same requests by result and latency, for the server's metrics.
-        self.stats = stats if stats is not None else RequestStats("zoho")
-        # Down once the breaker opens for failures; back at the next answer that is not an error.
-        self.reachable = Condition(logger, "Zoho CRM down", "Zoho CRM answers again")
 
     async def get(
         self,
@@ -111,17 +109,13 @@ class ZohoApi:
         trace: list[str] | None = None,
         per_record: bool = False,
         purpose: str = "lookup",
-        files: Mapping[str, tuple[str, bytes, str]] | None = None,
+        files: Files | None = None,
     ) -> Answer:
         """:meth:`request` with extra request ``headers`` (``If-Modified-Since``), answering with Zoho's clock too.
 
         ``files``: a ``multipart/form-data`` body instead of JSON (``{"file": (name, content, type)}``).
         """
-        reply, token = await self._send(method, path, params, json_body, headers, trace, purpose, files)
-        if reply.status == 401 and error_code(reply) == "INVALID_TOKEN":
-            # Expired early or revoked: one refresh, one retry.
-            self._tokens.invalidate(token)
-            reply, _token = await self._send(method, path, params, json_body, headers, trace, purpose, files)
+        reply = await self._send_renewing(method, path, params, json_body, headers, trace, purpose, files)
         if per_record and reply.status == 400:
             body = _records_answer(reply)
             if body is not None:
@@ -129,52 +123,13 @@ class ZohoApi:
                 return Answer(body, reply.status, _server_time(reply))
         return Answer(self._interpret(reply), reply.status, _server_time(reply))
 
-    @property
-    def tokens(self) -> TokenSource:
-        return self._tokens
+    def _base_url(self, token: AccessToken) -> str:
+        # The token response's api_domain is the org's, unless the settings override it.
+        return (self._api_domain_override or token.api_domain) + API_PREFIX
 
-    def retry_in(self) -> float:
-        """Seconds until the circuit breaker lets requests through again (0: it does now)."""
-        return max(0.0, self._breaker.retry_in())
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, str] | None,
-        json_body: Any,
-        headers: Mapping[str, str] | None,
-        trace: list[str] | None,
-        purpose: str,
-        files: Mapping[str, tuple[str, bytes, str]] | None = None,
-    ) -> tuple[Reply, AccessToken]:
-        self._check_breaker(trace, purpose)
-        async with self._slots:
-            self._check_breaker(trace, purpose)  # it may have opened while we queued
-            # Taken once a slot is ours, so requests that queued behind a refresh use the new token.
-            token = await self._tokens.get(trace)
-            url = (self._api_domain_override or token.api_domain) + API_PREFIX + path
-            if params:
-                url += "?" + encode_query(params)
-            request = self._client.build_request(
-                method, url, json=json_body, files=dict(files) if files else None, headers={**(headers or {}), "Authorization": token.header}
-            )
-            self.sent[purpose] += 1
-            started = time.perf_counter()
-            try:
-                reply = await exchange(self._client, request, trace)
-            except CrmError as exc:
-                self.stats.record(purpose, result_of_error(exc), time.perf_counter() - started)
-                if isinstance(exc, (CrmTimeout, CrmUnavailable)):
-                    self._failed(str(exc))
-                raise
-            self.stats.record(purpose, result_of_status(reply.status), time.perf_counter() - started)
-            return reply, token
-
-    def _check_breaker(self, trace: list[str] | None, purpose: str = "lookup") -> None:
-        if self._breaker.retry_in() > 0:
-            self.stats.record(purpose, "circuit_open", None)
-        self._breaker.check("Zoho", trace)
+    def _token_refused(self, reply: Reply) -> bool:
+        # Only INVALID_TOKEN: a 401 for a missing scope will not be cured by a new token.
+        return error_code(reply) == "INVALID_TOKEN"
 
     def _interpret(self, reply: Reply) -> dict[str, Any] | None:
         status = reply.status
@@ -184,34 +139,7 @@ class ZohoApi:
         if 200 <= status < 300:
             self._succeeded()
             return json_object(reply)
-        problem = f"{reply.label}: {describe_error(reply)}"
-        if status == 429:
-            backoff = self._breaker.record_rate_limited(retry_after(reply))
-            logger.warning("Zoho rate limit: %s; backing off %.1f s", problem, backoff)
-            raise CrmRateLimited(problem, retry_after=backoff)
-        if status >= 500:
-            self._failed(problem)
-            raise CrmUnavailable(problem)
-        if status in (401, 403):
-            # OAUTH_SCOPE_MISMATCH, NO_PERMISSION, a token refused twice: a new token will not help,
-            # and asking again on every call will not either (the breaker counts it).
-            logger.error("Zoho refused the request: %s", problem)
-            self._breaker.record_failure(problem)
-            raise CrmAuthError(problem, code=error_code(reply))
-        raise CrmBadResponse(problem, code=error_code(reply))
-
-    def _succeeded(self) -> None:
-        self._breaker.record_success()
-        self.reachable.recovered()
-
-    def _failed(self, problem: str) -> None:
-        """A timeout, a refused connection or a server error: the CRM is down once the breaker opens."""
-        self._breaker.record_failure(problem)
-        if self._breaker.is_open:
-            self.reachable.failing(f"{self._breaker.reason}; calls are answered from the cache and the mirror meanwhile")
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+        self._refused(reply, error_code(reply), describe_error(reply))
 
 
 def _records_answer(reply: Reply) -> dict[str, Any] | None:

@@ -1,0 +1,183 @@
+"""The request path Zoho CRM's and Zoho Desk's API clients share.
+
+One request: wait for one of ``max_concurrency`` slots (the org's concurrency
+limit is shared with its other integrations), refuse at once while the
+circuit breaker is open (no network traffic), take the token once the slot is
+ours (so requests that queued behind a refresh use the new one), send, count
+it by purpose, record its result and latency. A timeout or a refused
+connection counts towards opening the breaker; a 401 the service means as
+"token refused" renews the token once and sends once more.
+
+How an answer's status and body are read stays with each API (their error
+bodies differ); :meth:`OAuthApi._refused` turns the shared error statuses
+into :mod:`crmlookup.errors` classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any, Mapping, NoReturn
+
+import httpx
+
+from ..circuit import CircuitBreaker
+from ..condition import Condition
+from ..errors import CrmAuthError, CrmBadResponse, CrmError, CrmRateLimited, CrmTimeout, CrmUnavailable
+from ..http import Reply, encode_query, exchange, retry_after
+from ..stats import RequestStats, result_of_error, result_of_status
+from ..zoho.auth import AccessToken, TokenSource
+
+# A multipart/form-data body: {"file": (name, content, type)}.
+Files = Mapping[str, tuple[str, bytes, str]]
+
+
+class OAuthApi:
+    """One Zoho service's API behind an OAuth token: bounded, guarded by a breaker, counted.
+
+    Subclasses say where a request goes (:meth:`_base_url`), which headers
+    every request carries (``_fixed_headers``), which 401 means the token
+    was refused (:meth:`_token_refused`) and how their answers read.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        tokens: TokenSource,
+        breaker: CircuitBreaker,
+        *,
+        max_concurrency: int,
+        stats: RequestStats,
+        service: str,
+        logger: logging.Logger,
+        reachable: Condition,
+        meanwhile: str,
+    ):
+        self._client = client
+        self._tokens = tokens
+        self._breaker = breaker
+        self._slots = asyncio.Semaphore(max_concurrency)
+        # "Zoho", "Zoho Desk": how breaker refusals and log lines name the service.
+        self._service = service
+        self._logger = logger
+        # What the server does while the service is down, for the "down" log line.
+        self._meanwhile = meanwhile
+        self._fixed_headers: dict[str, str] = {}
+        # Requests sent, by purpose ("lookup", "mirror", "write"...): each costs the org API credits.
+        self.sent: Counter[str] = Counter()
+        # The same requests by result and latency, for the server's metrics.
+        self.stats = stats
+        # Down once the breaker opens for failures; back at the next answer that is not an error.
+        self.reachable = reachable
+
+    @property
+    def tokens(self) -> TokenSource:
+        return self._tokens
+
+    def retry_in(self) -> float:
+        """Seconds until the circuit breaker lets requests through again (0: it does now)."""
+        return max(0.0, self._breaker.retry_in())
+
+    def _base_url(self, token: AccessToken) -> str:
+        """Where paths are appended: ``https://www.zohoapis.eu/crm/v8``."""
+        raise NotImplementedError
+
+    def _token_refused(self, reply: Reply) -> bool:
+        """Whether this 401 means the token is no longer taken (so a new one may help)."""
+        return True
+
+    async def _send_renewing(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        json_body: Any,
+        headers: Mapping[str, str] | None,
+        trace: list[str] | None,
+        purpose: str,
+        files: Files | None = None,
+    ) -> Reply:
+        """:meth:`_send`, and once more with a new token when the first token was refused."""
+        reply, token = await self._send(method, path, params, json_body, headers, trace, purpose, files)
+        if reply.status == 401 and self._token_refused(reply):
+            # Expired early or revoked: one new token, one retry (a second 401 is the answer).
+            self._tokens.invalidate(token)
+            reply, _token = await self._send(method, path, params, json_body, headers, trace, purpose, files)
+        return reply
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        json_body: Any,
+        headers: Mapping[str, str] | None,
+        trace: list[str] | None,
+        purpose: str,
+        files: Files | None = None,
+    ) -> tuple[Reply, AccessToken]:
+        self._check_breaker(trace, purpose)
+        async with self._slots:
+            self._check_breaker(trace, purpose)  # it may have opened while we queued
+            # Taken once a slot is ours, so requests that queued behind a refresh use the new token.
+            token = await self._tokens.get(trace)
+            url = self._base_url(token) + path
+            if params:
+                url += "?" + encode_query(params)
+            request = self._client.build_request(
+                method,
+                url,
+                json=json_body,
+                files=dict(files) if files else None,
+                headers={**(headers or {}), "Authorization": token.header, **self._fixed_headers},
+            )
+            self.sent[purpose] += 1
+            started = time.perf_counter()
+            try:
+                reply = await exchange(self._client, request, trace)
+            except CrmError as exc:
+                self.stats.record(purpose, result_of_error(exc), time.perf_counter() - started)
+                if isinstance(exc, (CrmTimeout, CrmUnavailable)):
+                    self._failed(str(exc))
+                raise
+            self.stats.record(purpose, result_of_status(reply.status), time.perf_counter() - started)
+            return reply, token
+
+    def _check_breaker(self, trace: list[str] | None, purpose: str = "lookup") -> None:
+        if self._breaker.retry_in() > 0:
+            self.stats.record(purpose, "circuit_open", None)
+        self._breaker.check(self._service, trace)
+
+    def _refused(self, reply: Reply, code: str, described: str) -> NoReturn:
+        """Raise for an answer that is not a success: ``described`` is the error body, read by the caller."""
+        status = reply.status
+        problem = f"{reply.label}: {described}"
+        if status == 429:
+            backoff = self._breaker.record_rate_limited(retry_after(reply))
+            self._logger.warning("%s rate limit: %s; backing off %.1f s", self._service, problem, backoff)
+            raise CrmRateLimited(problem, retry_after=backoff)
+        if status >= 500:
+            self._failed(problem)
+            raise CrmUnavailable(problem)
+        if status in (401, 403):
+            # A missing scope, no permission, a token refused twice: a new token will not help,
+            # and asking again on every call will not either (the breaker counts it).
+            self._logger.error("%s refused the request: %s", self._service, problem)
+            self._breaker.record_failure(problem)
+            raise CrmAuthError(problem, code=code)
+        raise CrmBadResponse(problem, code=code)
+
+    def _succeeded(self) -> None:
+        self._breaker.record_success()
+        self.reachable.recovered()
+
+    def _failed(self, problem: str) -> None:
+        """A timeout, a refused connection or a server error: the service is down once the breaker opens."""
+        self._breaker.record_failure(problem)
+        if self._breaker.is_open:
+            self.reachable.failing(f"{self._breaker.reason}; {self._meanwhile}")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
