@@ -39,10 +39,8 @@ from ..errors import CrmError
 from ..mirror.records import MirrorRecord
 from ..phone import PhoneNumber
 from ..records import LookupResult, Match, Owner
-from ..secrets import read_secret
 from ..stats import RequestStats
 from .api import ZohoApi
-from .auth import TokenSource
 from .feed import BASE_FIELDS, NAME_FIELD, ZohoFeed
 from .fields import PhoneFields
 from ..http import pooled_client
@@ -51,7 +49,8 @@ from .metadata import ActiveUsers, DealStages
 from .query import MAX_CRITERIA, coql_any_of, criteria_any_of
 from .records import lookup_id, lookup_name, more_records, owner, record_id, records_of, text
 from .settings import ENV_PREFIX, ZohoSettings
-from .token_file import TokenFile, credentials_fingerprint, default_token_file
+from .token_file import TOKEN_FILE
+from ..zoho_common.tokens import open_token_source, read_credentials
 
 logger = logging.getLogger("crmroute.zoho")
 
@@ -92,26 +91,13 @@ class ZohoBackend:
     @classmethod
     def open(cls, settings: ZohoSettings, environ: dict[str, str] | None = None) -> ZohoBackend:
         """The backend with its one pooled HTTP client; credentials read now (errors name the key)."""
-        secrets = {
-            name: read_secret(f"zoho.{name}", getattr(settings, name), getattr(settings, f"{name}_file"), ENV_PREFIX + name.upper(), environ)
-            for name in ("client_id", "client_secret", "refresh_token")
-        }
+        credentials = read_credentials(settings, section="zoho", env_prefix=ENV_PREFIX, environ=environ)
         client = pooled_client(
             connect_timeout_ms=settings.connect_timeout_ms, read_timeout_ms=settings.read_timeout_ms, max_concurrency=settings.max_concurrency
         )
         stats = RequestStats(cls.name)
-        tokens = TokenSource(
-            client,
-            settings.accounts_server,
-            client_id=secrets["client_id"],
-            client_secret=secrets["client_secret"],
-            refresh_token=secrets["refresh_token"],
-            default_api_domain=settings.default_api_domain,
-            token_file=TokenFile(
-                settings.token_cache_file or default_token_file(),
-                credentials_fingerprint(settings.accounts_server, *(secrets[name].reveal() for name in ("client_id", "refresh_token"))),
-            ),
-            stats=stats,
+        tokens = open_token_source(
+            client, settings, credentials, token_file_name=TOKEN_FILE, default_api_domain=settings.default_api_domain, stats=stats
         )
         breaker = CircuitBreaker.from_settings(settings)
         api = ZohoApi(client, tokens, breaker, max_concurrency=settings.max_concurrency, api_domain_override=settings.api_domain, stats=stats)

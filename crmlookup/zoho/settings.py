@@ -2,56 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from dataclasses import dataclass
 
 from ..settings import bounded, check_bounds
+from ..zoho_common.settings import DATA_CENTRES, ZohoAccountSettings
 
-# Accounts server (OAuth) and API domain per data centre, as Zoho's SDKs list
-# them. The token response's ``api_domain`` wins over the API domain here.
-DATA_CENTRES: dict[str, tuple[str, str]] = {
-    "US": ("https://accounts.zoho.com", "https://www.zohoapis.com"),
-    "EU": ("https://accounts.zoho.eu", "https://www.zohoapis.eu"),
-    "IN": ("https://accounts.zoho.in", "https://www.zohoapis.in"),
-    "AU": ("https://accounts.zoho.com.au", "https://www.zohoapis.com.au"),
-    "JP": ("https://accounts.zoho.jp", "https://www.zohoapis.jp"),
-    "CN": ("https://accounts.zoho.com.cn", "https://www.zohoapis.com.cn"),
-    "CA": ("https://accounts.zohocloud.ca", "https://www.zohoapis.ca"),
-    "SA": ("https://accounts.zoho.sa", "https://www.zohoapis.sa"),
-}
+__all__ = ["DATA_CENTRES", "ENV_PREFIX", "ZohoSettings"]
 
 ENV_PREFIX = "CRMROUTE_ZOHO_"
 
 
-def _secret_field() -> str:
-    # Credentials stay out of reprs: a Config printed in a log or a traceback shows none.
-    return field(default="", repr=False)
-
-
 @dataclass(frozen=True)
-class ZohoSettings:
-    """How to reach Zoho CRM. Used only when ``crm.backend = "zoho"``."""
+class ZohoSettings(ZohoAccountSettings):
+    """How to reach Zoho CRM. Used only when ``crm.backend = "zoho"``.
 
-    # US, EU, IN, AU, JP, CN, CA or SA: picks the accounts server and API domain.
-    data_centre: str = "US"
-    # Overrides of the data centre's servers (a sandbox, a test double on loopback).
-    accounts_url: str = ""
+    The data centre, credentials ($CRMROUTE_ZOHO_CLIENT_ID / _CLIENT_SECRET /
+    _REFRESH_TOKEN), token file (default zoho-token.json in crmroute's state
+    directory), timeouts and breaker keys are every Zoho service's
+    (:class:`~crmlookup.zoho_common.settings.ZohoAccountSettings`).
+    """
+
+    # Override of the data centre's API domain (a sandbox, a test double on loopback).
     api_domain: str = ""
-    # Credentials: each from its key, from the file its *_file key names, or from
-    # $CRMROUTE_ZOHO_CLIENT_ID / _CLIENT_SECRET / _REFRESH_TOKEN.
-    client_id: str = _secret_field()
-    client_id_file: str = ""
-    client_secret: str = _secret_field()
-    client_secret_file: str = ""
-    refresh_token: str = _secret_field()
-    refresh_token_file: str = ""
-    # A file (mode 0600) where the access token is shared between processes
-    # (crmroute-agi runs one per call, each crmroute command is one). Empty:
-    # zoho-token.json in crmroute's state directory.
-    token_cache_file: str = ""
-    connect_timeout_ms: int = bounded(2000, 50, 60_000)
-    # Long enough for a slow answer to still fill the cache after the call was answered.
-    read_timeout_ms: int = bounded(10_000, 50, 300_000)
     # Requests to Zoho at once, from this process. The org's limit (Standard 10,
     # Professional 15, Enterprise 20, Ultimate 25) is shared with its other integrations.
     max_concurrency: int = bounded(10, 1, 100)
@@ -78,41 +50,17 @@ class ZohoSettings:
     # How long a record just created may take to show in Zoho's search; a write
     # whose answer was lost is looked for only after this long.
     search_lag_s: int = bounded(60, 0, 3600)
-    # After this many failures in a row (5xx, timeouts) Zoho is left alone for breaker_open_s.
-    breaker_failures: int = bounded(5, 1, 1000)
-    breaker_open_s: int = bounded(30, 1, 3600)
-    # A 429 leaves Zoho alone for backoff_initial_ms, doubling on each 429 in a row up to backoff_max_ms.
-    backoff_initial_ms: int = bounded(1000, 10, 600_000)
-    backoff_max_ms: int = bounded(60_000, 10, 3_600_000)
 
     def __post_init__(self) -> None:
-        centre = self.data_centre.upper()
-        if centre not in DATA_CENTRES:
-            raise ValueError(f"data_centre {self.data_centre!r} is not one of {', '.join(DATA_CENTRES)}")
-        object.__setattr__(self, "data_centre", centre)
-        for name in ("accounts_url", "api_domain"):
-            value = getattr(self, name)
-            if value:
-                object.__setattr__(self, name, _check_url(name, value))
+        self._check_account("api_domain")
         check_bounds(self)
-        if self.backoff_max_ms < self.backoff_initial_ms:
-            raise ValueError("backoff_max_ms must not be below backoff_initial_ms")
+        self._check_backoff()
         for name in ("user_extension_field", "call_id_field", "recording_field"):
             value = getattr(self, name)
             if value and not value.replace("_", "").isalnum():
                 raise ValueError(f"{name} {value!r} is not a field API name")
 
     @property
-    def accounts_server(self) -> str:
-        return self.accounts_url or DATA_CENTRES[self.data_centre][0]
-
-    @property
     def default_api_domain(self) -> str:
         return self.api_domain or DATA_CENTRES[self.data_centre][1]
 
-
-def _check_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
-        raise ValueError(f"{name} {value!r} must be a URL like https://accounts.zoho.eu")
-    return value.rstrip("/")

@@ -24,18 +24,13 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from ..files import ensure_private_directory, open_private_file
-from ..state import state_directory
 
+# The token's file in crmroute's state directory when ``zoho.token_cache_file`` is
+# empty, so every ``crmroute`` command and ``crmroute-agi`` run by one user (and
+# ``serve`` under systemd, in its ``StateDirectory``) use one token.
 TOKEN_FILE = "zoho-token.json"
 
 logger = logging.getLogger("crmroute.zoho")
-
-
-def default_token_file() -> Path:
-    """Where the access token is shared when ``zoho.token_cache_file`` is empty: crmroute's
-    state directory, so every ``crmroute`` command and ``crmroute-agi`` run by one user
-    (and ``serve`` under systemd, in its ``StateDirectory``) use one token."""
-    return state_directory() / TOKEN_FILE
 
 
 def credentials_fingerprint(accounts_server: str, client_id: str, refresh_token: str) -> str:

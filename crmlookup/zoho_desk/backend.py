@@ -43,11 +43,8 @@ from ..errors import CrmError
 from ..http import clip, pooled_client
 from ..phone import PhoneNumber
 from ..records import LookupResult, Match, Owner
-from ..secrets import read_secret
-from ..state import state_directory
 from ..stats import RequestStats
-from ..zoho.auth import TokenSource
-from ..zoho.token_file import TokenFile, credentials_fingerprint
+from ..zoho_common.tokens import open_token_source, read_credentials
 from .api import DeskApi
 from .settings import ENV_PREFIX, ZohoDeskSettings
 
@@ -108,19 +105,11 @@ class ZohoDeskBackend:
         """The backend with its own pooled HTTP client and token; credentials read now (errors name the key)."""
         if not settings.org_id:
             raise CrmError("zoho_desk.org_id is not set (the portal's organisation id, sent as the orgId header)")
-        secrets = {
-            name: read_secret(f"zoho_desk.{name}", getattr(settings, name), getattr(settings, f"{name}_file"), ENV_PREFIX + name.upper(), environ)
-            for name in ("client_id", "client_secret", "refresh_token")
-        }
+        credentials = read_credentials(settings, section="zoho_desk", env_prefix=ENV_PREFIX, environ=environ)
         client = pooled_client(connect_timeout_ms=settings.connect_timeout_ms, read_timeout_ms=settings.read_timeout_ms,
                                max_concurrency=settings.max_concurrency)
         stats = RequestStats(cls.name)
-        fingerprint = credentials_fingerprint(settings.accounts_server, secrets["client_id"].reveal(), secrets["refresh_token"].reveal())
-        tokens = TokenSource(
-            client, settings.accounts_server, client_id=secrets["client_id"], client_secret=secrets["client_secret"],
-            refresh_token=secrets["refresh_token"], default_api_domain=settings.desk_url,
-            token_file=TokenFile(settings.token_cache_file or state_directory() / TOKEN_FILE, fingerprint), stats=stats,
-        )
+        tokens = open_token_source(client, settings, credentials, token_file_name=TOKEN_FILE, default_api_domain=settings.desk_url, stats=stats)
         api = DeskApi(client, tokens, CircuitBreaker.from_settings(settings), org_id=settings.org_id, desk_url=settings.desk_url,
                       max_concurrency=settings.max_concurrency, stats=stats)
         return cls(api, settings)
