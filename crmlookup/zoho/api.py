@@ -20,10 +20,9 @@ from typing import Any, Mapping
 import httpx
 
 from ..circuit import CircuitBreaker
-from ..condition import Condition
 from ..errors import CrmBadResponse
 from ..stats import RequestStats
-from ..zoho_common.api import Files, OAuthApi
+from ..zoho_common.api import ApiCall, Files, OAuthApi
 from .auth import AccessToken, TokenSource
 from .http import Reply, describe_error, error_code, json_object
 
@@ -45,6 +44,12 @@ class Answer:
 class ZohoApi(OAuthApi):
     """The CRM API of one org, as JSON in and out (the request path is :class:`~crmlookup.zoho_common.api.OAuthApi`)."""
 
+    service = "Zoho"
+    product = "Zoho CRM"
+    stats_name = "zoho"
+    meanwhile = "calls are answered from the cache and the mirror meanwhile"
+    logger = logger
+
     def __init__(
         self,
         client: httpx.AsyncClient,
@@ -55,17 +60,7 @@ class ZohoApi(OAuthApi):
         api_domain_override: str = "",
         stats: RequestStats | None = None,
     ):
-        super().__init__(
-            client,
-            tokens,
-            breaker,
-            max_concurrency=max_concurrency,
-            stats=stats if stats is not None else RequestStats("zoho"),
-            service="Zoho",
-            logger=logger,
-            reachable=Condition(logger, "Zoho CRM down", "Zoho CRM answers again"),
-            meanwhile="calls are answered from the cache and the mirror meanwhile",
-        )
+        super().__init__(client, tokens, breaker, max_concurrency=max_concurrency, stats=stats)
         self._api_domain_override = api_domain_override
 
     async def get(
@@ -115,7 +110,7 @@ class ZohoApi(OAuthApi):
 
         ``files``: a ``multipart/form-data`` body instead of JSON (``{"file": (name, content, type)}``).
         """
-        reply = await self._send_renewing(method, path, params, json_body, headers, trace, purpose, files)
+        reply = await self._send_renewing(ApiCall(method, path, params, json_body, headers, files), trace, purpose)
         if per_record and reply.status == 400:
             body = _records_answer(reply)
             if body is not None:

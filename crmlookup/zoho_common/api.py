@@ -19,7 +19,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any, Mapping, NoReturn
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, NoReturn
 
 import httpx
 
@@ -34,13 +35,38 @@ from ..zoho.auth import AccessToken, TokenSource
 Files = Mapping[str, tuple[str, bytes, str]]
 
 
+@dataclass(frozen=True)
+class ApiCall:
+    """What one request asks, before it has a token: sent as is again when the token is renewed."""
+
+    method: str
+    path: str
+    params: Mapping[str, str] | None = None
+    json_body: Any = None
+    # Request headers beside Authorization and the API's own (If-Modified-Since).
+    headers: Mapping[str, str] | None = None
+    # A multipart/form-data body instead of JSON.
+    files: Files | None = None
+
+
 class OAuthApi:
     """One Zoho service's API behind an OAuth token: bounded, guarded by a breaker, counted.
 
-    Subclasses say where a request goes (:meth:`_base_url`), which headers
-    every request carries (``_fixed_headers``), which 401 means the token
-    was refused (:meth:`_token_refused`) and how their answers read.
+    Subclasses name their service (the class attributes below), say where a
+    request goes (:meth:`_base_url`), which headers every request carries
+    (``_fixed_headers``), which 401 means the token was refused
+    (:meth:`_token_refused`) and how their answers read.
     """
+
+    # How breaker refusals and log lines name the service ("Zoho", "Zoho Desk").
+    service: ClassVar[str]
+    # How the down and back notes name it ("Zoho CRM", "Zoho Desk").
+    product: ClassVar[str]
+    # The name of its request metrics when none are given.
+    stats_name: ClassVar[str]
+    # What the server does while the service is down, for the "down" note.
+    meanwhile: ClassVar[str]
+    logger: ClassVar[logging.Logger]
 
     def __init__(
         self,
@@ -49,28 +75,19 @@ class OAuthApi:
         breaker: CircuitBreaker,
         *,
         max_concurrency: int,
-        stats: RequestStats,
-        service: str,
-        logger: logging.Logger,
-        reachable: Condition,
-        meanwhile: str,
+        stats: RequestStats | None = None,
     ):
         self._client = client
         self._tokens = tokens
         self._breaker = breaker
         self._slots = asyncio.Semaphore(max_concurrency)
-        # "Zoho", "Zoho Desk": how breaker refusals and log lines name the service.
-        self._service = service
-        self._logger = logger
-        # What the server does while the service is down, for the "down" log line.
-        self._meanwhile = meanwhile
         self._fixed_headers: dict[str, str] = {}
         # Requests sent, by purpose ("lookup", "mirror", "write"...): each costs the org API credits.
         self.sent: Counter[str] = Counter()
         # The same requests by result and latency, for the server's metrics.
-        self.stats = stats
+        self.stats = stats if stats is not None else RequestStats(self.stats_name)
         # Down once the breaker opens for failures; back at the next answer that is not an error.
-        self.reachable = reachable
+        self.reachable = Condition(self.logger, f"{self.product} down", f"{self.product} answers again")
 
     @property
     def tokens(self) -> TokenSource:
@@ -88,50 +105,30 @@ class OAuthApi:
         """Whether this 401 means the token is no longer taken (so a new one may help)."""
         return True
 
-    async def _send_renewing(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, str] | None,
-        json_body: Any,
-        headers: Mapping[str, str] | None,
-        trace: list[str] | None,
-        purpose: str,
-        files: Files | None = None,
-    ) -> Reply:
+    async def _send_renewing(self, call: ApiCall, trace: list[str] | None, purpose: str) -> Reply:
         """:meth:`_send`, and once more with a new token when the first token was refused."""
-        reply, token = await self._send(method, path, params, json_body, headers, trace, purpose, files)
+        reply, token = await self._send(call, trace, purpose)
         if reply.status == 401 and self._token_refused(reply):
             # Expired early or revoked: one new token, one retry (a second 401 is the answer).
             self._tokens.invalidate(token)
-            reply, _token = await self._send(method, path, params, json_body, headers, trace, purpose, files)
+            reply, _token = await self._send(call, trace, purpose)
         return reply
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        params: Mapping[str, str] | None,
-        json_body: Any,
-        headers: Mapping[str, str] | None,
-        trace: list[str] | None,
-        purpose: str,
-        files: Files | None = None,
-    ) -> tuple[Reply, AccessToken]:
+    async def _send(self, call: ApiCall, trace: list[str] | None, purpose: str) -> tuple[Reply, AccessToken]:
         self._check_breaker(trace, purpose)
         async with self._slots:
             self._check_breaker(trace, purpose)  # it may have opened while we queued
             # Taken once a slot is ours, so requests that queued behind a refresh use the new token.
             token = await self._tokens.get(trace)
-            url = self._base_url(token) + path
-            if params:
-                url += "?" + encode_query(params)
+            url = self._base_url(token) + call.path
+            if call.params:
+                url += "?" + encode_query(call.params)
             request = self._client.build_request(
-                method,
+                call.method,
                 url,
-                json=json_body,
-                files=dict(files) if files else None,
-                headers={**(headers or {}), "Authorization": token.header, **self._fixed_headers},
+                json=call.json_body,
+                files=dict(call.files) if call.files else None,
+                headers={**(call.headers or {}), "Authorization": token.header, **self._fixed_headers},
             )
             self.sent[purpose] += 1
             started = time.perf_counter()
@@ -148,7 +145,7 @@ class OAuthApi:
     def _check_breaker(self, trace: list[str] | None, purpose: str = "lookup") -> None:
         if self._breaker.retry_in() > 0:
             self.stats.record(purpose, "circuit_open", None)
-        self._breaker.check(self._service, trace)
+        self._breaker.check(self.service, trace)
 
     def _refused(self, reply: Reply, code: str, described: str) -> NoReturn:
         """Raise for an answer that is not a success: ``described`` is the error body, read by the caller."""
@@ -156,7 +153,7 @@ class OAuthApi:
         problem = f"{reply.label}: {described}"
         if status == 429:
             backoff = self._breaker.record_rate_limited(retry_after(reply))
-            self._logger.warning("%s rate limit: %s; backing off %.1f s", self._service, problem, backoff)
+            self.logger.warning("%s rate limit: %s; backing off %.1f s", self.service, problem, backoff)
             raise CrmRateLimited(problem, retry_after=backoff)
         if status >= 500:
             self._failed(problem)
@@ -164,7 +161,7 @@ class OAuthApi:
         if status in (401, 403):
             # A missing scope, no permission, a token refused twice: a new token will not help,
             # and asking again on every call will not either (the breaker counts it).
-            self._logger.error("%s refused the request: %s", self._service, problem)
+            self.logger.error("%s refused the request: %s", self.service, problem)
             self._breaker.record_failure(problem)
             raise CrmAuthError(problem, code=code)
         raise CrmBadResponse(problem, code=code)
@@ -177,7 +174,7 @@ class OAuthApi:
         """A timeout, a refused connection or a server error: the service is down once the breaker opens."""
         self._breaker.record_failure(problem)
         if self._breaker.is_open:
-            self.reachable.failing(f"{self._breaker.reason}; {self._meanwhile}")
+            self.reachable.failing(f"{self._breaker.reason}; {self.meanwhile}")
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -21,11 +21,10 @@ from typing import Any, Mapping
 import httpx
 
 from ..circuit import CircuitBreaker
-from ..condition import Condition
 from ..http import Reply, clip, json_object
 from ..stats import RequestStats
 from ..zoho.auth import AccessToken, TokenSource
-from ..zoho_common.api import OAuthApi
+from ..zoho_common.api import ApiCall, OAuthApi
 
 logger = logging.getLogger("crmroute.zoho_desk")
 
@@ -52,6 +51,12 @@ def desk_error(reply: Reply) -> tuple[str, str]:
 class DeskApi(OAuthApi):
     """The API of one Desk portal (org), as JSON in and out; every request carries the portal's ``orgId``."""
 
+    service = "Zoho Desk"
+    product = "Zoho Desk"
+    stats_name = "zoho_desk"
+    meanwhile = "the Tickets rule is answered from the cache meanwhile"
+    logger = logger
+
     def __init__(
         self,
         client: httpx.AsyncClient,
@@ -63,17 +68,7 @@ class DeskApi(OAuthApi):
         max_concurrency: int,
         stats: RequestStats | None = None,
     ):
-        super().__init__(
-            client,
-            tokens,
-            breaker,
-            max_concurrency=max_concurrency,
-            stats=stats if stats is not None else RequestStats("zoho_desk"),
-            service="Zoho Desk",
-            logger=logger,
-            reachable=Condition(logger, "Zoho Desk down", "Zoho Desk answers again"),
-            meanwhile="the Tickets rule is answered from the cache meanwhile",
-        )
+        super().__init__(client, tokens, breaker, max_concurrency=max_concurrency, stats=stats)
         self._fixed_headers = {"orgId": org_id}
         self._base = desk_url.rstrip("/") + API_PREFIX
 
@@ -85,7 +80,7 @@ class DeskApi(OAuthApi):
     async def request(self, method: str, path: str, *, params: Mapping[str, str] | None = None, json_body: Any = None,
                       trace: list[str] | None = None, purpose: str = "write") -> dict[str, Any] | None:
         """One API call; a :class:`~crmlookup.errors.CrmError` subclass when it fails (any 401 renews the token once)."""
-        reply = await self._send_renewing(method, path, params, json_body, None, trace, purpose)
+        reply = await self._send_renewing(ApiCall(method, path, params, json_body), trace, purpose)
         return self._interpret(reply)
 
     def _base_url(self, token: AccessToken) -> str:
