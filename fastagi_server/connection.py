@@ -86,7 +86,7 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
         self._scanned = 0  # how much of the buffered header block has been checked
         self._header_lines = 0
         self._in_headers = True
-        self._pairing = ReplyPairing(self._loop, self._write, self._limits.max_headers)
+        self._pairing = ReplyPairing(self._loop, self._limits.max_headers)
         # One timer per session, armed for the nearest deadline (see _check_deadlines).
         self._timer: asyncio.TimerHandle | None = None
         self._header_deadline = self._session_deadline = self._reply_deadline = 0.0
@@ -179,7 +179,7 @@ class FastAgiConnection(asyncio.BufferedProtocol, AgiSession):
     async def _exchange(self, command: str) -> str:
         if self.closed or self._transport is None:
             raise AgiConnectionClosed("connection already closed")
-        return await self._pairing.exchange(command)
+        return await self._pairing.exchange(command, self._write)
 
     def _write(self, line: bytes) -> None:
         """Write a command line (the pairing's only way out), its reply deadline armed."""

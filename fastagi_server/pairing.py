@@ -21,11 +21,15 @@ from .replies import is_usage_end, is_usage_start
 
 
 class ReplyPairing:
-    """Writes commands with ``write`` and pairs each with its reply line."""
+    """Pairs each command written with its reply line.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, write: Callable[[bytes], None], max_usage_lines: int):
+    It keeps no reference to the connection (the writer is passed with each
+    command): a connection is then freed as soon as it closes, not at the next
+    garbage collection, with its read buffer.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_usage_lines: int):
         self._loop = loop
-        self._write = write
         self._max_usage_lines = max_usage_lines
         # The reply owed for the command last written; it stays owed (and this
         # set) until its line arrives, even if its waiter gave up meanwhile.
@@ -45,8 +49,8 @@ class ReplyPairing:
         """The reply owed has nobody waiting for it, and no command waits behind it."""
         return self.reply is not None and self.reply.done() and self.owed is None
 
-    async def exchange(self, command: str) -> str:
-        """Write ``command`` (after any reply still owed has come) and return its reply."""
+    async def exchange(self, command: str, write: Callable[[bytes], None]) -> str:
+        """Write ``command`` with ``write`` (after any reply still owed has come) and return its reply."""
         if self.reply is not None:
             owed: asyncio.Future[None] = self._loop.create_future()
             self.owed = owed
@@ -54,7 +58,7 @@ class ReplyPairing:
         reply: asyncio.Future[str] = self._loop.create_future()
         self.reply = reply
         self.command = command
-        self._write(command.encode("utf-8") + b"\n")
+        write(command.encode("utf-8") + b"\n")
         return await reply
 
     def line_received(self, line: str) -> str:

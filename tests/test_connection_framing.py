@@ -122,3 +122,22 @@ def test_limits_hold_while_the_block_is_incomplete():
     # An over-long line that is complete, in the same chunk as the end of the block.
     connection, transport = feed([b"agi_x: " + b"y" * 2000 + b"\n\n"], {"max_line_bytes": 1024})
     assert connection.closed and transport.written == b""
+
+
+def test_a_closed_connection_is_freed_at_once_not_at_the_next_garbage_collection():
+    """Nothing a connection owns points back at it: once closed it goes, with its read
+    buffer, by reference counting alone (a cycle made each of thousands of sessions a
+    second wait for the collector: 9 MiB more at the peak of the benchmark)."""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        connection, _ = feed([BLOCK + b"HANGUP\n"])
+        connection.connection_lost(None)
+        gone = weakref.ref(connection)
+        del connection
+        assert gone() is None
+    finally:
+        gc.enable()

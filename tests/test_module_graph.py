@@ -156,3 +156,10 @@ def test_each_module_imports_alone():
     names = sorted(n for n in module_files() if not n.endswith("__main__"))
     done = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, *names], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_package_folder_is_a_regular_package():
+    """A folder of modules without ``__init__.py`` imports from a checkout (a namespace
+    package) but is left out of an installed copy (``packages = find:``)."""
+    folders = {path.parent for path in module_files().values()}
+    assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists()) == []
