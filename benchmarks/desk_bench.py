@@ -38,6 +38,7 @@ from zoho_desk_simulator import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, ZohoDes
 from dialplan import InboundCall  # noqa: E402
 from fastagi_server.app import App  # noqa: E402
 from fastagi_server.config import config_from_dict  # noqa: E402
+from report import standalone  # noqa: E402
 
 SEARCH = "/api/v1/tickets/search"
 
@@ -164,13 +165,7 @@ def defaults(options: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    add_options(parser)
-    options = parser.parse_args(argv)
-    defaults(options)
-    print(table(run(options)))
-    return 0
+    return standalone(__doc__, add_options, defaults, run, table, argv)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from typing import Any, Callable
+
 
 def format_table(title: str, headers: list[str], rows: list[list[object]]) -> str:
     """``title`` over a left-aligned first column and right-aligned figures."""
@@ -38,3 +41,24 @@ def percentiles(samples: list[float]) -> dict[str, float]:
         return ordered[min(last, int(share * len(ordered)))] * 1000
 
     return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "max": ordered[-1] * 1000}
+
+
+def standalone(
+    doc: str | None,
+    add_options: Callable[[argparse.ArgumentParser], None],
+    defaults: Callable[[argparse.Namespace], None],
+    run: Callable[[argparse.Namespace], Any],
+    table: Callable[[Any], str],
+    argv: list[str] | None = None,
+) -> int:
+    """One benchmark module run alone: its own options and ``--quick``, its report printed as its table.
+
+    ``run.py`` runs the same modules together through the same four functions.
+    """
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    add_options(parser)
+    options = parser.parse_args(argv)
+    defaults(options)
+    print(table(run(options)))
+    return 0

@@ -35,6 +35,7 @@ from dialplan import InboundCall  # noqa: E402
 from fastagi_server.app import App  # noqa: E402
 from fastagi_server.config import config_from_dict  # noqa: E402
 from fastagi_server.server import FastAgiServer  # noqa: E402
+from report import standalone  # noqa: E402
 
 
 def seed(sim: RetailCrmSimulator, callers: int) -> list[str]:
@@ -159,13 +160,7 @@ def defaults(options: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    add_options(parser)
-    options = parser.parse_args(argv)
-    defaults(options)
-    print(table(run(options)))
-    return 0
+    return standalone(__doc__, add_options, defaults, run, table, argv)
 
 
 if __name__ == "__main__":

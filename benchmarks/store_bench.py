@@ -39,6 +39,7 @@ from dialplan.outbox.interface import OutboxStore  # noqa: E402
 from dialplan.outcome import outcome_from_channel  # noqa: E402
 from fastagi_server.app import App  # noqa: E402
 from fastagi_server.config import config_from_dict  # noqa: E402
+from report import standalone  # noqa: E402
 
 URL_ENV = "CRMROUTE_TEST_POSTGRES_URL"
 
@@ -185,13 +186,7 @@ def defaults(options: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    add_options(parser)
-    options = parser.parse_args(argv)
-    defaults(options)
-    print(table(run(options)))
-    return 0
+    return standalone(__doc__, add_options, defaults, run, table, argv)
 
 
 if __name__ == "__main__":
