@@ -38,7 +38,7 @@ from zoho_desk_simulator import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, ZohoDes
 from dialplan import InboundCall  # noqa: E402
 from fastagi_server.app import App  # noqa: E402
 from fastagi_server.config import config_from_dict  # noqa: E402
-from report import standalone  # noqa: E402
+from report import standalone, summary  # noqa: E402
 
 SEARCH = "/api/v1/tickets/search"
 
@@ -97,11 +97,6 @@ async def decisions(sim: ZohoDeskSimulator, state: Path, callers: list[str]) -> 
     return {"cold": cold, "warm": warm, "misrouted": misrouted, "requests": requests}
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"p50": round(statistics.median(ordered), 2), "max": round(ordered[-1], 2), "min": round(ordered[0], 2)} if ordered else {}
-
-
 def run(options: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
@@ -120,13 +115,13 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
     return {
         "latency_ms": options.desk_latency_ms,
         "callers": options.desk_callers,
-        "round_trip_ms": summary(trip),
-        "cold_decision_ms": summary(cold),
+        "round_trip_ms": summary(trip, 2),
+        "cold_decision_ms": summary(cold, 2),
         "cold_ratio_p50": round(statistics.median(cold) / round_trip, 2),
         "cold_ratio_max": round(max(cold) / round_trip, 2),
         "first_lookup_requests": measured["requests"][0],
         "later_lookup_requests_p50": statistics.median(measured["requests"][1:] or measured["requests"]),
-        "cached_decision_ms": summary(warm),
+        "cached_decision_ms": summary(warm, 2),
         "cached_ratio_p50": round(statistics.median(warm) / round_trip, 4),
         "requests_per_day_live": round(live_searches + side),
         "requests_per_day_mirror": round(mirror + side),

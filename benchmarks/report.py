@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 from typing import Any, Callable
 
 
@@ -41,6 +42,14 @@ def percentiles(samples: list[float]) -> dict[str, float]:
         return ordered[min(last, int(share * len(ordered)))] * 1000
 
     return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "max": ordered[-1] * 1000}
+
+
+def summary(values: list[float], digits: int = 1) -> dict[str, float]:
+    """p50 (the median), max and min of ``values`` (milliseconds), rounded; {} for none."""
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+    return {"p50": round(statistics.median(ordered), digits), "max": round(ordered[-1], digits), "min": round(ordered[0], digits)}
 
 
 def standalone(

@@ -35,7 +35,7 @@ from dialplan import InboundCall  # noqa: E402
 from fastagi_server.app import App  # noqa: E402
 from fastagi_server.config import config_from_dict  # noqa: E402
 from fastagi_server.server import FastAgiServer  # noqa: E402
-from report import standalone  # noqa: E402
+from report import standalone, summary  # noqa: E402
 
 
 def seed(sim: RetailCrmSimulator, callers: int) -> list[str]:
@@ -102,11 +102,6 @@ async def routes_with_screen_pop(sim: RetailCrmSimulator, callers: list[str]) ->
         await server.shutdown(grace_ms=1000)
     after = [(event["received_at"] - answered_at[event["callExternalId"]]) * 1000 for event in events if event["callExternalId"] in answered_at]
     return timings, after, misrouted
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"p50": round(statistics.median(ordered), 1), "max": round(ordered[-1], 1), "min": round(ordered[0], 1)} if ordered else {}
 
 
 def run(options: argparse.Namespace) -> dict:
