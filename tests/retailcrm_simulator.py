@@ -60,14 +60,15 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from http_simulator import HttpSimulator
+from http_simulator import Reply as _Reply
 
 KEY = "sim-retailcrm-key"
 ALL_CREDENTIALS = (
@@ -88,17 +89,6 @@ def digits(text: str) -> str:
 
 
 @dataclass
-class Fault:
-    """The next ``count`` requests to ``path`` get this answer."""
-
-    path: str
-    status: int
-    body: Any
-    count: int = 1
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
 class Request:
     """One request as the simulator saw it (the key is never kept)."""
 
@@ -110,13 +100,6 @@ class Request:
     status: int = 0
 
 
-class _Reply(Exception):
-    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None):
-        self.status = status
-        self.body = body
-        self.headers = headers or {}
-
-
 def _error(status: int, message: str, errors: dict[str, str] | None = None) -> _Reply:
     body: dict[str, Any] = {"success": False, "errorMsg": message}
     if errors:
@@ -124,10 +107,13 @@ def _error(status: int, message: str, errors: dict[str, str] | None = None) -> _
     return _Reply(status, body)
 
 
-class RetailCrmSimulator:
+class RetailCrmSimulator(HttpSimulator):
     """One retailCRM account on a free loopback port."""
 
+    thread_name = "retailcrm-simulator"
+
     def __init__(self, *, rate_limit_per_s: int | None = 10, sites: tuple[str, ...] = ("main",)):
+        super().__init__()
         self.rate_limit_per_s = rate_limit_per_s
         self.sites = list(sites)
         # API key -> the methods it may call.
@@ -138,45 +124,7 @@ class RetailCrmSimulator:
         self.events: list[dict[str, Any]] = []
         self.uploads: list[list[dict[str, Any]]] = []  # every upload as sent, stored or not
         self.requests: list[Request] = []
-        self.latency_s = 0.0
-        self.path_latency_s: dict[str, float] = {}
-        self._faults: list[Fault] = []
         self._recent: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- life cycle ---------------------------------------------------------
-
-    def start(self) -> RetailCrmSimulator:
-        simulator = self
-
-        class Handler(_Handler):
-            sim = simulator
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="retailcrm-simulator", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> RetailCrmSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "simulator not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def retailcrm_config(self, **overrides: Any) -> dict[str, Any]:
         """The ``[retailcrm]`` section that points crmroute at this simulator."""
@@ -207,22 +155,9 @@ class RetailCrmSimulator:
                 "email": email, "phones": [{"number": phone} for phone in phones], "managerId": manager_id,
             }
 
-    def fail_next(self, path: str, status: int, body: Any, count: int = 1, headers: dict[str, str] | None = None) -> None:
-        """The next ``count`` requests to ``path`` (``/api/v5/telephony/manager``) get ``status`` and ``body``."""
-        with self._lock:
-            self._faults.append(Fault(path, status, body, count, headers or {}))
-
-    def requests_to(self, path: str) -> list[Request]:
-        with self._lock:
-            return [r for r in self.requests if r.path == path]
-
     def wait_for_events(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         """The call events once ``count`` have arrived (or when ``timeout`` passes)."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while len(self.events) < count and time.monotonic() < deadline:
-                self._changed.wait(deadline - time.monotonic())
-            return list(self.events)
+        return self._wait_for(self.events, count, timeout)
 
     def stored_external_ids(self) -> list[str]:
         with self._lock:
@@ -237,9 +172,7 @@ class RetailCrmSimulator:
         logged = Request(method, parts.path, query, form, time.time())
         with self._lock:
             self.requests.append(logged)
-        delay = self.latency_s + self.path_latency_s.get(parts.path, 0.0)
-        if delay:
-            time.sleep(delay)
+        self._delay(parts.path)
         try:
             reply = self._answer(method, parts.path, query, form, headers)
         except _Reply as answer:
@@ -254,11 +187,7 @@ class RetailCrmSimulator:
         if key not in self.keys:
             raise _error(403, 'Wrong "apiKey" value.')
         self._count_rate(key)
-        with self._lock:
-            fault = next((f for f in self._faults if f.path == path and f.count > 0), None)
-            if fault is not None:
-                fault.count -= 1
-                raise _Reply(fault.status, fault.body, fault.headers)
+        self._raise_fault(path)
         if path == "/api/credentials" and method == "GET":
             access = "access_full" if len(self.sites) <= 1 else "access_selective"
             return _Reply(200, {"success": True, "credentials": list(self.keys[key]), "siteAccess": access, "sitesAvailable": list(self.sites)})
@@ -429,32 +358,3 @@ def _json_field(form: dict[str, list[str]], name: str) -> Any:
         return json.loads(text)
     except ValueError:
         return "not json"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    sim: RetailCrmSimulator
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        reply = self.sim.handle(self.command, self.path, headers, body)
-        payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
-        self.send_response(reply.status)
-        content_type = reply.headers.pop("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Type", content_type)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        try:
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up waiting (a deadline): nothing to answer
-
-    do_GET = _serve
-    do_POST = _serve

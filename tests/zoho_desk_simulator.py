@@ -62,15 +62,15 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import socket
-import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, UTC
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
+
+from http_simulator import HttpSimulator
+from http_simulator import Reply as _Reply
 
 ORG_ID = "60001234567"
 CLIENT_ID = "1000.DESKSIMCLIENT"
@@ -95,15 +95,6 @@ def iso(moment: float) -> str:
 
 
 @dataclass
-class Fault:
-    path: str
-    status: int
-    body: Any
-    count: int = 1
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
 class Request:
     """One request as the simulator saw it (no token kept)."""
 
@@ -115,13 +106,6 @@ class Request:
     status: int = 0
 
 
-class _Reply(Exception):
-    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None):
-        self.status = status
-        self.body = body
-        self.headers = headers or {}
-
-
 def error(status: int, code: str, message: str, errors: list[dict[str, str]] | None = None) -> _Reply:
     body: dict[str, Any] = {"errorCode": code, "message": message}
     if errors:
@@ -129,10 +113,14 @@ def error(status: int, code: str, message: str, errors: list[dict[str, str]] | N
     return _Reply(status, body)
 
 
-class ZohoDeskSimulator:
+class ZohoDeskSimulator(HttpSimulator):
     """One Zoho Desk portal (org) and its accounts server, on a free loopback port."""
 
+    thread_name = "desk-simulator"
+    content_type = "application/json;charset=UTF-8"
+
     def __init__(self, *, rate_limit_per_s: int | None = 50, token_ttl_s: int = 3600, org_id: str = ORG_ID):
+        super().__init__()
         self.org_id = org_id
         self.rate_limit_per_s = rate_limit_per_s
         self.token_ttl_s = token_ttl_s
@@ -145,65 +133,13 @@ class ZohoDeskSimulator:
         self.calls: list[dict[str, Any]] = []
         self.requests: list[Request] = []
         self.tokens_issued: list[str] = []
-        self.latency_s = 0.0
-        self.path_latency_s: dict[str, float] = {}
         self._tokens: dict[str, float] = {}
-        self._faults: list[Fault] = []
         self._recent: deque[float] = deque()
         self._next_id = 9_000_000_000_000_000
         self._clock = 1_767_225_600.0  # 2026-01-01T00:00:00Z: modified times advance from here
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._server: ThreadingHTTPServer | None = None
-        self._port = 0
-        self._connections: set[socket.socket] = set()
         # API requests being answered at once, now and at most (requests sent together overlap).
         self.in_flight = 0
         self.max_in_flight = 0
-
-    # -- life cycle ---------------------------------------------------------
-
-    def start(self) -> ZohoDeskSimulator:
-        simulator = self
-
-        class Handler(_Handler):
-            sim = simulator
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
-        self._server.daemon_threads = True
-        self._port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="desk-simulator", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def go_down(self) -> None:
-        """Desk unreachable: the port refuses connections, and the open ones are cut, until :meth:`come_back`."""
-        self.stop()
-        with self._lock:
-            connections, self._connections = list(self._connections), set()
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def come_back(self) -> None:
-        self.start()
-
-    def __enter__(self) -> ZohoDeskSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._port}"
 
     def desk_config(self, **overrides: Any) -> dict[str, Any]:
         """The ``[zoho_desk]`` section that points crmroute at this simulator."""
@@ -278,25 +214,12 @@ class ZohoDeskSimulator:
         with self._lock:
             self._tokens = {token: 0.0 for token in self._tokens}
 
-    def fail_next(self, path: str, status: int, body: Any, count: int = 1, headers: dict[str, str] | None = None) -> None:
-        """The next ``count`` requests to ``path`` get ``status`` and ``body`` (bytes are sent as they are)."""
-        with self._lock:
-            self._faults.append(Fault(path, status, body, count, headers or {}))
-
-    def requests_to(self, path: str) -> list[Request]:
-        with self._lock:
-            return [r for r in self.requests if r.path == path]
-
     def calls_on(self, ticket_id: str) -> list[dict[str, Any]]:
         with self._lock:
             return [call for call in self.calls if call.get("ticketId") == ticket_id]
 
     def wait_for_calls(self, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while len(self.calls) < count and time.monotonic() < deadline:
-                self._changed.wait(deadline - time.monotonic())
-            return list(self.calls)
+        return self._wait_for(self.calls, count, timeout)
 
     # -- serving ------------------------------------------------------------
 
@@ -315,9 +238,7 @@ class ZohoDeskSimulator:
                 self.in_flight -= 1
 
     def _handle(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes, logged: Request) -> _Reply:
-        delay = self.latency_s + self.path_latency_s.get(path, 0.0)
-        if delay:
-            time.sleep(delay)
+        self._delay(path)
         try:
             if path == "/oauth/v2/token" and method == "POST":
                 reply = self._token(body)
@@ -350,11 +271,7 @@ class ZohoDeskSimulator:
         if org != self.org_id:
             raise error(403, "FORBIDDEN", "You do not have sufficient permission to perform this operation.")
         self._count_rate()
-        with self._lock:
-            fault = next((f for f in self._faults if f.path == path and f.count > 0), None)
-            if fault is not None:
-                fault.count -= 1
-                raise _Reply(fault.status, fault.body, dict(fault.headers))
+        self._raise_fault(path)
         if method == "GET":
             routes = {
                 "/api/v1/tickets/search": self._search,
@@ -541,44 +458,3 @@ def _paging(query: dict[str, list[str]], default: int, most: int, last_start: in
 def _one(values: dict[str, list[str]], name: str) -> str:
     found = values.get(name)
     return found[0] if found else ""
-
-
-class _Handler(BaseHTTPRequestHandler):
-    sim: ZohoDeskSimulator
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        with self.sim._lock:
-            self.sim._connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.sim._lock:
-            self.sim._connections.discard(self.connection)
-        super().finish()
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        reply = self.sim.handle(self.command, self.path, headers, body)
-        payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
-        self.send_response(reply.status)
-        if reply.status != 204:
-            self.send_header("Content-Type", reply.headers.pop("Content-Type", "application/json;charset=UTF-8"))
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        if reply.status != 204:
-            self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        try:
-            if reply.status != 204:
-                self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    do_GET = _serve
-    do_POST = _serve
