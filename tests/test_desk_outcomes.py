@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,7 +15,7 @@ from conftest import make_config, run
 from dialplan.outbox import Outbox
 from dialplan.outcome import CallOutcome, outcome_from_channel
 from fastagi_server.app import App
-from test_outbox_crash import flush_command, flush_killed
+from test_outbox_crash import flush_command, flush_killed, flush_until_done
 from zoho_desk_simulator import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, ZohoDeskSimulator
 from zoho_simulator import ZohoSimulator
 
@@ -177,13 +176,7 @@ lease_s = 600
         command = flush_command(config_path)
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         killed_mid_write = flush_killed(command, env, outbox_path, KILLS, lambda: rng.uniform(0.5, 1.8))
-        finishing = []
-        for _ in range(10):
-            finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
-            finishing.append(finished.stdout + finished.stderr)
-            if finished.returncode == 0:
-                break
-        assert finished.returncode == 0, "\n".join(finishing)
+        flush_until_done(command, env)
         assert killed_mid_write >= 2, f"only {killed_mid_write} kills hit a write in flight"
         box = Outbox.open(outbox_path)
         assert box.counts()["done"] == CALLS

@@ -123,6 +123,18 @@ def flush_killed(command: list[str], env: dict[str, str], outbox_path, kills: in
     return killed_mid_write
 
 
+def flush_until_done(command: list[str], env: dict[str, str], attempts: int = 10) -> None:
+    """Run ``command`` to its end until one run exits 0, at most ``attempts`` times: the kills
+    leave work that a single run may not finish. Failing, it shows every run's output."""
+    finishing = []
+    for _ in range(attempts):
+        finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        finishing.append(finished.stdout + finished.stderr)
+        if finished.returncode == 0:
+            break
+    assert finished.returncode == 0, "\n".join(finishing)
+
+
 def test_sigkill_during_flush_loses_nothing_and_writes_nothing_twice(tmp_path):
     from zoho_simulator import ZohoSimulator
 
@@ -144,13 +156,7 @@ def test_sigkill_during_flush_loses_nothing_and_writes_nothing_twice(tmp_path):
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         # Half the kills at once (a write on the wire), half a little later (anywhere in a round).
         killed_mid_write = flush_killed(command, env, outbox_path, KILLS, lambda: rng.choice((0.0, rng.uniform(0.0, 0.6))))
-        finishing = []
-        for _ in range(10):
-            finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
-            finishing.append(finished.stdout + finished.stderr)
-            if finished.returncode == 0:
-                break
-        assert finished.returncode == 0, "\n".join(finishing)
+        flush_until_done(command, env)
 
         # The kills landed in the middle of the work, not only before or after it.
         assert killed_mid_write >= 3, f"only {killed_mid_write} kills hit a write in flight"
