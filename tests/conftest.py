@@ -121,6 +121,26 @@ def zoho_config(
     })
 
 
+def zoho_toml(simulator, *, routing: str = "", zoho: str = "", rest: str = "") -> str:
+    """The text of a crmroute.toml whose backend is the simulator (region ES), for tests that
+    run crmroute as a process and so need a file, not a Config. ``routing`` and ``zoho`` are
+    TOML lines added to those sections (``routing`` may end in its subtables), ``rest`` the
+    sections after them."""
+    return f"""
+[crm]
+backend = "zoho"
+[routing]
+default_region = "ES"
+{routing}
+[zoho]
+accounts_url = "{simulator.url}"
+client_id = "{simulator.client_id}"
+client_secret = "{simulator.client_secret}"
+refresh_token = "{simulator.refresh_token}"
+{zoho}
+{rest}"""
+
+
 async def decide(app: App, caller: str):
     """The routing decision for one call from ``caller``."""
     from dialplan import InboundCall

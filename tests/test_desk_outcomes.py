@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from conftest import make_config, run
+from conftest import make_config, run, zoho_toml
 from dialplan.outbox import Outbox
 from dialplan.outcome import CallOutcome, outcome_from_channel
 from fastagi_server.app import App
@@ -133,20 +133,13 @@ def test_sigkill_during_flush_logs_each_call_on_the_ticket_exactly_once(tmp_path
         ids = setup(zoho, desk)
         outbox_path = tmp_path / "outbox.sqlite"
         config_path = tmp_path / "crmroute.toml"
-        config_path.write_text(f"""
-[crm]
-backend = "zoho"
-[routing]
-default_region = "ES"
+        config_path.write_text(zoho_toml(zoho, routing="""
 lookup_order = ["Tickets", "Leads", "Contacts"]
-[zoho]
-accounts_url = "{zoho.url}"
-client_id = "{zoho.client_id}"
-client_secret = "{zoho.client_secret}"
-refresh_token = "{zoho.refresh_token}"
+""", zoho="""
 user_extension_field = "Extension"
 search_lag_s = 0
 breaker_open_s = 1
+""", rest=f"""
 [zoho_desk]
 accounts_url = "{desk.url}"
 api_url = "{desk.url}"
@@ -163,7 +156,7 @@ batch_size = 7
 backoff_initial_s = 0.01
 backoff_max_s = 0.05
 lease_s = 600
-""")
+"""))
         now = time.time()
         recorded = [
             routed_by_ticket(f"{int(now)}.{i}", ids, **({"dial_status": "ANSWER", "peer_number": "201", "answered_s": "30"} if i % 2 else {"dial_status": "NOANSWER"}))

@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 
+from conftest import zoho_toml
 from dialplan.outbox import Outbox
 from dialplan.outcome import outcome_from_channel
 
@@ -28,20 +29,11 @@ KILLS = 20
 
 
 def write_config(path, sim, outbox_path, boss_id):
-    path.write_text(
-        f"""
-[crm]
-backend = "zoho"
-[routing]
-default_region = "ES"
-[zoho]
-accounts_url = "{sim.url}"
-client_id = "{sim.client_id}"
-client_secret = "{sim.client_secret}"
-refresh_token = "{sim.refresh_token}"
+    path.write_text(zoho_toml(sim, zoho="""
 user_extension_field = "Extension"
 search_lag_s = 0
 breaker_open_s = 1
+""", rest=f"""
 [outbox]
 path = "{outbox_path}"
 batch_size = 7
@@ -50,8 +42,7 @@ backoff_max_s = 0.05
 lease_s = 600
 [outcomes]
 senior_manager_id = "{boss_id}"
-"""
-    )
+"""))
 
 
 def outcomes(ana_id, lead_id):

@@ -19,6 +19,7 @@ import time
 import wave
 from pathlib import Path
 
+from conftest import zoho_toml
 from dialplan.outbox import Outbox
 from dialplan.outcome import outcome_from_channel
 from test_outbox_crash import flush_command, flush_killed
@@ -30,22 +31,13 @@ FRAME = 320  # 20 ms of 8 kHz 16-bit mono, as MixMonitor writes it
 
 
 def write_config(path: Path, sim, outbox_path: Path, folder: Path) -> None:
-    path.write_text(
-        f"""
-[crm]
-backend = "zoho"
-[routing]
-default_region = "ES"
-[zoho]
-accounts_url = "{sim.url}"
-client_id = "{sim.client_id}"
-client_secret = "{sim.client_secret}"
-refresh_token = "{sim.refresh_token}"
+    path.write_text(zoho_toml(sim, zoho="""
 user_extension_field = "Extension"
 # An upload whose sender was killed may still reach Zoho (the simulator keeps serving it): it is
 # looked for only once it would show, well after the 0.4 s each upload takes here.
 search_lag_s = 2
 breaker_open_s = 1
+""", rest=f"""
 [outbox]
 path = "{outbox_path}"
 backoff_initial_s = 0.01
@@ -56,8 +48,7 @@ answered_by_other_task = false
 [recordings]
 directory = "{folder}"
 settle_s = 2
-"""
-    )
+"""))
 
 
 def mixmonitor(path: Path, frames: int, pause_s: float, started: threading.Event) -> None:

@@ -26,7 +26,7 @@ import pytest
 
 from asterisk_dialplan import Channel, Dialplan, Pbx
 from asterisk_peer import route_call
-from conftest import run
+from conftest import run, zoho_toml
 from dialplan.outbox import StoreSettings, open_store
 from postgres_server import fresh_database, start_server, stop_server
 from serve_process import ServeProcess
@@ -44,25 +44,17 @@ def database():
 
 
 def write_config(path: Path, sim, url: str, boss_id: str, name: str) -> None:
-    path.write_text(
-        f"""
-[crm]
-backend = "zoho"
-[routing]
-default_region = "ES"
+    path.write_text(zoho_toml(sim, routing=f"""
 lookup_order = ["LastAgent", "Leads", "Deals", "Contacts", "Accounts"]
 check_availability = false
 [routing.policies.sales]
 dids = ["+{SALES_DID}"]
-[zoho]
-accounts_url = "{sim.url}"
-client_id = "{sim.client_id}"
-client_secret = "{sim.client_secret}"
-refresh_token = "{sim.refresh_token}"
+""", zoho=f"""
 user_extension_field = "Extension"
 search_lag_s = 0
 breaker_open_s = 1
 token_cache_file = "{path}.token"
+""", rest=f"""
 [mirror]
 enabled = false
 [outbox]
@@ -77,8 +69,7 @@ senior_manager_id = "{boss_id}"
 [store]
 url = "{url}"
 connect_timeout_s = 1
-"""
-    )
+"""))
 
 
 def crm(sim):

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from conftest import zoho_toml
 from dialplan.outbox import Outbox
 from dialplan.outbox.context import CrmContext
 from dialplan.outcome import outcome_from_channel
@@ -33,19 +34,10 @@ CALLS_EACH = 4
 def write_config(path: Path, sim, outbox_path: Path, boss_id: str) -> None:
     """A configuration whose process keeps its access token to itself (the simulator
     tells the two workers apart by their tokens)."""
-    path.write_text(
-        f"""
-[crm]
-backend = "zoho"
-[routing]
-default_region = "ES"
-[zoho]
-accounts_url = "{sim.url}"
-client_id = "{sim.client_id}"
-client_secret = "{sim.client_secret}"
-refresh_token = "{sim.refresh_token}"
+    path.write_text(zoho_toml(sim, zoho=f"""
 search_lag_s = 0
 token_cache_file = "{path}.token"
+""", rest=f"""
 [outbox]
 path = "{outbox_path}"
 batch_size = 100
@@ -56,8 +48,7 @@ backoff_max_s = 0.2
 senior_manager_id = "{boss_id}"
 [mirror]
 enabled = false  # the CRM's requests here are the two workers' only
-"""
-    )
+"""))
 
 
 def backlog() -> list:
