@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -146,6 +146,37 @@ async def decide(app: App, caller: str):
     from dialplan import InboundCall
 
     return await app.router.decide(InboundCall(caller=caller))
+
+
+def decision_of(config: Config, caller: str):
+    """The router's decision (with its steps) for one call, from a fresh App closed after it."""
+
+    async def scenario():
+        app = App.from_config(config)
+        try:
+            return await decide(app, caller)
+        finally:
+            await app.aclose()
+
+    return run(scenario())
+
+
+def routed_variables(config: Config, caller: str, *, prepare: Callable[[App], Awaitable[Any]] | None = None) -> dict[str, str]:
+    """Route one call over TCP through a fresh App and server; the CRM_* variables, every one the
+    dialplan contract names among them. ``prepare`` is awaited with the App before the call."""
+    from asterisk_peer import route_call
+    from dialplan import CONTRACT_VARIABLES
+
+    async def scenario():
+        app = App.from_config(config)
+        if prepare is not None:
+            await prepare(app)
+        async with agi_server(app=app) as server:
+            return await route_call(server.port, caller=caller)
+
+    variables = run(scenario()).variables
+    assert all(name in variables for name in CONTRACT_VARIABLES)
+    return variables
 
 
 @pytest.fixture

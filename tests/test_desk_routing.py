@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import pytest
 
 from asterisk_peer import route_call
-from conftest import agi_server, decide, make_config, run
+from conftest import agi_server, decide, decision_of, make_config, run
 from fastagi_server.app import App
 from fastagi_server.config import Config, ConfigError
 from zoho_desk_simulator import ZohoDeskSimulator
@@ -51,14 +51,7 @@ def route(config: Config, caller: str = CALLER) -> dict[str, str]:
 
 
 def decision(config: Config, caller: str = CALLER) -> Any:
-    async def scenario() -> Any:
-        app = App.from_config(config)
-        try:
-            return await decide(app, caller)
-        finally:
-            await app.aclose()
-
-    return run(scenario())
+    return decision_of(config, caller)
 
 
 def test_an_open_ticket_rings_its_agent(desk: ZohoDeskSimulator) -> None:

@@ -10,12 +10,11 @@ import asyncio
 
 import pytest
 
-from asterisk_peer import AsteriskPeer, asterisk_headers, route_call
-from conftest import agi_server, decide, retailcrm_config, run
+from asterisk_peer import AsteriskPeer, asterisk_headers
+from conftest import agi_server, decide, decision_of, retailcrm_config, routed_variables, run
 from crmlookup.factory import live_backend
 from crmlookup.phone import normalise
 from crmlookup.retailcrm.backend import phone_forms
-from dialplan import CONTRACT_VARIABLES
 from fastagi_server.app import App
 from retailcrm_simulator import KEY
 
@@ -26,27 +25,14 @@ TEAM = {"teams": {"desk": {"extensions": ["200"]}}, "team": "desk", "on_unavaila
 def route(simulator, caller=CALLER, *, statuses=False, **config):
     """Route one call over TCP; the CRM_* variables. ``statuses``: the managers' statuses are read first (as the server does)."""
 
-    async def scenario():
-        app = App.from_config(retailcrm_config(simulator, **config))
-        if statuses:
-            await live_backend(app.backend).read_statuses()
-        async with agi_server(app=app) as server:
-            return await route_call(server.port, caller=caller)
+    async def read_statuses(app: App) -> None:
+        await live_backend(app.backend).read_statuses()
 
-    variables = run(scenario()).variables
-    assert all(name in variables for name in CONTRACT_VARIABLES)
-    return variables
+    return routed_variables(retailcrm_config(simulator, **config), caller, prepare=read_statuses if statuses else None)
 
 
 def decision(simulator, caller=CALLER, **config):
-    async def scenario():
-        app = App.from_config(retailcrm_config(simulator, **config))
-        try:
-            return await decide(app, caller)
-        finally:
-            await app.aclose()
-
-    return run(scenario())
+    return decision_of(retailcrm_config(simulator, **config), caller)
 
 
 @pytest.fixture

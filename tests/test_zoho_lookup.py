@@ -9,7 +9,7 @@ import json
 import pytest
 
 from asterisk_peer import route_call
-from conftest import agi_server, decide, run, zoho_config
+from conftest import agi_server, decide, decision_of, routed_variables, run, zoho_config
 from crmlookup.phone import normalise
 from dialplan import CONTRACT_VARIABLES
 from fastagi_server.app import App
@@ -19,27 +19,12 @@ CALLER = "+34928000000"
 
 def route(simulator, caller=CALLER, **config):
     """Route one call over TCP; the CRM_* variables."""
-
-    async def scenario():
-        async with agi_server(zoho_config(simulator, **config)) as server:
-            return await route_call(server.port, caller=caller)
-
-    variables = run(scenario()).variables
-    assert all(name in variables for name in CONTRACT_VARIABLES)
-    return variables
+    return routed_variables(zoho_config(simulator, **config), caller)
 
 
 def decision(simulator, caller=CALLER, **config):
     """The router's decision (with its steps) for one call."""
-
-    async def scenario():
-        app = App.from_config(zoho_config(simulator, **config))
-        try:
-            return await decide(app, caller)
-        finally:
-            await app.aclose()
-
-    return run(scenario())
+    return decision_of(zoho_config(simulator, **config), caller)
 
 
 def search_requests(simulator, module=""):
