@@ -3,7 +3,6 @@ and the CRM's own Call beside it, over real HTTP against both simulators."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import time
@@ -15,7 +14,7 @@ from conftest import make_config, run, zoho_toml
 from dialplan.outbox import Outbox
 from dialplan.outcome import CallOutcome, outcome_from_channel
 from fastagi_server.app import App
-from test_outbox_crash import flush_command, flush_killed, flush_until_done
+from test_outbox_crash import flush_command, flush_env, flush_killed, flush_until_done, record_now
 from zoho_desk_simulator import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, ZohoDeskSimulator
 from zoho_simulator import ZohoSimulator
 
@@ -162,12 +161,10 @@ lease_s = 600
             routed_by_ticket(f"{int(now)}.{i}", ids, **({"dial_status": "ANSWER", "peer_number": "201", "answered_s": "30"} if i % 2 else {"dial_status": "NOANSWER"}))
             for i in range(CALLS)
         ]
-        box = Outbox.open(outbox_path)
-        box.record_many([(o, time.time()) for o in recorded])
-        box.close()
+        record_now(outbox_path, recorded)
 
         command = flush_command(config_path)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        env = flush_env()
         killed_mid_write = flush_killed(command, env, outbox_path, KILLS, lambda: rng.uniform(0.5, 1.8))
         flush_until_done(command, env)
         assert killed_mid_write >= 2, f"only {killed_mid_write} kills hit a write in flight"

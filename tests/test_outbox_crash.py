@@ -73,6 +73,19 @@ def uncertain(outbox_path) -> int:
     return sent + flying
 
 
+def record_now(outbox_path, outcomes) -> None:
+    """Put ``outcomes`` in the outbox at ``outbox_path``, recorded now, as the server would."""
+    box = Outbox.open(outbox_path)
+    box.record_many([(o, time.time()) for o in outcomes])
+    box.close()
+
+
+def flush_env() -> dict[str, str]:
+    """The environment of the flush processes: this one's, writing no bytecode, so the processes
+    killed here leave nothing on disk but the outbox."""
+    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
 def flush_command(config_path) -> list[str]:
     return [sys.executable, "-m", "fastagi_server", "outbox", "flush", "--config", str(config_path)]
 
@@ -138,13 +151,11 @@ def test_sigkill_during_flush_loses_nothing_and_writes_nothing_twice(tmp_path):
         outbox_path = tmp_path / "outbox.sqlite"
         config_path = tmp_path / "crmroute.toml"
         write_config(config_path, sim, outbox_path, boss["id"])
-        box = Outbox.open(outbox_path)
         recorded = outcomes(ana["id"], lead["id"])
-        box.record_many([(o, time.time()) for o in recorded])
-        box.close()
+        record_now(outbox_path, recorded)
 
         command = flush_command(config_path)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        env = flush_env()
         # Half the kills at once (a write on the wire), half a little later (anywhere in a round).
         killed_mid_write = flush_killed(command, env, outbox_path, KILLS, lambda: rng.choice((0.0, rng.uniform(0.0, 0.6))))
         flush_until_done(command, env)

@@ -10,7 +10,6 @@ the end each Call holds its recording once, byte for byte the finished file.
 
 from __future__ import annotations
 
-import os
 import random
 import sqlite3
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 from conftest import zoho_toml
 from dialplan.outbox import Outbox
 from dialplan.outcome import outcome_from_channel
-from test_outbox_crash import flush_command, flush_killed
+from test_outbox_crash import flush_command, flush_env, flush_killed
 
 KNOWN = "+34928000000"
 CALLS = 6
@@ -108,7 +107,7 @@ def test_recordings_written_slowly_reach_their_calls_once_across_sigkills(tmp_pa
         box.close()
 
         command = flush_command(config_path)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        env = flush_env()
         killed_mid_write = flush_killed(command, env, outbox_path, KILLS, lambda: rng.uniform(0.5, 2.0))
         for writer in writers:
             writer.join(30)

@@ -7,7 +7,6 @@ the call event goes out after the route answered, in the background.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections import Counter
@@ -21,7 +20,7 @@ from dialplan.outbox.store import OutboxState
 from dialplan.outcome import outcome_from_channel
 from fastagi_server.app import App
 from retailcrm_simulator import KEY, RetailCrmSimulator
-from test_outbox_crash import flush_command, flush_killed, flush_until_done
+from test_outbox_crash import flush_command, flush_env, flush_killed, flush_until_done, record_now
 
 CALLER = "+79161234567"
 ROUTED = {"route_status": "OWNER", "owner_id": "7", "module": "Customers", "record_id": "501", "route_extension": "101"}
@@ -240,12 +239,10 @@ def test_sigkill_during_flush_uploads_every_call_exactly_once(tmp_path):
             outcome_from_channel(call_id=f"{int(now)}.{i}", caller=CALLER, readings={**ROUTED, "dial_status": statuses[i % 4], "answered_s": "9"}, ended_at=now - 60, region="RU")
             for i in range(CALLS)
         ]
-        box = Outbox.open(outbox_path)
-        box.record_many([(o, time.time()) for o in recorded])
-        box.close()
+        record_now(outbox_path, recorded)
 
         command = flush_command(config_path)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        env = flush_env()
         killed_mid_write = flush_killed(command, env, outbox_path, KILLS, lambda: rng.choice((0.0, rng.uniform(0.0, 0.6))))
         flush_until_done(command, env, attempts=1)
 
