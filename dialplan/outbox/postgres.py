@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -52,6 +49,7 @@ from .store import (
     _holder_is_gone,
     item_of_row,
     lead_of_row,
+    new_lease_token,
     outbox_row,
 )
 
@@ -212,7 +210,7 @@ class PostgresOutbox:
 
     def claim(self, now: float, limit: int, lease_s: float) -> list[OutboxItem]:
         """Take up to ``limit`` due outcomes; rows another router holds locked are skipped, not waited for."""
-        token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+        token = new_lease_token()
         with self._transaction() as conn:
             rows = conn.execute(
                 "WITH due AS (SELECT id FROM outcomes "

@@ -253,7 +253,7 @@ class Outbox:
 
     def claim(self, now: float, limit: int, lease_s: float) -> list[OutboxItem]:
         """Take up to ``limit`` due outcomes for one attempt (pending, failed and due, or abandoned in flight)."""
-        token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+        token = new_lease_token()
         with self._transaction():
             rows = self._conn.execute(
                 "SELECT id, payload, attempts, rejections, context FROM outcomes "
@@ -502,6 +502,11 @@ class _Transaction:
             self._conn.execute("COMMIT")
         else:
             self._conn.execute("ROLLBACK")
+
+
+def new_lease_token() -> str:
+    """``host:pid:random``, the holder of a claim: the form :func:`_holder_is_gone` reads back."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
 def _holder_is_gone(token: str) -> bool:
