@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Mapping
+from typing import Mapping, Sequence
 
 # res_agi.c reads commands into char buf[AGI_BUF_LEN] with AGI_BUF_LEN 2048,
 # which holds 2047 bytes and the newline terminator... minus the NUL.
@@ -199,7 +199,7 @@ def get_full_variable(expression: str) -> str:
     return finish(f"GET FULL VARIABLE {quote(expression)}")
 
 
-def get_full_variables(expressions: list[str], separator: str) -> str:
+def get_full_variables(expressions: Sequence[str], separator: str) -> str:
     """``GET FULL VARIABLE "${A}|~|${B}"``: several allowed expressions in one round trip."""
     if not expressions or not _SEPARATOR.fullmatch(separator):
         raise ValueError(f"not a separator we send: {separator!r}")

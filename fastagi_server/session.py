@@ -7,7 +7,7 @@ stdio AGI (:mod:`.stdio`); each transport implements :meth:`AgiSession._exchange
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from . import commands
 from .environment import AgiEnvironment
@@ -72,7 +72,7 @@ class AgiSession(ABC):
         reply = await self.command(commands.get_full_variable(expression))
         return reply.data if reply.result == 1 else None
 
-    async def get_full_variables(self, expressions: list[str], separator: str = "|~|") -> list[str] | None:
+    async def get_full_variables(self, expressions: Sequence[str], separator: str = "|~|") -> list[str] | None:
         """Evaluate several expressions in one round trip; None when the values cannot be told apart.
 
         A value containing ``separator`` makes the split ambiguous: the caller

@@ -144,7 +144,8 @@ class StdioSession(AgiSession):
             line = self._readline()
             usage.append(line)
             if len(usage) > self._limits.max_headers:
-                raise AgiLimitExceeded("usage reply too long")
+                # Worded as the FastAGI path words it: limit_name maps it to max_headers.
+                raise AgiLimitExceeded(f"usage reply longer than {self._limits.max_headers} lines")
         return "\n".join(usage)
 
     def close(self) -> None:

@@ -49,13 +49,6 @@ PER_PAGE = "200"
 # other parameters, past the 100,000 records a token may list): the listing
 # goes on from the last record read instead.
 PAGE_TOKEN_REFUSALS = frozenset({"EXPIRED_VALUE", "TOKEN_BOUND_DATA_MISMATCH", "INVALID_DATA", "PAGINATION_LIMIT_EXCEEDED"})
-# What each request needs, for the warning when the token lacks it.
-SCOPES = {
-    "records": "ZohoCRM.modules.READ (or ZohoCRM.modules.ALL)",
-    "fields": "ZohoCRM.settings.fields.READ (or ZohoCRM.settings.READ)",
-    "users": "ZohoCRM.users.READ",
-    "stages": "ZohoCRM.settings.READ",
-}
 
 
 @dataclass(frozen=True)

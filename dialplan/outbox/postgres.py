@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -50,6 +47,10 @@ from .store import (
     WriteRow,
     WriteState,
     _holder_is_gone,
+    item_of_row,
+    lead_of_row,
+    new_lease_token,
+    outbox_row,
 )
 
 P = ParamSpec("P")
@@ -209,7 +210,7 @@ class PostgresOutbox:
 
     def claim(self, now: float, limit: int, lease_s: float) -> list[OutboxItem]:
         """Take up to ``limit`` due outcomes; rows another router holds locked are skipped, not waited for."""
-        token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+        token = new_lease_token()
         with self._transaction() as conn:
             rows = conn.execute(
                 "WITH due AS (SELECT id FROM outcomes "
@@ -223,18 +224,7 @@ class PostgresOutbox:
             ).fetchall()
             writes = self._writes(conn, [row[0] for row in rows])
         rows.sort(key=lambda row: (row[5], row[0]))
-        return [
-            OutboxItem(
-                id=row[0],
-                outcome=CallOutcome.from_dict(json.loads(row[1])),
-                attempts=row[2],
-                rejections=row[3],
-                lease_token=token,
-                context=json.loads(row[4]) if row[4] else None,
-                writes=writes.get(row[0], {}),
-            )
-            for row in rows
-        ]
+        return [item_of_row(row, token, writes.get(row[0], {})) for row in rows]
 
     def writes_for(self, ids: Sequence[int]) -> dict[int, dict[str, WriteRow]]:
         with self._transaction() as conn:
@@ -269,8 +259,7 @@ class PostgresOutbox:
             ).fetchone()
         if row is None:
             return None
-        context = json.loads(row[2]) if row[2] else {}
-        return WriteState(row[0]), row[1], str(context.get("lead_owner_id", ""))
+        return lead_of_row(row)
 
     def claim_leads(self, leads: Sequence[tuple[int, str]], now: float) -> set[int]:
         """Mark each ``(outcome_id, caller)``'s lead as being sent, unless another live
@@ -395,7 +384,7 @@ class PostgresOutbox:
                 f"FROM outcomes {where} ORDER BY recorded_at DESC, id DESC LIMIT %s",
                 [*args, limit],
             ).fetchall()
-        return [OutboxRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8], r[9]) for r in rows]
+        return [outbox_row(r) for r in rows]
 
     def states_of(self, ids: Sequence[int]) -> dict[int, str]:
         with self._transaction() as conn:

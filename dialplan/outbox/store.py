@@ -253,7 +253,7 @@ class Outbox:
 
     def claim(self, now: float, limit: int, lease_s: float) -> list[OutboxItem]:
         """Take up to ``limit`` due outcomes for one attempt (pending, failed and due, or abandoned in flight)."""
-        token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+        token = new_lease_token()
         with self._transaction():
             rows = self._conn.execute(
                 "SELECT id, payload, attempts, rejections, context FROM outcomes "
@@ -266,17 +266,7 @@ class Outbox:
                 "UPDATE outcomes SET state = 'in_flight', lease_until = ?, lease_token = ? WHERE id = ?",
                 [(now + lease_s, token, row[0]) for row in rows],
             )
-        items = [
-            OutboxItem(
-                id=row[0],
-                outcome=CallOutcome.from_dict(json.loads(row[1])),
-                attempts=row[2],
-                rejections=row[3],
-                lease_token=token,
-                context=json.loads(row[4]) if row[4] else None,
-            )
-            for row in rows
-        ]
+        items = [item_of_row(row, token) for row in rows]
         writes = self.writes_for([item.id for item in items])
         for item in items:
             item.writes = writes.get(item.id, {})
@@ -308,8 +298,7 @@ class Outbox:
         ).fetchone()
         if row is None:
             return None
-        context = json.loads(row[2]) if row[2] else {}
-        return WriteState(row[0]), row[1], str(context.get("lead_owner_id", ""))
+        return lead_of_row(row)
 
     def claim_leads(self, leads: Sequence[tuple[int, str]], now: float) -> set[int]:
         """Mark the lead of each ``(outcome_id, caller_e164)`` as being sent, unless
@@ -418,7 +407,7 @@ class Outbox:
             f"FROM outcomes {where} ORDER BY recorded_at DESC, id DESC LIMIT ?",
             [*args, limit],
         ).fetchall()
-        return [OutboxRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8], r[9]) for r in rows]
+        return [outbox_row(r) for r in rows]
 
     def states_of(self, ids: Sequence[int]) -> dict[int, str]:
         """The state of each of ``ids`` that is an outcome in this outbox."""
@@ -515,6 +504,11 @@ class _Transaction:
             self._conn.execute("ROLLBACK")
 
 
+def new_lease_token() -> str:
+    """``host:pid:random``, the holder of a claim: the form :func:`_holder_is_gone` reads back."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+
+
 def _holder_is_gone(token: str) -> bool:
     """True when ``token`` names a process of this machine that has ended."""
     parts = token.split(":")
@@ -530,6 +524,34 @@ def _holder_is_gone(token: str) -> bool:
     except OSError:
         return False  # it exists, owned by someone else
     return False
+
+
+def lead_of_row(row: Sequence[Any]) -> tuple[WriteState, str, str]:
+    """A ``(writes.state, writes.crm_id, outcomes.context)`` row as (state, lead id, owner id).
+
+    Both stores answer ``lead_for_caller`` from such a row; the owner id lives
+    in the saved CRM context, which is empty until the CRM was asked.
+    """
+    context = json.loads(row[2]) if row[2] else {}
+    return WriteState(row[0]), row[1], str(context.get("lead_owner_id", ""))
+
+
+def item_of_row(row: Sequence[Any], token: str, writes: dict[str, WriteRow] | None = None) -> OutboxItem:
+    """An ``(id, payload, attempts, rejections, context)`` row claimed under ``token`` as an OutboxItem."""
+    return OutboxItem(
+        id=row[0],
+        outcome=CallOutcome.from_dict(json.loads(row[1])),
+        attempts=row[2],
+        rejections=row[3],
+        lease_token=token,
+        context=json.loads(row[4]) if row[4] else None,
+        writes=writes if writes is not None else {},
+    )
+
+
+def outbox_row(r: Sequence[Any]) -> OutboxRow:
+    """A ``list_rows`` result row (id, call id, state, caller, answered, recorded, attempts, rejections, due, last error) as an OutboxRow."""
+    return OutboxRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7], r[8], r[9])
 
 
 def chunks(items: list[T], size: int) -> Iterable[list[T]]:

@@ -26,12 +26,14 @@ logger = logging.getLogger("crmroute.outcome")
 _READ_FAILURES = (AgiCommandError, AgiConnectionClosed, AgiLimitExceeded, AgiProtocolError)
 # Set once the outcome is committed (or could not be): what the dialplan may test.
 OUTCOME_VARIABLE = "CRM_OUTCOME"
+# What every outcome call reads, in order: fixed by the contract, so built once, not per call.
+_READING_NAMES = tuple(CHANNEL_READINGS)
+_READING_EXPRESSIONS = tuple(reading_expression(name) for name in _READING_NAMES)
 
 
 async def read_channel(session: AgiSession) -> tuple[dict[str, str], bool]:
     """The :data:`CHANNEL_READINGS` values, and whether they could all be read."""
-    names = list(CHANNEL_READINGS)
-    expressions = [reading_expression(name) for name in names]
+    names, expressions = _READING_NAMES, _READING_EXPRESSIONS
     try:
         values = await session.get_full_variables(expressions)
         if values is None:  # a value held the separator: one expression at a time
