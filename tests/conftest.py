@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -17,6 +17,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fastagi_server.app import App
 from fastagi_server.config import Config, config_from_dict
 from fastagi_server.server import FastAgiServer
+
+if TYPE_CHECKING:
+    from zoho_simulator import ZohoSimulator
 
 
 # The event loop the in-process tests run on: "asyncio" (the default) or "uvloop"
@@ -121,7 +124,7 @@ def zoho_config(
     })
 
 
-def zoho_toml(simulator, *, routing: str = "", zoho: str = "", rest: str = "") -> str:
+def zoho_toml(simulator: ZohoSimulator, *, routing: str = "", zoho: str = "", rest: str = "") -> str:
     """The text of a crmroute.toml whose backend is the simulator (region ES), for tests that
     run crmroute as a process and so need a file, not a Config. ``routing`` and ``zoho`` are
     TOML lines added to those sections (``routing`` may end in its subtables), ``rest`` the
@@ -148,33 +151,33 @@ async def decide(app: App, caller: str):
     return await app.router.decide(InboundCall(caller=caller))
 
 
-def decision_of(config: Config, caller: str):
+def decision_of(config: Config, caller: str) -> Any:
     """The router's decision (with its steps) for one call, from a fresh App closed after it."""
 
-    async def scenario():
+    async def scenario() -> Any:
         app = App.from_config(config)
         try:
             return await decide(app, caller)
         finally:
             await app.aclose()
 
-    return run(scenario())
+    return asyncio.run(scenario())
 
 
 def routed_variables(config: Config, caller: str, *, prepare: Callable[[App], Awaitable[Any]] | None = None) -> dict[str, str]:
     """Route one call over TCP through a fresh App and server; the CRM_* variables, every one the
     dialplan contract names among them. ``prepare`` is awaited with the App before the call."""
-    from asterisk_peer import route_call
+    from asterisk_peer import CallResult, route_call
     from dialplan import CONTRACT_VARIABLES
 
-    async def scenario():
+    async def scenario() -> CallResult:
         app = App.from_config(config)
         if prepare is not None:
             await prepare(app)
         async with agi_server(app=app) as server:
             return await route_call(server.port, caller=caller)
 
-    variables = run(scenario()).variables
+    variables: dict[str, str] = asyncio.run(scenario()).variables
     assert all(name in variables for name in CONTRACT_VARIABLES)
     return variables
 
