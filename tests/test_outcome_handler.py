@@ -164,7 +164,15 @@ def test_peer_closing_before_the_reply_still_records_from_headers(tmp_path, call
             await writer.drain()
             await reader.readline()  # the GET FULL VARIABLE
             writer.close()
-            await asyncio.sleep(0.2)
+            # Until the session has recorded and ended (the outbox may still be opening
+            # on a busy machine): a wide bound, not a delay guessed to be enough.
+            for _ in range(3000):
+                try:
+                    if server.active_sessions == 0 and stored(tmp_path):
+                        break
+                except sqlite3.OperationalError:
+                    pass  # the file is being created: look again
+                await asyncio.sleep(0.01)
             return server.active_sessions
 
     assert run(scenario()) == 0
